@@ -10,6 +10,7 @@ mod epoch;
 mod host;
 mod initramfs;
 mod inspect;
+mod progress;
 mod test;
 
 use clap::{Parser, Subcommand};

@@ -425,3 +425,89 @@ fn check_name(kind: &str, name: &str) -> Result<(), String> {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(text: &str) -> String {
+        InitConfig::parse(Path::new("/etc/kiln/init.json"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn example_config_parses_with_defaults() {
+        let config = InitConfig::parse(
+            Path::new("examples/init.json"),
+            include_str!("../examples/init.json"),
+        )
+        .unwrap();
+        assert_eq!(config.onboot.len(), 2);
+        assert!(!config.onboot[1].fatal);
+        let worker = &config.services[2];
+        assert_eq!(worker.restart, RestartPolicy::OnFailure);
+        assert_eq!(worker.backoff, BackoffSettings::default());
+        assert_eq!(worker.after, vec!["containerd".to_string()]);
+        assert_eq!(InitConfig::parse(Path::new("x"), "{}").unwrap(), InitConfig {
+            stop_grace_ms: 5000,
+            ..InitConfig::default()
+        });
+    }
+
+    #[test]
+    fn bad_config_messages() {
+        let cases = [
+            ("unknown top-level key", r#"{"onboot": [], "servics": []}"#),
+            (
+                "unknown step key",
+                r#"{"onboot": [{"name": "dhcp", "argv": ["/sbin/udhcpc"], "timeout": 30}]}"#,
+            ),
+            (
+                "bad restart policy",
+                r#"{"services": [{"name": "getty", "argv": ["/sbin/getty"], "restart": "sometimes"}]}"#,
+            ),
+            ("missing argv", r#"{"services": [{"name": "getty"}]}"#),
+            ("not json", "{\n  \"onboot\": [,]\n}"),
+            ("empty argv", r#"{"onboot": [{"name": "dhcp", "argv": []}]}"#),
+            (
+                "duplicate service",
+                r#"{"services": [{"name": "a", "argv": ["/a"]}, {"name": "a", "argv": ["/b"]}]}"#,
+            ),
+            ("bad name", r#"{"services": [{"name": "../etc/passwd", "argv": ["/a"]}]}"#),
+            (
+                "user and uid",
+                r#"{"services": [{"name": "a", "argv": ["/a"], "user": "nobody", "uid": 65534}]}"#,
+            ),
+            (
+                "backoff",
+                r#"{"services": [{"name": "a", "argv": ["/a"], "backoff": {"initial_ms": 5000, "max_ms": 1000}}]}"#,
+            ),
+            (
+                "after cycle",
+                r#"{"services": [{"name": "a", "argv": ["/a"], "after": ["b"]}, {"name": "b", "argv": ["/b"], "after": ["a"]}]}"#,
+            ),
+            (
+                "after unknown",
+                r#"{"services": [{"name": "docker", "argv": ["/d"], "after": ["containerd"]}]}"#,
+            ),
+            (
+                "mount flag",
+                r#"{"mounts": [{"source": "none", "target": "/mnt", "fstype": "tmpfs", "flags": ["readonly"]}]}"#,
+            ),
+            ("relative module", r#"{"kernel_modules": [{"path": "igc.ko"}]}"#),
+            ("zero timeout", r#"{"onboot": [{"name": "x", "argv": ["/x"], "timeout_ms": 0}]}"#),
+        ];
+        let mut report = String::new();
+        for (title, text) in cases {
+            report.push_str(&format!("{title}:\n  {}\n", error_of(text)));
+        }
+        insta::assert_snapshot!(report);
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let error = InitConfig::load(Path::new("/nonexistent/kiln/init.json")).unwrap_err();
+        insta::assert_snapshot!(error.to_string(), @"cannot read init config /nonexistent/kiln/init.json: No such file or directory (os error 2); the image assembler writes it from the profile's modules");
+    }
+}

@@ -204,6 +204,7 @@ fn emergency(
     // no shared memory. The controlling terminal is best effort (job control).
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            kiln_init::process_runner::reset_signals_for_exec();
             libc::setsid();
             libc::ioctl(0, libc::TIOCSCTTY, 1);
             Ok(())

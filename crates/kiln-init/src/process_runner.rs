@@ -356,6 +356,28 @@ fn signal_child_session(pid: i32, signal: i32) {
     }
 }
 
+/// In a forked child before exec: an empty signal mask and default dispositions. PID 1 blocks
+/// [`HANDLED_SIGNALS`] and the mask survives `exec`; a service started with SIGTERM blocked
+/// would never stop at shutdown (std's `Command` does not reset the mask in every
+/// configuration: measured with this binary, whose `main` is not std's).
+///
+/// # Safety
+/// Only to be called between fork and exec (or in a single-threaded process).
+pub unsafe fn reset_signals_for_exec() {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset before use.
+    let mut empty: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `empty` is a valid sigset_t; the calls are async-signal-safe and take integers
+    // or pointers to this stack frame only.
+    unsafe {
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        for signal in HANDLED_SIGNALS {
+            libc::signal(signal, libc::SIG_DFL);
+        }
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Makes the calling process a child subreaper: orphans of its descendants are re-parented to
 /// it, as they would be to PID 1. For running the supervisor outside PID 1.
 pub fn become_child_subreaper() -> std::io::Result<()> {
@@ -394,7 +416,7 @@ impl<'waiter> Supervisor<'waiter> {
         env: &BTreeMap<String, String>,
         working_directory: Option<&Path>,
         credentials: Option<(u32, u32)>,
-    ) -> std::io::Result<i32> {
+    ) -> std::io::Result<(i32, std::sync::mpsc::Receiver<()>)> {
         let Some((program, arguments)) = argv.split_first() else {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"));
         };
@@ -412,10 +434,12 @@ impl<'waiter> Supervisor<'waiter> {
         if let Some((uid, gid)) = credentials {
             command.uid(uid).gid(gid);
         }
-        // SAFETY: the closure runs in the child between fork and exec and only calls setsid,
-        // which is async-signal-safe; it touches no memory shared with the parent.
+        // SAFETY: the closure runs in the child between fork and exec and only calls
+        // sigemptyset, sigprocmask, signal and setsid, all async-signal-safe; it touches no
+        // memory shared with the parent (the sigset is on the child's stack).
         unsafe {
             command.pre_exec(|| {
+                reset_signals_for_exec();
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -429,11 +453,18 @@ impl<'waiter> Supervisor<'waiter> {
             .map_err(|_| std::io::Error::other("child pid does not fit in pid_t"))?;
         // The child is reaped by `reap_exited_children` (waitpid(-1)), not through `Child`.
         drop(child);
-        self.spawn_output_logger(name, reader);
-        Ok(pid)
+        let output_closed = self.spawn_output_logger(name, reader);
+        Ok((pid, output_closed))
     }
 
-    fn spawn_output_logger(&self, name: &str, reader: std::io::PipeReader) {
+    /// Starts the thread that copies a child's output; the receiver gets `()` (or a hang-up)
+    /// when every writer of the pipe is gone.
+    fn spawn_output_logger(
+        &self,
+        name: &str,
+        reader: std::io::PipeReader,
+    ) -> std::sync::mpsc::Receiver<()> {
+        let (closed_sender, closed_receiver) = std::sync::mpsc::channel();
         let console = self.console.clone();
         let to_console = self.settings.service_output_to_console;
         let log_path = self.settings.log_directory.join(format!("{name}.log"));
@@ -453,7 +484,10 @@ impl<'waiter> Supervisor<'waiter> {
                 loop {
                     line.clear();
                     match reader.read_until(b'\n', &mut line) {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => {
+                            let _ = closed_sender.send(());
+                            return;
+                        }
                         Ok(_) => {}
                     }
                     if let Some(file) = log_file.as_mut() {
@@ -473,6 +507,7 @@ impl<'waiter> Supervisor<'waiter> {
             self.console
                 .warning(&format!("cannot start the output logger of {name}: {error}"));
         }
+        closed_receiver
     }
 
     fn resolve_credentials(&self, service: &ServiceEntry) -> Result<Option<(u32, u32)>, String> {
@@ -559,14 +594,14 @@ impl<'waiter> Supervisor<'waiter> {
         let kind_name = kind.name();
         let name = &step.name;
         let started = Instant::now();
-        let pid = match self.spawn(
+        let (pid, output_closed) = match self.spawn(
             name,
             &step.argv,
             &step.env,
             step.working_directory.as_deref(),
             None,
         ) {
-            Ok(pid) => pid,
+            Ok(spawned) => spawned,
             Err(error) => {
                 self.console
                     .marker(&format!("{kind_name} {name} failed to start ({error})"));
@@ -612,6 +647,9 @@ impl<'waiter> Supervisor<'waiter> {
         };
         self.current_step = None;
         let elapsed = started.elapsed();
+        // Let the step's last lines reach the console before its marker; a background process
+        // that keeps the pipe open (a daemonised dhcp client) only costs this short wait.
+        let _ = output_closed.recv_timeout(Duration::from_millis(100));
         if let Some(action) = interrupted_by {
             self.console.marker(&format!(
                 "{kind_name} {name} stopped for {} ({})",
@@ -700,7 +738,7 @@ impl<'waiter> Supervisor<'waiter> {
                 .map_err(|error| error.to_string())
             });
         match spawned {
-            Ok(pid) => {
+            Ok((pid, _output_closed)) => {
                 self.services[index].pid = Some(pid);
                 self.console
                     .marker(&format!("service {name} started (pid {pid})"));

@@ -77,3 +77,31 @@ fn inspect_lists_the_golden_archive() {
     let segments = read_initramfs(&golden).unwrap();
     insta::assert_snapshot!(render_listing(&segments));
 }
+
+#[test]
+fn input_order_does_not_reach_the_bytes() {
+    let entries: Vec<Entry> = fixture_tree().entries().cloned().collect();
+    let golden = write_fixture();
+    let early = early_tree();
+    let options = InitramfsOptions {
+        mtime: 1_747_699_200,
+        compression: Compression::Zstd(ZstdSettings::new(19, 1).unwrap()),
+        early: Some(&early),
+    };
+    // Reversed, rotated, and interleaved orders (a fixed "shuffle", so a
+    // failure is reproducible).
+    let mut orders: Vec<Vec<Entry>> = vec![entries.iter().rev().cloned().collect()];
+    for rotation in [3, 7] {
+        let mut rotated = entries.clone();
+        rotated.rotate_left(rotation);
+        orders.push(rotated);
+    }
+    let (even, odd): (Vec<_>, Vec<_>) = entries.iter().cloned().enumerate().partition(|(index, _)| index % 2 == 0);
+    orders.push(odd.into_iter().chain(even.into_iter().rev()).map(|(_, entry)| entry).collect());
+    for order in orders {
+        let tree = ArchiveTree::from_entries(order).unwrap();
+        let mut out = Vec::new();
+        write_initramfs(&tree, &options, &mut out, &mut |_| {}).unwrap();
+        assert!(out == golden, "a different input order changed the archive");
+    }
+}

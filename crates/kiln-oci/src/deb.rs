@@ -175,6 +175,13 @@ fn decompressed<'reader>(compression: MemberCompression, reader: impl Read + 're
     })
 }
 
+/// Reads what is left of a member after its tar end marker, so that the decompressor checks
+/// the stream's end and integrity check (xz index and CRC, gzip CRC, zstd frame end): a
+/// truncated package must not pass because the tar reader stopped early.
+fn drain_to_end(reader: &mut impl Read) -> io::Result<()> {
+    io::copy(reader, &mut io::sink()).map(|_| ())
+}
+
 /// Reads a `.deb` from `reader`, named `deb_file_name` in errors and in the layer's source
 /// name (the name never reaches the image). The root entry `./` of data.tar is not kept
 /// (see [`LayerPath::normalise`]); owners and modes are kept as the package says.
@@ -217,7 +224,9 @@ pub fn read_debian_package(deb_file_name: &str, reader: impl Read) -> Result<Deb
                 });
             }
             let compression = member_compression(deb_file_name, &member_name, "control.tar")?;
-            let fields = read_control_member(deb_file_name, &member_name, decompressed(compression, &mut member).map_err(read_error)?)?;
+            let mut reader = decompressed(compression, &mut member).map_err(read_error)?;
+            let fields = read_control_member(deb_file_name, &member_name, &mut reader)?;
+            drain_to_end(&mut reader).map_err(read_error)?;
             control = Some((member_name, fields));
         } else if member_name.starts_with("data.tar") {
             if let Some((first, _)) = &data {
@@ -229,7 +238,9 @@ pub fn read_debian_package(deb_file_name: &str, reader: impl Read) -> Result<Deb
                 });
             }
             let compression = member_compression(deb_file_name, &member_name, "data.tar")?;
-            let tree = read_data_member(deb_file_name, &member_name, decompressed(compression, &mut member).map_err(read_error)?)?;
+            let mut reader = decompressed(compression, &mut member).map_err(read_error)?;
+            let tree = read_data_member(deb_file_name, &member_name, &mut reader)?;
+            drain_to_end(&mut reader).map_err(read_error)?;
             data = Some((member_name, tree));
         } else if !member_name.starts_with('_') {
             return Err(DebianPackageError::UnexpectedMember { deb_file_name: deb_file_name.to_owned(), member: member_name });

@@ -77,7 +77,7 @@ pub enum OciLayoutError {
         source: serde_json::Error,
     },
     /// A reference name outside `[A-Za-z0-9._-]+`.
-    #[error("reference name {name:?} is not usable in an OCI layout: use only A-Z, a-z, 0-9, `.`, `_` and `-` (what skopeo's oci: transport accepts); see debian_package_reference_name")]
+    #[error("reference name {name:?} does not follow the OCI ref.name grammar (alphanumeric runs joined by one of `-` `.` `_` `:` `@` `+` `--`, components joined by `/`), which skopeo enforces: pick another name (for packages, use debian_package_reference_name)")]
     InvalidReferenceName {
         /// The rejected name.
         name: String,
@@ -110,24 +110,58 @@ fn write_file_atomically(directory: &Path, file_name: &str, bytes: &[u8]) -> io:
     File::open(directory)?.sync_all()
 }
 
-/// Whether `name` can be an `org.opencontainers.image.ref.name` in a kiln layout: the OCI
-/// grammar allows more (`:`, `/`, `+`, `@`), but skopeo's `oci:` transport accepts only
-/// `[A-Za-z0-9._-]+`, and kiln's layouts must be readable by real clients.
+/// Whether `name` follows the grammar of `org.opencontainers.image.ref.name` (OCI image-spec
+/// annotations): `component ("/" component)*`, where a component is runs of `A-Za-z0-9`
+/// joined by exactly one separator, `-`, `.`, `_`, `:`, `@`, `+` or `--`. skopeo's `oci:`
+/// transport refuses other names (`a__b`, `g++`, `2.0~rc1`), so kiln refuses them too.
 pub fn is_valid_reference_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+    name.split('/').all(is_valid_reference_name_component)
+}
+
+fn is_valid_reference_name_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let mut position = 0;
+    loop {
+        let run_start = position;
+        while position < bytes.len() && bytes[position].is_ascii_alphanumeric() {
+            position += 1;
+        }
+        if position == run_start {
+            return false;
+        }
+        if position == bytes.len() {
+            return true;
+        }
+        if bytes[position..].starts_with(b"--") && bytes.get(position + 2).is_some_and(u8::is_ascii_alphanumeric) {
+            position += 2;
+        } else if matches!(bytes[position], b'-' | b'.' | b'_' | b':' | b'@' | b'+') {
+            position += 1;
+        } else {
+            return false;
+        }
+    }
 }
 
 /// The reference name kiln gives the image of a Debian package:
-/// `<package>__<version>__<architecture>`, where every byte outside `[A-Za-z0-9.-]` is
-/// written `_` + two lowercase hex digits (`+` → `_2b`, `:` → `_3a`, `~` → `_7e`).
-/// Debian names and versions never contain `_`, so the escape is unambiguous and `__` can
-/// only be a separator: different packages never share a reference.
-/// `busybox-static 1:1.35.0-4+deb12u1+b1 amd64` → `busybox-static__1_3a1.35.0-4_2bdeb12u1_2bb1__amd64`.
+/// `<package>--<version>--<architecture>`, e.g.
+/// `busybox-static--1:1.35.0-4+deb12u1+b1--amd64`.
+///
+/// A separator (`-`, `.`, `:`, `+`) stays as it is when both its neighbours are
+/// alphanumeric; any other byte (`~`, a separator next to another one, …) becomes `_` and
+/// two lowercase hex digits (`2.0~rc1` → `2.0_7erc1`, `g++` → `g_2b_2b`). So `--` never
+/// occurs inside a field and separates the fields unambiguously, `_` always starts an
+/// escape, and different packages never share a name. Debian names, versions and
+/// architectures start with an alphanumeric, so the result always follows the OCI grammar
+/// ([`is_valid_reference_name`]).
 pub fn debian_package_reference_name(package: &str, version: &str, architecture: &str) -> String {
     let escape = |text: &str| {
+        let bytes = text.as_bytes();
         let mut escaped = String::with_capacity(text.len());
-        for byte in text.bytes() {
-            if byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'-') {
+        for (index, byte) in bytes.iter().copied().enumerate() {
+            let between_alphanumerics = index > 0
+                && bytes[index - 1].is_ascii_alphanumeric()
+                && bytes.get(index + 1).is_some_and(u8::is_ascii_alphanumeric);
+            if byte.is_ascii_alphanumeric() || (matches!(byte, b'-' | b'.' | b':' | b'+') && between_alphanumerics) {
                 escaped.push(char::from(byte));
             } else {
                 escaped.push_str(&format!("_{byte:02x}"));
@@ -135,7 +169,7 @@ pub fn debian_package_reference_name(package: &str, version: &str, architecture:
         }
         escaped
     };
-    format!("{}__{}__{}", escape(package), escape(version), escape(architecture))
+    format!("{}--{}--{}", escape(package), escape(version), escape(architecture))
 }
 
 impl OciLayout {
@@ -308,12 +342,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn debian_reference_names_are_accepted_by_skopeo_and_unambiguous() {
-        let name = debian_package_reference_name("busybox-static", "1:1.35.0-4+deb12u1+b1", "amd64");
-        assert_eq!(name, "busybox-static__1_3a1.35.0-4_2bdeb12u1_2bb1__amd64");
-        assert!(is_valid_reference_name(&name));
-        assert_eq!(debian_package_reference_name("g++", "4:12.2.0-3", "all"), "g_2b_2b__4_3a12.2.0-3__all");
-        assert!(!is_valid_reference_name("busybox:latest"));
+    fn debian_reference_names_follow_the_oci_grammar_and_are_unambiguous() {
+        let check = |package: &str, version: &str, expected: &str| {
+            let name = debian_package_reference_name(package, version, "amd64");
+            assert_eq!(name, expected);
+            assert!(is_valid_reference_name(&name), "{name}");
+        };
+        check("busybox-static", "1:1.35.0-4+deb12u1+b1", "busybox-static--1:1.35.0-4+deb12u1+b1--amd64");
+        check("g++", "4:12.2.0-3", "g_2b_2b--4:12.2.0-3--amd64");
+        check("libstdc++6", "12.2.0-14", "libstdc_2b_2b6--12.2.0-14--amd64");
+        check("kiln-test-small", "1:2.0~rc1-3+b1", "kiln-test-small--1:2.0_7erc1-3+b1--amd64");
+        check("x", "1.0+~git1", "x--1.0_2b_7egit1--amd64");
+        check("a-", "1", "a_2d--1--amd64");
+    }
+
+    #[test]
+    fn reference_name_grammar_matches_what_skopeo_accepts() {
+        // Accepted and refused by skopeo 1.9 (`skopeo inspect oci:DIR:NAME`), checked by hand.
+        for accepted in ["busybox-static_1:1.35.0-4+deb12u1+b1_amd64", "a_2bb", "a/b", "a--b", "A@b", "v1.0"] {
+            assert!(is_valid_reference_name(accepted), "{accepted}");
+        }
+        for refused in ["a__b", "x_1:2.0~rc1_amd64", "a---b", "a.-b", "g++_1_all", "", "a/", "-a", "a-"] {
+            assert!(!is_valid_reference_name(refused), "{refused}");
+        }
     }
 
     #[test]
@@ -338,7 +389,7 @@ mod tests {
         fs::write(layout.blob_path(&first.digest), b"tampered").unwrap();
         assert!(layout.read_blob(&first.digest).unwrap_err().to_string().contains("is corrupt"));
         assert!(matches!(
-            layout.add_manifest_ref("a:b", &first),
+            layout.add_manifest_ref("a__b", &first),
             Err(OciLayoutError::InvalidReferenceName { .. })
         ));
     }

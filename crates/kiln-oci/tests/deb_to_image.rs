@@ -93,7 +93,7 @@ fn building_twice_into_one_layout_is_idempotent_and_index_is_stable() {
     let layout_directory = directory.path().join("layout");
     let (layout, first) = build(&deb, &layout_directory);
     let reference = debian_package_reference_name(&first.package.package, &first.package.version, &first.package.architecture);
-    assert_eq!(reference, "kiln-test-small__1_3a2.0_7erc1-3_2bb1__amd64");
+    assert_eq!(reference, "kiln-test-small--1:2.0_7erc1-3+b1--amd64");
     layout.add_manifest_ref(&reference, &first.image.manifest).unwrap();
     let index_after_first = fs::read(layout_directory.join("index.json")).unwrap();
     let (layout, second) = build(&deb, &layout_directory);
@@ -163,8 +163,11 @@ fn skopeo_inspects_and_copies_the_image() {
     let (directory, deb) = small_package_deb("xz", "amd64");
     let layout_directory = directory.path().join("layout");
     let (layout, built) = build(&deb, &layout_directory);
-    layout.add_manifest_ref("kiln-test-small", &built.image.manifest).unwrap();
-    let source = format!("oci:{}:kiln-test-small", layout_directory.display());
+    // kiln's name for the package (`kiln-test-small--1:2.0_7erc1-3+b1--amd64`): skopeo must
+    // accept its `:`, `+` and escaped `~`.
+    let reference = debian_package_reference_name(&built.package.package, &built.package.version, &built.package.architecture);
+    layout.add_manifest_ref(&reference, &built.image.manifest).unwrap();
+    let source = format!("oci:{}:{reference}", layout_directory.display());
 
     let inspected: serde_json::Value = serde_json::from_str(&run(skopeo().arg("inspect").arg(&source))).unwrap();
     assert_eq!(inspected["Digest"], built.image.manifest_digest.to_string());

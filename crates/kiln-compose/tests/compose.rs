@@ -1,0 +1,163 @@
+//! Layers built with the `tar` crate's writer (a real tar, as skopeo or
+//! docker would hand over) stacked into one tree.
+
+use kiln_archive::{ArchivePath, EntryKind};
+use kiln_compose::{check_kernel_options, ComposeError, ComposedTree, RequiredKernelOption};
+
+enum Item<'a> {
+    Dir(&'a str),
+    File(&'a str, &'a str, u32),
+    Link(&'a str, &'a str),
+    Symlink(&'a str, &'a str),
+}
+
+/// Writes a tar whose names are taken verbatim (even `..` or absolute ones,
+/// which the `tar` crate's path setters would refuse), so bad layers can be built.
+fn layer(items: &[Item<'_>]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    for item in items {
+        let mut header = tar::Header::new_gnu();
+        let (name, kind, data, link, mode): (&str, tar::EntryType, &[u8], Option<&str>, u32) = match item {
+            Item::Dir(name) => (name, tar::EntryType::Directory, b"", None, 0o755),
+            Item::File(name, data, mode) => (name, tar::EntryType::Regular, data.as_bytes(), None, *mode),
+            Item::Link(name, target) => (name, tar::EntryType::Link, b"", Some(target), 0o644),
+            Item::Symlink(name, target) => (name, tar::EntryType::Symlink, b"", Some(target), 0o777),
+        };
+        let raw = &mut header.as_gnu_mut().unwrap().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_size(data.len() as u64);
+        if let Some(link) = link {
+            header.set_link_name(link).unwrap();
+        }
+        header.set_cksum();
+        builder.append(&header, data).unwrap();
+    }
+    builder.into_inner().unwrap()
+}
+
+fn path(text: &str) -> ArchivePath {
+    ArchivePath::new(text).unwrap()
+}
+
+#[test]
+fn layers_stack_and_remember_their_module() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer("base", &layer(&[Item::Dir("etc/"), Item::File("etc/os-release", "ID=kiln\n", 0o644)])[..]).unwrap();
+    tree.apply_layer("sshd", &layer(&[Item::Dir("etc/"), Item::File("etc/dropbear/banner", "hi\n", 0o600)])[..]).unwrap();
+    let origins: Vec<(String, String)> =
+        tree.entries().map(|composed| (composed.entry.path.display(), composed.module.clone())).collect();
+    insta::assert_debug_snapshot!(origins, @r#"
+    [
+        (
+            "etc",
+            "base",
+        ),
+        (
+            "etc/dropbear",
+            "sshd",
+        ),
+        (
+            "etc/dropbear/banner",
+            "sshd",
+        ),
+        (
+            "etc/os-release",
+            "base",
+        ),
+    ]
+    "#);
+    assert_eq!(tree.bytes_by_module().get("sshd"), Some(&3));
+}
+
+#[test]
+fn different_contents_from_two_modules_is_an_error_naming_both() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer("base", &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..]).unwrap();
+    let error = tree.apply_layer("debug", &layer(&[Item::File("etc/motd", "debug build\n", 0o644)])[..]).unwrap_err();
+    insta::assert_snapshot!(error.to_string(), @"modules `base` and `debug` both provide `etc/motd` with different contents; remove it from one of them, or whiteout it in `debug`");
+    // The same bytes from two modules are not a conflict.
+    tree.apply_layer("again", &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..]).unwrap();
+    assert_eq!(tree.get(&path("etc/motd")).unwrap().module, "base");
+}
+
+#[test]
+fn whiteouts_remove_lower_paths_and_opaque_directories_empty_them() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer(
+        "base",
+        &layer(&[
+            Item::File("etc/motd", "x\n", 0o644),
+            Item::File("usr/share/doc/a", "a\n", 0o644),
+            Item::File("usr/share/doc/b/c", "c\n", 0o644),
+        ])[..],
+    )
+    .unwrap();
+    tree.apply_layer(
+        "minimal",
+        &layer(&[
+            Item::File("etc/.wh.motd", "", 0o644),
+            Item::File("usr/share/doc/.wh..wh..opq", "", 0o644),
+            Item::File("usr/share/doc/README", "kept: same layer as the opaque marker\n", 0o644),
+        ])[..],
+    )
+    .unwrap();
+    let paths: Vec<String> = tree.entries().map(|composed| composed.entry.path.display()).collect();
+    assert_eq!(paths, ["etc", "usr", "usr/share", "usr/share/doc", "usr/share/doc/README"]);
+}
+
+#[test]
+fn paths_that_escape_the_root_are_rejected() {
+    let mut tree = ComposedTree::new();
+    let error = tree.apply_layer("evil", &layer(&[Item::File("../etc/passwd", "x", 0o644)])[..]).unwrap_err();
+    insta::assert_snapshot!(error.to_string(), @r#"module `evil`: invalid path "../etc/passwd" in its layer: invalid archive path "../etc/passwd": it contains a `..` component"#);
+    let error = tree.apply_layer("evil", &layer(&[Item::File("/etc/passwd", "x", 0o644)])[..]).unwrap_err();
+    insta::assert_snapshot!(error.to_string(), @r#"module `evil`: invalid path "/etc/passwd" in its layer: absolute paths are not allowed in a layer"#);
+
+    tree.apply_layer("base", &layer(&[Item::Symlink("lib", "/run/host/lib")])[..]).unwrap();
+    let error = tree.apply_layer("evil", &layer(&[Item::File("lib/libc.so.6", "x", 0o755)])[..]).unwrap_err();
+    assert!(matches!(error, ComposeError::ThroughSymlink { .. }));
+    insta::assert_snapshot!(error.to_string(), @"module `evil`: `lib/libc.so.6` would be written through the symlink `lib` (from module `base`); paths must stay inside the image root");
+}
+
+#[test]
+fn hard_links_survive_their_target_being_whited_out() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer(
+        "busybox",
+        &layer(&[Item::File("bin/busybox", "ELF", 0o755), Item::Link("bin/sh", "bin/busybox"), Item::Link("bin/ls", "bin/busybox")])[..],
+    )
+    .unwrap();
+    tree.apply_layer("slim", &layer(&[Item::File("bin/.wh.busybox", "", 0o644)])[..]).unwrap();
+    assert!(tree.get(&path("bin/busybox")).is_none());
+    assert!(matches!(tree.get(&path("bin/ls")).unwrap().entry.kind, EntryKind::File(_)));
+    assert_eq!(tree.get(&path("bin/sh")).unwrap().entry.kind, EntryKind::HardLink { target: path("bin/ls") });
+    let mut archive = tree.to_archive_tree();
+    archive.complete().unwrap();
+}
+
+#[test]
+fn a_hard_link_to_nothing_is_rejected() {
+    let mut tree = ComposedTree::new();
+    let error = tree.apply_layer("broken", &layer(&[Item::Link("bin/sh", "bin/busybox")])[..]).unwrap_err();
+    insta::assert_snapshot!(error.to_string(), @"module `broken`: hard link `bin/sh` points at `bin/busybox`, which is not a regular file in this layer or below");
+}
+
+#[test]
+fn missing_kernel_options_name_the_module_that_needs_them() {
+    let config = "CONFIG_OVERLAY_FS=m\nCONFIG_PACKET=y\n# CONFIG_VLAN_8021Q is not set\n";
+    let required = [
+        RequiredKernelOption { module: "dhcp".into(), option: "CONFIG_PACKET".into(), module_allowed: false },
+        RequiredKernelOption { module: "dhcp".into(), option: "CONFIG_VLAN_8021Q".into(), module_allowed: true },
+        RequiredKernelOption { module: "docker".into(), option: "CONFIG_OVERLAY_FS".into(), module_allowed: false },
+    ];
+    let missing = check_kernel_options(&required, config).unwrap_err();
+    insta::assert_snapshot!(missing.join("\n"), @r"
+    module `dhcp` needs CONFIG_VLAN_8021Q=y or m but the kernel has it unset
+    module `docker` needs CONFIG_OVERLAY_FS=y but the kernel has CONFIG_OVERLAY_FS=m
+    ");
+}

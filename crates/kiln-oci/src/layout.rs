@@ -368,6 +368,26 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_reference_updates_lose_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let layout = OciLayout::open_or_create(directory.path()).unwrap();
+        let blob = layout.put_blob_bytes("application/octet-stream", b"manifest").unwrap();
+        std::thread::scope(|scope| {
+            for thread_number in 0..4 {
+                let (layout, blob) = (&layout, &blob);
+                scope.spawn(move || {
+                    // Each thread opens the layout itself, as a second build process would.
+                    let own_layout = OciLayout::open_or_create(layout.directory()).unwrap();
+                    for reference_number in 0..25 {
+                        own_layout.add_manifest_ref(&format!("t{thread_number}-r{reference_number}"), blob).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(layout.read_index().unwrap().manifests.len(), 100);
+    }
+
+    #[test]
     fn blobs_are_content_addressed_and_index_is_sorted_whatever_the_insertion_order() {
         let directory = tempfile::tempdir().unwrap();
         let layout = OciLayout::open_or_create(directory.path()).unwrap();

@@ -247,7 +247,7 @@ pub fn move_root_off_rootfs(
         Some(size) => format!("mode=0755,size={size}"),
         None => "mode=0755".to_string(),
     };
-    syscall.mount("rootfs", new_root, Some("tmpfs"), 0, Some(&data))?;
+    syscall.mount("kiln-root", new_root, Some("tmpfs"), 0, Some(&data))?;
     syscall.move_tree_contents(Path::new("/"), new_root, &[new_root.to_path_buf()])?;
     syscall.chdir(new_root)?;
     syscall.mount(".", Path::new("/"), None, MS_MOVE, None)?;
@@ -433,7 +433,7 @@ mod tests {
         .unwrap();
         insta::assert_snapshot!(syscall.transcript(), @r"
         mkdir -p /.kiln-new-root mode=755
-        mount rootfs /.kiln-new-root type=tmpfs flags=0 data=mode=0755,size=90%
+        mount kiln-root /.kiln-new-root type=tmpfs flags=0 data=mode=0755,size=90%
         move tree / -> /.kiln-new-root skipping [/.kiln-new-root]
         chdir /.kiln-new-root
         mount . / type=- flags=move data=-

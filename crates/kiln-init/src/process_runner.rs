@@ -180,7 +180,8 @@ impl SignalWaiter {
 
 impl EventWaiter for SignalWaiter {
     fn wait(&mut self, timeout: Duration) -> Option<PowerAction> {
-        let seconds = libc::time_t::try_from(timeout.as_secs()).unwrap_or(libc::time_t::MAX);
+        // Capped at a day, which fits any time_t; the type is inferred from `timespec`.
+        let seconds = timeout.as_secs().min(86_400).try_into().unwrap_or_default();
         let nanoseconds = libc::c_long::from(timeout.subsec_nanos());
         let timespec = libc::timespec { tv_sec: seconds, tv_nsec: nanoseconds };
         // SAFETY: `self.set` is an initialised sigset_t; info may be null; timespec is valid.

@@ -4,14 +4,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::cmdline::{parse_boot_parameters, render_environment_file, render_json_file, BootParameters};
+use crate::cmdline::{
+    parse_boot_parameters, render_environment_file, render_json_file, BootParameters,
+};
 use crate::config::{ConfigError, InitConfig};
 use crate::early_mounts::{
     mount_configured_filesystems, mount_early_filesystems, move_root_off_rootfs, unmount_all,
     MountReport, RequiredMountError,
 };
 use crate::kernel_modules::load_kernel_modules;
-use crate::process_runner::{Console, EventWaiter, FatalStepError, StepKind, Supervisor, SupervisorSettings};
+use crate::process_runner::{
+    Console, EventWaiter, FatalStepError, StepKind, Supervisor, SupervisorSettings,
+};
 use crate::supervision::{order_services_by_after, OrderingError};
 use crate::syscall::{PowerAction, RebootCommand, Syscall, SyscallError};
 
@@ -90,8 +94,16 @@ pub fn prepare_system(
         console.warning(warning);
     }
     for (path, contents, mode) in [
-        (COMMAND_LINE_ENVIRONMENT_PATH, render_environment_file(&boot_parameters), 0o600),
-        (COMMAND_LINE_JSON_PATH, render_json_file(&boot_parameters), 0o600),
+        (
+            COMMAND_LINE_ENVIRONMENT_PATH,
+            render_environment_file(&boot_parameters),
+            0o600,
+        ),
+        (
+            COMMAND_LINE_JSON_PATH,
+            render_json_file(&boot_parameters),
+            0o600,
+        ),
     ] {
         // 0600: the command line can carry registry_password.
         if let Err(error) = syscall.write_file(Path::new(path), contents.as_bytes(), mode) {
@@ -108,7 +120,10 @@ pub fn prepare_system(
         console.warning(warning);
     }
     mounts.warnings.clear();
-    Ok(PreparedSystem { mounts, boot_parameters })
+    Ok(PreparedSystem {
+        mounts,
+        boot_parameters,
+    })
 }
 
 /// Runs onboot steps, starts services, prints `kiln: ready`, supervises until a power action,
@@ -133,7 +148,11 @@ pub fn run_steps_and_services(
             let mut services = Vec::new();
             for index in order {
                 let service = &config.services[index];
-                if boot_parameters.kiln.services_disable.contains(&service.name) {
+                if boot_parameters
+                    .kiln
+                    .services_disable
+                    .contains(&service.name)
+                {
                     console.marker(&format!(
                         "service {} disabled by kernel command line",
                         service.name
@@ -144,9 +163,7 @@ pub fn run_steps_and_services(
             }
             supervisor.start_services(services);
             console.marker("ready");
-            supervisor
-                .supervise(None)
-                .unwrap_or(PowerAction::PowerOff)
+            supervisor.supervise(None).unwrap_or(PowerAction::PowerOff)
         }
     };
     console.marker(&format!("shutdown requested ({})", action.marker()));
@@ -194,14 +211,21 @@ mod tests {
             "/proc/cmdline",
             b"console=ttyS0 grpc_authority=tink:42113 kiln.debug vlan_id=x\n",
         );
-        syscall.fail_calls_starting_with("finit_module /lib/modules/6.1.0/kernel/lib/crc32c", libc::EEXIST);
+        syscall.fail_calls_starting_with(
+            "finit_module /lib/modules/6.1.0/kernel/lib/crc32c",
+            libc::EEXIST,
+        );
         let config = InitConfig::parse(Path::new("examples/init.json"), EXAMPLE).unwrap();
         let (mut console, output) = Console::capture();
         let prepared = prepare_system(&syscall, &mut console, &config).unwrap();
         insta::assert_snapshot!("prepare_sequence_syscalls", syscall.transcript());
         insta::assert_snapshot!("prepare_sequence_console", output.text());
-        assert!(prepared.mounts.mounted.contains(&PathBuf::from("/sys/kernel/debug")));
-        let environment = String::from_utf8(syscall.file("/run/kiln/cmdline.env").unwrap()).unwrap();
+        assert!(prepared
+            .mounts
+            .mounted
+            .contains(&PathBuf::from("/sys/kernel/debug")));
+        let environment =
+            String::from_utf8(syscall.file("/run/kiln/cmdline.env").unwrap()).unwrap();
         assert!(environment.contains("grpc_authority='tink:42113'\n"));
     }
 
@@ -209,8 +233,18 @@ mod tests {
     fn shutdown_sequence() {
         let syscall = RecordingSyscall::new();
         let (console, output) = Console::capture();
-        let mounted = vec![PathBuf::from("/proc"), PathBuf::from("/sys"), PathBuf::from("/run")];
-        finish_shutdown(&syscall, &console, PowerAction::PowerOff, &mounted, Duration::from_secs(5));
+        let mounted = vec![
+            PathBuf::from("/proc"),
+            PathBuf::from("/sys"),
+            PathBuf::from("/run"),
+        ];
+        finish_shutdown(
+            &syscall,
+            &console,
+            PowerAction::PowerOff,
+            &mounted,
+            Duration::from_secs(5),
+        );
         insta::assert_snapshot!(syscall.transcript(), @r"
         kill -1 SIGTERM
         reap children for 5000ms
@@ -228,10 +262,22 @@ mod tests {
 
     #[test]
     fn busybox_signals_map_to_actions() {
-        assert_eq!(PowerAction::from_signal(libc::SIGUSR1), Some(PowerAction::Halt));
-        assert_eq!(PowerAction::from_signal(libc::SIGUSR2), Some(PowerAction::PowerOff));
-        assert_eq!(PowerAction::from_signal(libc::SIGTERM), Some(PowerAction::Reboot));
-        assert_eq!(PowerAction::from_signal(libc::SIGINT), Some(PowerAction::Reboot));
+        assert_eq!(
+            PowerAction::from_signal(libc::SIGUSR1),
+            Some(PowerAction::Halt)
+        );
+        assert_eq!(
+            PowerAction::from_signal(libc::SIGUSR2),
+            Some(PowerAction::PowerOff)
+        );
+        assert_eq!(
+            PowerAction::from_signal(libc::SIGTERM),
+            Some(PowerAction::Reboot)
+        );
+        assert_eq!(
+            PowerAction::from_signal(libc::SIGINT),
+            Some(PowerAction::Reboot)
+        );
         assert_eq!(PowerAction::from_signal(libc::SIGHUP), None);
     }
 

@@ -64,7 +64,11 @@ pub fn split_kernel_command_line(text: &str) -> (Vec<CommandLineParameter>, Vec<
         let word = &text[start..end];
         let (key, value) = match equals {
             None => {
-                let key = if quoted { word.strip_suffix('"').unwrap_or(word) } else { word };
+                let key = if quoted {
+                    word.strip_suffix('"').unwrap_or(word)
+                } else {
+                    word
+                };
                 (key.to_string(), None)
             }
             Some(equals_at) => {
@@ -187,9 +191,7 @@ fn parse_boolean(key: &str, value: Option<&str>, warnings: &mut Vec<String>) -> 
         None | Some("") | Some("1") | Some("true") | Some("yes") | Some("on") => Some(true),
         Some("0") | Some("false") | Some("no") | Some("off") => Some(false),
         Some(other) => {
-            warnings.push(format!(
-                "ignoring {key}={other}: expected true or false"
-            ));
+            warnings.push(format!("ignoring {key}={other}: expected true or false"));
             None
         }
     }
@@ -358,7 +360,13 @@ pub fn shell_quote(value: &str) -> String {
 fn shell_variable_name(key: &str) -> Option<String> {
     let name: String = key
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     let first = name.chars().next()?;
     if first.is_ascii_digit() {
@@ -393,7 +401,10 @@ pub fn render_environment_file(parameters: &BootParameters) -> String {
     set("interface", &hook.interface);
     let boolean = |value: Option<bool>| value.map(|b| b.to_string());
     set("tinkerbell_tls", &boolean(hook.tinkerbell_tls));
-    set("tinkerbell_insecure_tls", &boolean(hook.tinkerbell_insecure_tls));
+    set(
+        "tinkerbell_insecure_tls",
+        &boolean(hook.tinkerbell_insecure_tls),
+    );
     set("vlan_id", &hook.vlan_id.map(|id| id.to_string()));
     if !hook.insecure_registries.is_empty() {
         variables.insert(
@@ -442,7 +453,9 @@ pub fn render_environment_file(parameters: &BootParameters) -> String {
             variables.entry(name).or_insert_with(|| value.clone());
         }
     }
-    let mut file = String::from("# Written by kiln-init from /proc/cmdline; source with `. /run/kiln/cmdline.env`.\n");
+    let mut file = String::from(
+        "# Written by kiln-init from /proc/cmdline; source with `. /run/kiln/cmdline.env`.\n",
+    );
     for (name, value) in variables {
         file.push_str(&name);
         file.push('=');
@@ -486,9 +499,15 @@ mod tests {
         assert_eq!(check_split("\"key=a b\""), "[key]=[a b]\n");
         assert_eq!(check_split("\"bare word\""), "[bare word]\n");
         assert_eq!(check_split("k=a\"b c\"d e"), "[k]=[a\"b c\"d]\n[e]\n");
-        assert_eq!(check_split("k=\"unterminated value"), "[k]=[unterminated value]\n");
+        assert_eq!(
+            check_split("k=\"unterminated value"),
+            "[k]=[unterminated value]\n"
+        );
         assert_eq!(check_split("a=b=c"), "[a]=[b=c]\n");
-        assert_eq!(check_split("a -- single x=y"), "[a]\ninit arguments: [\"single\", \"x=y\"]\n");
+        assert_eq!(
+            check_split("a -- single x=y"),
+            "[a]\ninit arguments: [\"single\", \"x=y\"]\n"
+        );
         assert_eq!(check_split("console=ttyS0\n"), "[console]=[ttyS0]\n");
         assert_eq!(check_split(""), "");
     }
@@ -547,7 +566,10 @@ mod tests {
             ipam=de-ad-be-ef-fe-ed:100:192.168.2.193:255.255.255.0:192.168.2.1:myserver:1.1.1.1,8.8.8.8:example.com:132.163.97.1,132.163.96.1 \
             kiln.debug kiln.services.disable=sshd,ntp kiln.dhcp.timeout=30 -- single";
         let parameters = parse_boot_parameters(text);
-        insta::assert_snapshot!("hook_command_line_environment", render_environment_file(&parameters));
+        insta::assert_snapshot!(
+            "hook_command_line_environment",
+            render_environment_file(&parameters)
+        );
         insta::assert_json_snapshot!("hook_command_line_typed", &parameters.hook);
         insta::assert_json_snapshot!("hook_command_line_kiln", &parameters.kiln);
         assert_eq!(parameters.init_arguments, vec!["single".to_string()]);
@@ -557,6 +579,9 @@ mod tests {
     #[test]
     fn minimal_command_line_snapshot() {
         let parameters = parse_boot_parameters("console=ttyS0 quiet\n");
-        insta::assert_snapshot!("minimal_command_line_environment", render_environment_file(&parameters));
+        insta::assert_snapshot!(
+            "minimal_command_line_environment",
+            render_environment_file(&parameters)
+        );
     }
 }

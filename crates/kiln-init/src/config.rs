@@ -238,6 +238,15 @@ pub struct ConsoleSettings {
     /// Directory of the per-step and per-service log files `NAME.log` (default `/var/log`).
     #[serde(default = "default_log_directory")]
     pub log_directory: PathBuf,
+    /// Size at which `NAME.log` is renamed to `NAME.log.1` (replacing it) and started anew
+    /// (default 1 MiB): the logs live in RAM, a chatty service must not fill it. `0` keeps
+    /// everything.
+    #[serde(default = "default_log_rotate_bytes")]
+    pub log_rotate_bytes: u64,
+}
+
+fn default_log_rotate_bytes() -> u64 {
+    1024 * 1024
 }
 
 fn default_true() -> bool {
@@ -252,6 +261,7 @@ impl Default for ConsoleSettings {
         ConsoleSettings {
             service_output_to_console: true,
             log_directory: default_log_directory(),
+            log_rotate_bytes: default_log_rotate_bytes(),
         }
     }
 }
@@ -449,10 +459,13 @@ mod tests {
         assert_eq!(worker.restart, RestartPolicy::OnFailure);
         assert_eq!(worker.backoff, BackoffSettings::default());
         assert_eq!(worker.after, vec!["containerd".to_string()]);
-        assert_eq!(InitConfig::parse(Path::new("x"), "{}").unwrap(), InitConfig {
-            stop_grace_ms: 5000,
-            ..InitConfig::default()
-        });
+        assert_eq!(
+            InitConfig::parse(Path::new("x"), "{}").unwrap(),
+            InitConfig {
+                stop_grace_ms: 5000,
+                ..InitConfig::default()
+            }
+        );
     }
 
     #[test]
@@ -469,12 +482,18 @@ mod tests {
             ),
             ("missing argv", r#"{"services": [{"name": "getty"}]}"#),
             ("not json", "{\n  \"onboot\": [,]\n}"),
-            ("empty argv", r#"{"onboot": [{"name": "dhcp", "argv": []}]}"#),
+            (
+                "empty argv",
+                r#"{"onboot": [{"name": "dhcp", "argv": []}]}"#,
+            ),
             (
                 "duplicate service",
                 r#"{"services": [{"name": "a", "argv": ["/a"]}, {"name": "a", "argv": ["/b"]}]}"#,
             ),
-            ("bad name", r#"{"services": [{"name": "../etc/passwd", "argv": ["/a"]}]}"#),
+            (
+                "bad name",
+                r#"{"services": [{"name": "../etc/passwd", "argv": ["/a"]}]}"#,
+            ),
             (
                 "user and uid",
                 r#"{"services": [{"name": "a", "argv": ["/a"], "user": "nobody", "uid": 65534}]}"#,
@@ -495,8 +514,14 @@ mod tests {
                 "mount flag",
                 r#"{"mounts": [{"source": "none", "target": "/mnt", "fstype": "tmpfs", "flags": ["readonly"]}]}"#,
             ),
-            ("relative module", r#"{"kernel_modules": [{"path": "igc.ko"}]}"#),
-            ("zero timeout", r#"{"onboot": [{"name": "x", "argv": ["/x"], "timeout_ms": 0}]}"#),
+            (
+                "relative module",
+                r#"{"kernel_modules": [{"path": "igc.ko"}]}"#,
+            ),
+            (
+                "zero timeout",
+                r#"{"onboot": [{"name": "x", "argv": ["/x"], "timeout_ms": 0}]}"#,
+            ),
         ];
         let mut report = String::new();
         for (title, text) in cases {

@@ -96,14 +96,62 @@ pub struct EarlyMount {
 pub fn early_mount_table() -> Vec<EarlyMount> {
     let hardened = MS_NOSUID | MS_NODEV | MS_NOEXEC;
     vec![
-        EarlyMount { source: "proc", target: "/proc", fstype: "proc", flags: hardened, data: "" },
-        EarlyMount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: hardened, data: "" },
-        EarlyMount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: MS_NOSUID, data: "mode=0755" },
-        EarlyMount { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: MS_NOSUID | MS_NOEXEC, data: "newinstance,ptmxmode=0666,mode=0620,gid=5" },
-        EarlyMount { source: "shm", target: "/dev/shm", fstype: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=1777" },
-        EarlyMount { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=0755" },
-        EarlyMount { source: "tmpfs", target: "/tmp", fstype: "tmpfs", flags: MS_NOSUID | MS_NODEV, data: "mode=1777" },
-        EarlyMount { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: hardened, data: "nsdelegate" },
+        EarlyMount {
+            source: "proc",
+            target: "/proc",
+            fstype: "proc",
+            flags: hardened,
+            data: "",
+        },
+        EarlyMount {
+            source: "sysfs",
+            target: "/sys",
+            fstype: "sysfs",
+            flags: hardened,
+            data: "",
+        },
+        EarlyMount {
+            source: "devtmpfs",
+            target: "/dev",
+            fstype: "devtmpfs",
+            flags: MS_NOSUID,
+            data: "mode=0755",
+        },
+        EarlyMount {
+            source: "devpts",
+            target: "/dev/pts",
+            fstype: "devpts",
+            flags: MS_NOSUID | MS_NOEXEC,
+            data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        },
+        EarlyMount {
+            source: "shm",
+            target: "/dev/shm",
+            fstype: "tmpfs",
+            flags: MS_NOSUID | MS_NODEV,
+            data: "mode=1777",
+        },
+        EarlyMount {
+            source: "tmpfs",
+            target: "/run",
+            fstype: "tmpfs",
+            flags: MS_NOSUID | MS_NODEV,
+            data: "mode=0755",
+        },
+        EarlyMount {
+            source: "tmpfs",
+            target: "/tmp",
+            fstype: "tmpfs",
+            flags: MS_NOSUID | MS_NODEV,
+            data: "mode=1777",
+        },
+        EarlyMount {
+            source: "cgroup2",
+            target: "/sys/fs/cgroup",
+            fstype: "cgroup2",
+            flags: hardened,
+            data: "nsdelegate",
+        },
     ]
 }
 
@@ -137,9 +185,15 @@ pub fn mount_early_filesystems(syscall: &dyn Syscall) -> MountReport {
     for mount in early_mount_table() {
         let target = Path::new(mount.target);
         if let Err(error) = syscall.create_directory_all(target, 0o755) {
-            report.warnings.push(format!("cannot create {}: {error}", mount.target));
+            report
+                .warnings
+                .push(format!("cannot create {}: {error}", mount.target));
         }
-        let data = if mount.data.is_empty() { None } else { Some(mount.data) };
+        let data = if mount.data.is_empty() {
+            None
+        } else {
+            Some(mount.data)
+        };
         match syscall.mount(mount.source, target, Some(mount.fstype), mount.flags, data) {
             Ok(()) => report.mounted.push(target.to_path_buf()),
             Err(error) if error.errno() == Some(libc::EBUSY) => {}
@@ -159,7 +213,9 @@ pub fn mount_early_filesystems(syscall: &dyn Syscall) -> MountReport {
                                 *major,
                                 *minor,
                             ) {
-                                report.warnings.push(format!("cannot create {path}: {error}"));
+                                report
+                                    .warnings
+                                    .push(format!("cannot create {path}: {error}"));
                             }
                         }
                     }
@@ -295,7 +351,9 @@ fn move_directory_entries(
         if skip.iter().any(|skipped| skipped == &source) {
             continue;
         }
-        let Some(name) = source.file_name() else { continue };
+        let Some(name) = source.file_name() else {
+            continue;
+        };
         let destination = to.join(name);
         let metadata =
             std::fs::symlink_metadata(&source).map_err(|e| io_error("stat", &source, e))?;
@@ -313,7 +371,8 @@ fn move_directory_entries(
                 std::fs::Permissions::from_mode(metadata.mode() & 0o7777),
             )
             .map_err(|e| io_error("chmod", &destination, e))?;
-            let _ = std::os::unix::fs::lchown(&destination, Some(metadata.uid()), Some(metadata.gid()));
+            let _ =
+                std::os::unix::fs::lchown(&destination, Some(metadata.uid()), Some(metadata.gid()));
             let _ = std::fs::remove_dir(&source);
             continue;
         }
@@ -337,19 +396,23 @@ fn move_directory_entries(
                 .map_err(|e| io_error("symlink", &destination, e))?;
         } else if file_type.is_file() {
             std::fs::copy(&source, &destination).map_err(|e| io_error("copy", &source, e))?;
-        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo()
-        {
-            let destination_c = std::ffi::CString::new(
-                std::os::unix::ffi::OsStrExt::as_bytes(destination.as_os_str()),
-            )
-            .map_err(|_| SyscallError::from_errno("mknod", destination.display().to_string(), libc::EINVAL))?;
+        } else if file_type.is_char_device() || file_type.is_block_device() || file_type.is_fifo() {
+            let destination_c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+                destination.as_os_str(),
+            ))
+            .map_err(|_| {
+                SyscallError::from_errno("mknod", destination.display().to_string(), libc::EINVAL)
+            })?;
             // SAFETY: destination_c is a valid NUL-terminated path; mode and rdev are integers
             // taken from the source's metadata.
-            let result = unsafe {
-                libc::mknod(destination_c.as_ptr(), metadata.mode(), metadata.rdev())
-            };
+            let result =
+                unsafe { libc::mknod(destination_c.as_ptr(), metadata.mode(), metadata.rdev()) };
             if result != 0 {
-                return Err(io_error("mknod", &destination, std::io::Error::last_os_error()));
+                return Err(io_error(
+                    "mknod",
+                    &destination,
+                    std::io::Error::last_os_error(),
+                ));
             }
         } else {
             // Sockets cannot be copied; nothing in an initramfs should be one.
@@ -428,7 +491,10 @@ mod tests {
         let syscall = RecordingSyscall::new();
         move_root_off_rootfs(
             &syscall,
-            &RootSettings { move_off_rootfs: true, tmpfs_size: Some("90%".to_string()) },
+            &RootSettings {
+                move_off_rootfs: true,
+                tmpfs_size: Some("90%".to_string()),
+            },
         )
         .unwrap();
         insta::assert_snapshot!(syscall.transcript(), @r"
@@ -476,14 +542,23 @@ mod tests {
         std::os::unix::fs::symlink("busybox", from.join("ls")).unwrap();
         std::fs::create_dir_all(from.join("skipme")).unwrap();
         move_tree_contents(&from, &to, &[from.join("skipme")]).unwrap();
-        assert_eq!(std::fs::read_to_string(to.join("etc/kiln/init.json")).unwrap(), "{}");
-        assert_eq!(std::fs::read_link(to.join("ls")).unwrap(), PathBuf::from("busybox"));
+        assert_eq!(
+            std::fs::read_to_string(to.join("etc/kiln/init.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            std::fs::read_link(to.join("ls")).unwrap(),
+            PathBuf::from("busybox")
+        );
         use std::os::unix::fs::MetadataExt;
         assert_eq!(
             std::fs::metadata(to.join("sh")).unwrap().ino(),
             std::fs::metadata(to.join("busybox")).unwrap().ino()
         );
-        let left: Vec<_> = std::fs::read_dir(&from).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = std::fs::read_dir(&from)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, vec![std::ffi::OsString::from("skipme")]);
     }
 }

@@ -31,6 +31,7 @@
 //! | `services[]` | `{name, argv, env, working_directory, user \| uid, gid, restart, backoff, after}` | `restart: "always"` | `restart`: `always`, `on-failure`, `never`; `backoff`: `{initial_ms: 1000, max_ms: 30000, reset_after_ms: 60000}`; `after`: start order |
 //! | `console.service_output_to_console` | bool | `true` | copy `[NAME] line` to the console |
 //! | `console.log_directory` | path | `/var/log` | `NAME.log` per step and service |
+//! | `console.log_rotate_bytes` | integer | `1048576` | `NAME.log` → `NAME.log.1` at this size (logs are in RAM); `0`: never |
 //! | `stop_grace_ms` | integer | `5000` | SIGTERM → SIGKILL grace |
 //!
 //! Every child gets `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,

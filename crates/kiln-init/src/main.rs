@@ -97,7 +97,13 @@ fn supervise_outside_pid1(path: &Path) -> libc::c_int {
         }
     };
     let settings = SupervisorSettings::for_config(&config);
-    match run_steps_and_services(&config, &Default::default(), &console, settings, &mut waiter) {
+    match run_steps_and_services(
+        &config,
+        &Default::default(),
+        &console,
+        settings,
+        &mut waiter,
+    ) {
         Ok(action) => {
             console.marker(&format!("would be {} (not PID 1)", action.marker()));
             0
@@ -142,7 +148,13 @@ fn pid1() -> ! {
     let mut mounted: Vec<PathBuf> = Vec::new();
     let mut stop_grace = Duration::from_secs(5);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        boot_as_pid1(&syscall, &mut console, &mut waiter, &mut mounted, &mut stop_grace)
+        boot_as_pid1(
+            &syscall,
+            &mut console,
+            &mut waiter,
+            &mut mounted,
+            &mut stop_grace,
+        )
     }));
     let action = match result {
         Ok(Ok(action)) => action,
@@ -172,7 +184,13 @@ fn boot_as_pid1(
     mounted.clone_from(&prepared.mounts.mounted);
     open_console_if_needed();
     let settings = SupervisorSettings::for_config(&config);
-    run_steps_and_services(&config, &prepared.boot_parameters, console, settings, waiter)
+    run_steps_and_services(
+        &config,
+        &prepared.boot_parameters,
+        console,
+        settings,
+        waiter,
+    )
 }
 
 /// After a fatal error: the early mounts (best effort, `EBUSY` when done already), then a
@@ -199,7 +217,10 @@ fn emergency(
     }
     console.marker("starting emergency shell /bin/sh");
     let mut command = std::process::Command::new(shell);
-    command.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin").env("HOME", "/");
+    command
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("HOME", "/");
     // SAFETY: runs between fork and exec; setsid and ioctl are async-signal-safe and touch
     // no shared memory. The controlling terminal is best effort (job control).
     unsafe {
@@ -221,7 +242,11 @@ fn emergency(
         if let Some(action) = waiter.wait(Duration::from_secs(1)) {
             return action;
         }
-        if shell_pid < 0 || reap_exited_children().iter().any(|(pid, _)| *pid == shell_pid) {
+        if shell_pid < 0
+            || reap_exited_children()
+                .iter()
+                .any(|(pid, _)| *pid == shell_pid)
+        {
             console.marker("emergency shell exited");
             return PowerAction::PowerOff;
         }

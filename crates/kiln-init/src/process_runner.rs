@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{ServiceEntry, StepEntry};
 use crate::supervision::{
-    format_configured_duration, format_elapsed, lookup_user, next_backoff, should_restart,
-    ExitKind,
+    format_configured_duration, format_elapsed, lookup_user, next_backoff, should_restart, ExitKind,
 };
 use crate::syscall::PowerAction;
 
@@ -183,7 +182,10 @@ impl EventWaiter for SignalWaiter {
         // Capped at a day, which fits any time_t; the type is inferred from `timespec`.
         let seconds = timeout.as_secs().min(86_400).try_into().unwrap_or_default();
         let nanoseconds = libc::c_long::from(timeout.subsec_nanos());
-        let timespec = libc::timespec { tv_sec: seconds, tv_nsec: nanoseconds };
+        let timespec = libc::timespec {
+            tv_sec: seconds,
+            tv_nsec: nanoseconds,
+        };
         // SAFETY: `self.set` is an initialised sigset_t; info may be null; timespec is valid.
         let signal = unsafe { libc::sigtimedwait(&self.set, std::ptr::null_mut(), &timespec) };
         if signal > 0 {
@@ -217,6 +219,8 @@ impl EventWaiter for ManualWaiter {
 pub struct SupervisorSettings {
     /// Directory of `NAME.log` files (created when missing).
     pub log_directory: PathBuf,
+    /// Rotate `NAME.log` to `NAME.log.1` at this size; 0: never.
+    pub log_rotate_bytes: u64,
     /// Copy output lines to the console as `[NAME] line`.
     pub service_output_to_console: bool,
     /// SIGTERM → SIGKILL grace.
@@ -241,6 +245,7 @@ impl SupervisorSettings {
         base_environment.insert("TERM".to_string(), "linux".to_string());
         SupervisorSettings {
             log_directory: config.console.log_directory.clone(),
+            log_rotate_bytes: config.console.log_rotate_bytes,
             service_output_to_console: config.console.service_output_to_console,
             stop_grace: Duration::from_millis(config.stop_grace_ms),
             poll_interval: Duration::from_millis(250),
@@ -332,6 +337,56 @@ impl std::fmt::Debug for Supervisor<'_> {
     }
 }
 
+/// `NAME.log`, appended line by line, renamed to `NAME.log.1` when it reaches the limit.
+#[derive(Debug)]
+pub struct RotatingLog {
+    path: PathBuf,
+    file: Option<std::fs::File>,
+    size: u64,
+    rotate_bytes: u64,
+}
+
+impl RotatingLog {
+    /// Opens (appends to) `path`; `rotate_bytes == 0` never rotates. A log that cannot be
+    /// opened is skipped silently: the console still gets the lines.
+    pub fn open(path: PathBuf, rotate_bytes: u64) -> RotatingLog {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .ok();
+        let size = file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map_or(0, |m| m.len());
+        RotatingLog {
+            path,
+            file,
+            size,
+            rotate_bytes,
+        }
+    }
+
+    /// Appends one whole line (rotation happens between lines, never inside one).
+    pub fn append(&mut self, line: &[u8]) {
+        let length = u64::try_from(line.len()).unwrap_or(u64::MAX);
+        if self.rotate_bytes > 0
+            && self.size > 0
+            && self.size.saturating_add(length) > self.rotate_bytes
+        {
+            let mut rotated = self.path.clone().into_os_string();
+            rotated.push(".1");
+            let _ = std::fs::rename(&self.path, &rotated);
+            *self = RotatingLog::open(self.path.clone(), self.rotate_bytes);
+        }
+        if let Some(file) = self.file.as_mut() {
+            if file.write_all(line).is_ok() {
+                self.size = self.size.saturating_add(length);
+            }
+        }
+    }
+}
+
 /// Reaps every exited child without blocking.
 pub fn reap_exited_children() -> Vec<(i32, ExitKind)> {
     let mut exits = Vec::new();
@@ -419,7 +474,10 @@ impl<'waiter> Supervisor<'waiter> {
         credentials: Option<(u32, u32)>,
     ) -> std::io::Result<(i32, std::sync::mpsc::Receiver<()>)> {
         let Some((program, arguments)) = argv.split_first() else {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "empty argv",
+            ));
         };
         let (reader, writer) = std::io::pipe()?;
         let mut command = std::process::Command::new(program);
@@ -470,16 +528,13 @@ impl<'waiter> Supervisor<'waiter> {
         let to_console = self.settings.service_output_to_console;
         let log_path = self.settings.log_directory.join(format!("{name}.log"));
         let log_directory = self.settings.log_directory.clone();
+        let rotate_bytes = self.settings.log_rotate_bytes;
         let prefix = format!("[{name}] ");
         let spawned = std::thread::Builder::new()
             .name(format!("log-{name}"))
             .spawn(move || {
                 let _ = std::fs::create_dir_all(&log_directory);
-                let mut log_file = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&log_path)
-                    .ok();
+                let mut log = RotatingLog::open(log_path, rotate_bytes);
                 let mut reader = std::io::BufReader::new(reader);
                 let mut line = Vec::new();
                 loop {
@@ -491,12 +546,10 @@ impl<'waiter> Supervisor<'waiter> {
                         }
                         Ok(_) => {}
                     }
-                    if let Some(file) = log_file.as_mut() {
-                        let _ = file.write_all(&line);
-                        if line.last() != Some(&b'\n') {
-                            let _ = file.write_all(b"\n");
-                        }
+                    if line.last() != Some(&b'\n') {
+                        line.push(b'\n');
                     }
+                    log.append(&line);
                     if to_console {
                         let text = String::from_utf8_lossy(&line);
                         let text = text.trim_end_matches(['\n', '\r']);
@@ -505,8 +558,9 @@ impl<'waiter> Supervisor<'waiter> {
                 }
             });
         if let Err(error) = spawned {
-            self.console
-                .warning(&format!("cannot start the output logger of {name}: {error}"));
+            self.console.warning(&format!(
+                "cannot start the output logger of {name}: {error}"
+            ));
         }
         closed_receiver
     }
@@ -514,7 +568,10 @@ impl<'waiter> Supervisor<'waiter> {
     fn resolve_credentials(&self, service: &ServiceEntry) -> Result<Option<(u32, u32)>, String> {
         if let Some(user) = &service.user {
             let passwd = std::fs::read_to_string(&self.settings.passwd_path).map_err(|error| {
-                format!("cannot read {}: {error}", self.settings.passwd_path.display())
+                format!(
+                    "cannot read {}: {error}",
+                    self.settings.passwd_path.display()
+                )
             })?;
             let (uid, gid) = lookup_user(&passwd, user).ok_or_else(|| {
                 format!(
@@ -642,7 +699,10 @@ impl<'waiter> Supervisor<'waiter> {
             let wait = if terminated_at.is_some() {
                 self.settings.poll_interval.min(Duration::from_millis(50))
             } else {
-                self.settings.poll_interval.min(until_timeout).max(Duration::from_millis(1))
+                self.settings
+                    .poll_interval
+                    .min(until_timeout)
+                    .max(Duration::from_millis(1))
             };
             self.tick(wait);
         };

@@ -195,7 +195,14 @@ pub fn order_services_by_after(services: &[ServiceEntry]) -> Result<Vec<usize>, 
     let mut order = Vec::with_capacity(services.len());
     let mut stack = Vec::new();
     for index in 0..services.len() {
-        visit(index, &dependencies, &mut marks, &mut stack, &mut order, services)?;
+        visit(
+            index,
+            &dependencies,
+            &mut marks,
+            &mut stack,
+            &mut order,
+            services,
+        )?;
     }
     Ok(order)
 }
@@ -268,7 +275,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_caps_and_resets() {
-        let settings = BackoffSettings { initial_ms: 1000, max_ms: 8000, reset_after_ms: 60_000 };
+        let settings = BackoffSettings {
+            initial_ms: 1000,
+            max_ms: 8000,
+            reset_after_ms: 60_000,
+        };
         let quick = Duration::from_millis(10);
         let mut delays = Vec::new();
         let mut previous = None;
@@ -298,14 +309,21 @@ mod tests {
             (RestartPolicy::Never, None, false),
         ];
         for (policy, exit, expected) in cases {
-            assert_eq!(should_restart(policy, exit), expected, "{policy:?} {exit:?}");
+            assert_eq!(
+                should_restart(policy, exit),
+                expected,
+                "{policy:?} {exit:?}"
+            );
         }
     }
 
     #[test]
     fn durations_in_markers() {
         assert_eq!(format_configured_duration(Duration::from_secs(30)), "30s");
-        assert_eq!(format_configured_duration(Duration::from_millis(250)), "250ms");
+        assert_eq!(
+            format_configured_duration(Duration::from_millis(250)),
+            "250ms"
+        );
         assert_eq!(format_elapsed(Duration::from_millis(1234)), "1.2s");
         assert_eq!(format_elapsed(Duration::from_millis(1960)), "2.0s");
         assert_eq!(format_elapsed(Duration::from_millis(3)), "0.0s");

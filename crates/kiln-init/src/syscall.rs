@@ -143,8 +143,12 @@ pub trait Syscall {
     fn reap_children_for(&self, timeout: Duration) -> usize;
     /// Moves every entry of the directory `from` into `to` (another filesystem: copy, then
     /// delete the original, one file at a time so memory use stays flat), skipping `skip`.
-    fn move_tree_contents(&self, from: &Path, to: &Path, skip: &[PathBuf])
-        -> Result<(), SyscallError>;
+    fn move_tree_contents(
+        &self,
+        from: &Path,
+        to: &Path,
+        skip: &[PathBuf],
+    ) -> Result<(), SyscallError>;
     /// Writes a whole file (creating parents) with `mode`.
     fn write_file(&self, path: &Path, contents: &[u8], mode: u32) -> Result<(), SyscallError>;
     /// Reads a whole file.
@@ -268,7 +272,10 @@ impl Syscall for LinuxSyscall {
         if result == 0 {
             Ok(())
         } else {
-            Err(SyscallError::last("finit_module", path.display().to_string()))
+            Err(SyscallError::last(
+                "finit_module",
+                path.display().to_string(),
+            ))
         }
     }
 
@@ -511,7 +518,10 @@ impl Syscall for RecordingSyscall {
     }
 
     fn kill(&self, pid: i32, signal: i32) -> Result<(), SyscallError> {
-        self.record(format!("kill {pid} {}", crate::supervision::signal_name(signal)))
+        self.record(format!(
+            "kill {pid} {}",
+            crate::supervision::signal_name(signal)
+        ))
     }
 
     fn sync(&self) {

@@ -27,7 +27,10 @@ fn kernel() -> PathBuf {
         .flatten()
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .filter(|path| {
+            path.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .collect();
     candidates.sort();
     candidates.pop().unwrap_or_else(|| {
@@ -54,14 +57,17 @@ fn build_static_init() -> PathBuf {
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
-    assert!(output.status.success(), "cargo build of the musl kiln-init failed");
+    assert!(
+        output.status.success(),
+        "cargo build of the musl kiln-init failed"
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     stdout
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|message| message["target"]["name"] == "kiln-init")
         .filter_map(|message| message["executable"].as_str().map(PathBuf::from))
-        .last()
+        .next_back()
         .expect("cargo reported no kiln-init executable")
 }
 

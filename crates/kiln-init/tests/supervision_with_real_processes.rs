@@ -71,8 +71,7 @@ fn onboot_steps_finish_fail_and_time_out() {
     );
     let (console, output) = Console::capture();
     let mut waiter = ManualWaiter::default();
-    let mut supervisor =
-        Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
+    let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
     let started = Instant::now();
     let mut outcomes = Vec::new();
     for step in &config.onboot {
@@ -81,7 +80,10 @@ fn onboot_steps_finish_fail_and_time_out() {
     let elapsed = started.elapsed();
     // sleeper: 300 ms to SIGTERM; stubborn: 200 ms + 300 ms grace to SIGKILL.
     assert!(elapsed >= Duration::from_millis(800), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "timeouts did not kill: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "timeouts did not kill: {elapsed:?}"
+    );
     assert!(matches!(outcomes[0], StepOutcome::Finished(_)));
     assert!(matches!(outcomes[3], StepOutcome::TimedOut(_)));
     assert!(matches!(outcomes[4], StepOutcome::TimedOut(_)));
@@ -149,7 +151,10 @@ fn service_restarts_with_exponential_backoff() {
     let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
     supervisor.start_services(config.services.clone());
     // 100 + 200 + 400 + 400 = 1.1 s of backoff: at least 5 starts of crashy in 1.5 s.
-    assert_eq!(supervisor.supervise(Some(Duration::from_millis(1500))), None);
+    assert_eq!(
+        supervisor.supervise(Some(Duration::from_millis(1500))),
+        None
+    );
     let text = output.text();
     let crashy: Vec<String> = markers(&text)
         .iter()
@@ -171,11 +176,18 @@ fn service_restarts_with_exponential_backoff() {
             "kiln: service crashy started (pid N)",
         ]
     );
-    assert!(text.contains("kiln: service done-once exited (status 0), not restarting (restart policy on-failure)\n"));
-    assert!(text.contains("kiln: service never exited (status 5), not restarting (restart policy never)\n"));
+    assert!(text.contains(
+        "kiln: service done-once exited (status 0), not restarting (restart policy on-failure)\n"
+    ));
+    assert!(text.contains(
+        "kiln: service never exited (status 5), not restarting (restart policy never)\n"
+    ));
     assert_eq!(text.matches("kiln: service never started").count(), 1);
     let log = std::fs::read_to_string(directory.path().join("crashy.log")).unwrap();
-    assert!(log.lines().count() >= 5 && log.lines().all(|l| l == "attempt"), "{log}");
+    assert!(
+        log.lines().count() >= 5 && log.lines().all(|l| l == "attempt"),
+        "{log}"
+    );
 }
 
 /// Zombies whose parent is this process.
@@ -183,9 +195,13 @@ fn zombie_children() -> Vec<String> {
     let me = std::process::id().to_string();
     let mut zombies = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...
-        let Some(after_comm) = stat.rfind(')') else { continue };
+        let Some(after_comm) = stat.rfind(')') else {
+            continue;
+        };
         let fields: Vec<&str> = stat[after_comm + 2..].split(' ').collect();
         if fields.len() > 1 && fields[0] == "Z" && fields[1] == me {
             zombies.push(stat);
@@ -208,10 +224,17 @@ fn orphans_are_reaped() {
     console.set_debug(true);
     let mut waiter = ManualWaiter::default();
     let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
-    supervisor.run_steps(StepKind::Onboot, &config.onboot, &[]).unwrap();
+    supervisor
+        .run_steps(StepKind::Onboot, &config.onboot, &[])
+        .unwrap();
     assert_eq!(supervisor.supervise(Some(Duration::from_millis(800))), None);
     assert_eq!(zombie_children(), Vec::<String>::new());
-    assert_eq!(output.text().matches("reaped orphan").count(), 2, "{}", output.text());
+    assert_eq!(
+        output.text().matches("reaped orphan").count(),
+        2,
+        "{}",
+        output.text()
+    );
 }
 
 #[test]
@@ -235,7 +258,9 @@ fn full_run_orders_services_and_shuts_down_cleanly() {
     let parameters = kiln_init::cmdline::parse_boot_parameters("kiln.services.disable=debug-shell");
     let (console, output) = Console::capture();
     let requested = Arc::new(Mutex::new(None));
-    let mut waiter = ManualWaiter { requested: requested.clone() };
+    let mut waiter = ManualWaiter {
+        requested: requested.clone(),
+    };
     let output_for_thread = output.clone();
     let trigger = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -248,14 +273,22 @@ fn full_run_orders_services_and_shuts_down_cleanly() {
     let mut supervisor_settings = settings(directory.path(), 500);
     supervisor_settings.stop_grace = Duration::from_millis(500);
     let started = Instant::now();
-    let action =
-        run_steps_and_services(&config, &parameters, &console, supervisor_settings, &mut waiter)
-            .unwrap();
+    let action = run_steps_and_services(
+        &config,
+        &parameters,
+        &console,
+        supervisor_settings,
+        &mut waiter,
+    )
+    .unwrap();
     trigger.join().unwrap();
     assert_eq!(action, PowerAction::PowerOff);
     assert!(started.elapsed() < Duration::from_secs(8));
     std::thread::sleep(Duration::from_millis(100));
-    let lines: Vec<String> = markers(&output.text()).iter().map(|l| normalise(l)).collect();
+    let lines: Vec<String> = markers(&output.text())
+        .iter()
+        .map(|l| normalise(l))
+        .collect();
     assert_eq!(
         lines,
         vec![
@@ -290,7 +323,9 @@ fn power_request_interrupts_a_long_onboot_step() {
     );
     let (console, output) = Console::capture();
     let requested = Arc::new(Mutex::new(None));
-    let mut waiter = ManualWaiter { requested: requested.clone() };
+    let mut waiter = ManualWaiter {
+        requested: requested.clone(),
+    };
     let setter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
         *requested.lock().unwrap() = Some(PowerAction::Reboot);
@@ -371,8 +406,11 @@ fn binary_supervise_mode_reaches_ready_and_stops_on_sigusr2() {
 fn binary_check_config_reports_errors() {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("init.json");
-    std::fs::write(&path, r#"{"services": [{"name": "a", "argv": ["/a"], "restart": "maybe"}]}"#)
-        .unwrap();
+    std::fs::write(
+        &path,
+        r#"{"services": [{"name": "a", "argv": ["/a"], "restart": "maybe"}]}"#,
+    )
+    .unwrap();
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_kiln-init"))
         .arg("--check-config")
         .arg(&path)
@@ -380,6 +418,25 @@ fn binary_check_config_reports_errors() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
-    assert!(stderr.starts_with("kiln: error: invalid init config "), "{stderr}");
+    assert!(
+        stderr.starts_with("kiln: error: invalid init config "),
+        "{stderr}"
+    );
     assert!(stderr.contains("unknown variant `maybe`"), "{stderr}");
+}
+
+#[test]
+fn logs_rotate_at_their_size_limit() {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("chatty.log");
+    let mut log = kiln_init::process_runner::RotatingLog::open(path.clone(), 20);
+    for index in 0..5 {
+        log.append(format!("line {index}\n").as_bytes());
+    }
+    // 7 bytes a line, 20 bytes at most: two lines per file.
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "line 4\n");
+    assert_eq!(
+        std::fs::read_to_string(directory.path().join("chatty.log.1")).unwrap(),
+        "line 2\nline 3\n"
+    );
 }

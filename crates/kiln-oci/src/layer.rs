@@ -307,7 +307,7 @@ pub(crate) struct NormalisedTarHeader {
 /// - paths: `./`-less relative (as Docker and BuildKit write layers), directories with a
 ///   trailing `/` (as GNU tar writes them); hard-link targets are layer paths, symlink
 ///   targets are kept byte for byte;
-/// - device numbers only on device entries; size only on regular files.
+/// - device numbers 0 (as octal, not NUL) except on devices; size 0 except on regular files.
 pub(crate) fn normalised_tar_header(
     record: &LayerRecord<'_>,
     source_date_epoch: SourceDateEpoch,
@@ -325,6 +325,9 @@ pub(crate) fn normalised_tar_header(
         gnu.set_device_major(major);
         gnu.set_device_minor(minor);
     };
+    // Zero device numbers written as octal on every entry (GNU tar leaves them NUL on
+    // non-devices), so that strict readers such as the `tar` crate can read them anywhere.
+    set_device(&mut header, 0, 0);
     match record.kind {
         LayerRecordKind::Directory => {
             header.set_entry_type(tar::EntryType::Directory);
@@ -687,6 +690,86 @@ mod tests {
         );
         assert_eq!(bytes.len() % 512, 0);
         assert!(bytes.ends_with(&[0; 1024]));
+    }
+
+    #[test]
+    fn devices_and_fifos_keep_their_numbers_and_carry_no_size() {
+        let mut tree = LayerTree::new("test");
+        let attributes = LayerFileAttributes { mode: 0o620, uid: 0, gid: 5 };
+        tree.insert_inode(path("dev/console"), LayerInode { attributes, kind: LayerInodeKind::CharacterDevice { major: 5, minor: 1 } }).unwrap();
+        tree.insert_inode(path("dev/sda"), LayerInode { attributes, kind: LayerInodeKind::BlockDevice { major: 8, minor: 0 } }).unwrap();
+        tree.insert_inode(path("run/initctl"), LayerInode { attributes, kind: LayerInodeKind::Fifo }).unwrap();
+        let bytes = tree.write_tar(Vec::new(), SourceDateEpoch::from_seconds(0)).unwrap();
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let devices: Vec<_> = archive
+            .entries()
+            .unwrap()
+            .map(|entry| {
+                let entry = entry.unwrap();
+                let header = entry.header();
+                (
+                    String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+                    header.entry_type(),
+                    header.device_major().unwrap(),
+                    header.device_minor().unwrap(),
+                    header.size().unwrap(),
+                )
+            })
+            .filter(|(_, entry_type, ..)| *entry_type != tar::EntryType::Directory)
+            .collect();
+        assert_eq!(
+            devices,
+            vec![
+                ("dev/console".to_owned(), tar::EntryType::Char, Some(5), Some(1), 0),
+                ("dev/sda".to_owned(), tar::EntryType::Block, Some(8), Some(0), 0),
+                ("run/initctl".to_owned(), tar::EntryType::Fifo, Some(0), Some(0), 0),
+            ]
+        );
+    }
+
+    /// A small tree as (path, is_directory) pairs, with every path's parents somewhere in it.
+    fn arbitrary_tree() -> impl proptest::strategy::Strategy<Value = Vec<(String, u8)>> {
+        use proptest::prelude::*;
+        proptest::collection::btree_map("[a-c.]{1,2}(/[a-c.-]{1,2}){0,2}", 0_u8..3, 1..20)
+            .prop_map(|entries| entries.into_iter().filter(|(path, _)| !path.split('/').any(|c| c == "." || c == "..")).collect())
+    }
+
+    proptest::proptest! {
+        /// The bytes of a layer depend on its contents only, not on the order of insertion.
+        #[test]
+        fn layer_bytes_do_not_depend_on_insertion_order(entries in arbitrary_tree(), seed in proptest::prelude::any::<u64>()) {
+            let build = |order: &[(String, u8)]| -> Option<Vec<u8>> {
+                let mut tree = LayerTree::new("proptest");
+                for (text, kind) in order {
+                    let layer_path = path(text);
+                    let result = match kind {
+                        0 => tree.insert_directory(layer_path, LayerFileAttributes { mode: 0o700, uid: 1, gid: 1 }),
+                        1 => tree.insert_inode(layer_path, LayerInode {
+                            attributes: LayerFileAttributes { mode: 0o640, uid: 2, gid: 3 },
+                            kind: LayerInodeKind::RegularFile(LayerFileContents::InMemory(text.as_bytes().to_vec())),
+                        }),
+                        _ => tree.insert_inode(layer_path, LayerInode {
+                            attributes: LayerFileAttributes { mode: 0o777, uid: 0, gid: 0 },
+                            kind: LayerInodeKind::Symlink { target: text.as_bytes().to_vec() },
+                        }),
+                    };
+                    // Trees where a file would sit below a file are refused in any order.
+                    result.ok()?;
+                }
+                Some(tree.write_tar(Vec::new(), SourceDateEpoch::from_seconds(7)).unwrap())
+            };
+            let mut shuffled = entries.clone();
+            // A deterministic shuffle driven by `seed`.
+            let mut state = seed | 1;
+            for index in (1..shuffled.len()).rev() {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                let other = usize::try_from(state % u64::try_from(index + 1).unwrap()).unwrap();
+                shuffled.swap(index, other);
+            }
+            if let (Some(first), Some(second)) = (build(&entries), build(&shuffled)) {
+                proptest::prop_assert_eq!(first, second);
+            }
+        }
     }
 
     #[test]

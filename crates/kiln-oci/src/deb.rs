@@ -3,7 +3,10 @@
 
 use std::io::{self, Read};
 
-use crate::layer::{LayerError, LayerFileAttributes, LayerFileContents, LayerInode, LayerInodeKind, LayerPath, LayerTree};
+use crate::layer::{
+    LayerError, LayerFileAttributes, LayerFileContents, LayerInode, LayerInodeKind, LayerPath,
+    LayerTree,
+};
 
 /// Errors while reading a `.deb`. Each names the file and, where there is one, the member.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +156,11 @@ enum MemberCompression {
     Zstd,
 }
 
-fn member_compression(deb_file_name: &str, member: &str, base: &str) -> Result<MemberCompression, DebianPackageError> {
+fn member_compression(
+    deb_file_name: &str,
+    member: &str,
+    base: &str,
+) -> Result<MemberCompression, DebianPackageError> {
     match &member[base.len()..] {
         "" => Ok(MemberCompression::Uncompressed),
         ".gz" => Ok(MemberCompression::Gzip),
@@ -166,7 +173,10 @@ fn member_compression(deb_file_name: &str, member: &str, base: &str) -> Result<M
     }
 }
 
-fn decompressed<'reader>(compression: MemberCompression, reader: impl Read + 'reader) -> io::Result<Box<dyn Read + 'reader>> {
+fn decompressed<'reader>(
+    compression: MemberCompression,
+    reader: impl Read + 'reader,
+) -> io::Result<Box<dyn Read + 'reader>> {
     Ok(match compression {
         MemberCompression::Uncompressed => Box::new(reader),
         MemberCompression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(reader)),
@@ -185,15 +195,23 @@ fn drain_to_end(reader: &mut impl Read) -> io::Result<()> {
 /// Reads a `.deb` from `reader`, named `deb_file_name` in errors and in the layer's source
 /// name (the name never reaches the image). The root entry `./` of data.tar is not kept
 /// (see [`LayerPath::normalise`]); owners and modes are kept as the package says.
-pub fn read_debian_package(deb_file_name: &str, reader: impl Read) -> Result<DebianPackage, DebianPackageError> {
-    let archive_error = |source: io::Error| DebianPackageError::ReadArchive { deb_file_name: deb_file_name.to_owned(), source };
+pub fn read_debian_package(
+    deb_file_name: &str,
+    reader: impl Read,
+) -> Result<DebianPackage, DebianPackageError> {
+    let archive_error = |source: io::Error| DebianPackageError::ReadArchive {
+        deb_file_name: deb_file_name.to_owned(),
+        source,
+    };
     let mut archive = ar::Archive::new(reader);
     let mut member_index = 0_usize;
     let mut control: Option<(String, DebianPackageControl)> = None;
     let mut data: Option<(String, LayerTree)> = None;
     while let Some(member) = archive.next_entry() {
         let mut member = member.map_err(archive_error)?;
-        let member_name = String::from_utf8_lossy(member.header().identifier()).trim_end_matches('/').to_owned();
+        let member_name = String::from_utf8_lossy(member.header().identifier())
+            .trim_end_matches('/')
+            .to_owned();
         let read_error = |source: io::Error| DebianPackageError::ReadMember {
             deb_file_name: deb_file_name.to_owned(),
             member: member_name.clone(),
@@ -202,10 +220,15 @@ pub fn read_debian_package(deb_file_name: &str, reader: impl Read) -> Result<Deb
         member_index += 1;
         if member_index == 1 {
             if member_name != "debian-binary" {
-                return Err(DebianPackageError::NotADebianPackage { deb_file_name: deb_file_name.to_owned(), found: member_name });
+                return Err(DebianPackageError::NotADebianPackage {
+                    deb_file_name: deb_file_name.to_owned(),
+                    found: member_name,
+                });
             }
             let mut format_version = String::new();
-            member.read_to_string(&mut format_version).map_err(read_error)?;
+            member
+                .read_to_string(&mut format_version)
+                .map_err(read_error)?;
             if !format_version.starts_with("2.") {
                 return Err(DebianPackageError::UnsupportedFormatVersion {
                     deb_file_name: deb_file_name.to_owned(),
@@ -243,19 +266,36 @@ pub fn read_debian_package(deb_file_name: &str, reader: impl Read) -> Result<Deb
             drain_to_end(&mut reader).map_err(read_error)?;
             data = Some((member_name, tree));
         } else if !member_name.starts_with('_') {
-            return Err(DebianPackageError::UnexpectedMember { deb_file_name: deb_file_name.to_owned(), member: member_name });
+            return Err(DebianPackageError::UnexpectedMember {
+                deb_file_name: deb_file_name.to_owned(),
+                member: member_name,
+            });
         }
     }
     if member_index == 0 {
-        return Err(DebianPackageError::NotADebianPackage { deb_file_name: deb_file_name.to_owned(), found: String::new() });
+        return Err(DebianPackageError::NotADebianPackage {
+            deb_file_name: deb_file_name.to_owned(),
+            found: String::new(),
+        });
     }
-    let missing = |member_kind| DebianPackageError::MissingMember { deb_file_name: deb_file_name.to_owned(), member_kind };
+    let missing = |member_kind| DebianPackageError::MissingMember {
+        deb_file_name: deb_file_name.to_owned(),
+        member_kind,
+    };
     let (_, control) = control.ok_or_else(|| missing("control.tar.*"))?;
     let (data_member_name, layer_tree) = data.ok_or_else(|| missing("data.tar.*"))?;
-    Ok(DebianPackage { control, data_member_name, layer_tree })
+    Ok(DebianPackage {
+        control,
+        data_member_name,
+        layer_tree,
+    })
 }
 
-fn read_control_member(deb_file_name: &str, member_name: &str, reader: impl Read) -> Result<DebianPackageControl, DebianPackageError> {
+fn read_control_member(
+    deb_file_name: &str,
+    member_name: &str,
+    reader: impl Read,
+) -> Result<DebianPackageControl, DebianPackageError> {
     let read_error = |source: io::Error| DebianPackageError::ReadMember {
         deb_file_name: deb_file_name.to_owned(),
         member: member_name.to_owned(),
@@ -265,31 +305,51 @@ fn read_control_member(deb_file_name: &str, member_name: &str, reader: impl Read
     for entry in archive.entries().map_err(read_error)? {
         let mut entry = entry.map_err(read_error)?;
         let path = entry.path_bytes();
-        if LayerPath::normalise(&path, deb_file_name)?.is_some_and(|path| path.as_bytes() == b"control") {
+        if LayerPath::normalise(&path, deb_file_name)?
+            .is_some_and(|path| path.as_bytes() == b"control")
+        {
             let mut text = String::new();
             entry.read_to_string(&mut text).map_err(read_error)?;
             return parse_control_file(deb_file_name, &text);
         }
     }
-    Err(DebianPackageError::MissingControlFile { deb_file_name: deb_file_name.to_owned(), member: member_name.to_owned() })
+    Err(DebianPackageError::MissingControlFile {
+        deb_file_name: deb_file_name.to_owned(),
+        member: member_name.to_owned(),
+    })
 }
 
 /// Reads `Package`, `Version` and `Architecture` from a deb822 control paragraph.
-fn parse_control_file(deb_file_name: &str, text: &str) -> Result<DebianPackageControl, DebianPackageError> {
+fn parse_control_file(
+    deb_file_name: &str,
+    text: &str,
+) -> Result<DebianPackageControl, DebianPackageError> {
     let field = |name: &'static str| {
         text.lines()
             .filter(|line| !line.starts_with([' ', '\t']))
             .find_map(|line| {
                 let (key, value) = line.split_once(':')?;
-                key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+                key.eq_ignore_ascii_case(name)
+                    .then(|| value.trim().to_owned())
             })
             .filter(|value| !value.is_empty())
-            .ok_or(DebianPackageError::MissingControlField { deb_file_name: deb_file_name.to_owned(), field: name })
+            .ok_or(DebianPackageError::MissingControlField {
+                deb_file_name: deb_file_name.to_owned(),
+                field: name,
+            })
     };
-    Ok(DebianPackageControl { package: field("Package")?, version: field("Version")?, architecture: field("Architecture")? })
+    Ok(DebianPackageControl {
+        package: field("Package")?,
+        version: field("Version")?,
+        architecture: field("Architecture")?,
+    })
 }
 
-fn read_data_member(deb_file_name: &str, member_name: &str, reader: impl Read) -> Result<LayerTree, DebianPackageError> {
+fn read_data_member(
+    deb_file_name: &str,
+    member_name: &str,
+    reader: impl Read,
+) -> Result<LayerTree, DebianPackageError> {
     let source_name = format!("{deb_file_name} member {member_name}");
     let read_error = |source: io::Error| DebianPackageError::ReadMember {
         deb_file_name: deb_file_name.to_owned(),
@@ -312,11 +372,20 @@ fn read_data_member(deb_file_name: &str, member_name: &str, reader: impl Read) -
         if let Some(pax_extensions) = entry.pax_extensions().map_err(read_error)? {
             for extension in pax_extensions {
                 let extension = extension.map_err(read_error)?;
-                let key = extension.key().map_err(|error| read_error(io::Error::new(io::ErrorKind::InvalidData, error)))?;
+                let key = extension.key().map_err(|error| {
+                    read_error(io::Error::new(io::ErrorKind::InvalidData, error))
+                })?;
                 let numeric_value = || {
-                    extension.value().ok().and_then(|value| value.parse::<u64>().ok()).ok_or_else(|| {
-                        read_error(io::Error::new(io::ErrorKind::InvalidData, format!("pax record {key} is not a number")))
-                    })
+                    extension
+                        .value()
+                        .ok()
+                        .and_then(|value| value.parse::<u64>().ok())
+                        .ok_or_else(|| {
+                            read_error(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("pax record {key} is not a number"),
+                            ))
+                        })
                 };
                 match key {
                     "uid" => uid = numeric_value()?,
@@ -338,11 +407,21 @@ fn read_data_member(deb_file_name: &str, member_name: &str, reader: impl Read) -
         let Some(path) = LayerPath::normalise(&raw_path, &source_name)? else {
             continue;
         };
-        let attributes = LayerFileAttributes { mode: entry.header().mode().map_err(read_error)?, uid, gid };
+        let attributes = LayerFileAttributes {
+            mode: entry.header().mode().map_err(read_error)?,
+            uid,
+            gid,
+        };
         let link_target = || {
-            entry.link_name_bytes().map(|link| link.into_owned()).ok_or_else(|| {
-                read_error(io::Error::new(io::ErrorKind::InvalidData, format!("link {path} has no target")))
-            })
+            entry
+                .link_name_bytes()
+                .map(|link| link.into_owned())
+                .ok_or_else(|| {
+                    read_error(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("link {path} has no target"),
+                    ))
+                })
         };
         let device = |header: &tar::Header| -> Result<(u32, u32), DebianPackageError> {
             let major = header.device_major().map_err(read_error)?.unwrap_or(0);
@@ -356,13 +435,19 @@ fn read_data_member(deb_file_name: &str, member_name: &str, reader: impl Read) -
             }
             tar::EntryType::Link => {
                 let target_bytes = link_target()?;
-                let target = LayerPath::normalise(&target_bytes, &source_name)?.ok_or_else(|| {
-                    read_error(io::Error::new(io::ErrorKind::InvalidData, format!("hard link {path} points at the root")))
-                })?;
+                let target =
+                    LayerPath::normalise(&target_bytes, &source_name)?.ok_or_else(|| {
+                        read_error(io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("hard link {path} points at the root"),
+                        ))
+                    })?;
                 tree.insert_hard_link(path, &target)?;
                 continue;
             }
-            tar::EntryType::Symlink => LayerInodeKind::Symlink { target: link_target()? },
+            tar::EntryType::Symlink => LayerInodeKind::Symlink {
+                target: link_target()?,
+            },
             tar::EntryType::Char => {
                 let (major, minor) = device(entry.header())?;
                 LayerInodeKind::CharacterDevice { major, minor }
@@ -406,6 +491,9 @@ mod tests {
         assert_eq!(control.version, "1:1.35.0-4+deb12u1+b1");
         assert_eq!(control.architecture, "amd64");
         let missing = parse_control_file("foo.deb", "Package: x\nVersion: 1\n").unwrap_err();
-        assert_eq!(missing.to_string(), "the control file of foo.deb has no Architecture field: the package is corrupt");
+        assert_eq!(
+            missing.to_string(),
+            "the control file of foo.deb has no Architecture field: the package is corrupt"
+        );
     }
 }

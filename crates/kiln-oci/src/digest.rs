@@ -39,7 +39,9 @@ impl Sha256Digest {
 
     /// Parses `sha256:<64 lowercase hex digits>`.
     pub fn parse(text: &str) -> Result<Self, DigestParseError> {
-        let error = || DigestParseError { text: text.to_owned() };
+        let error = || DigestParseError {
+            text: text.to_owned(),
+        };
         let hex_digits = text.strip_prefix("sha256:").ok_or_else(error)?;
         if hex_digits.len() != 64 || hex_digits.bytes().any(|byte| byte.is_ascii_uppercase()) {
             return Err(error());
@@ -85,7 +87,11 @@ pub(crate) struct HashingWriter<W> {
 
 impl<W: Write> HashingWriter<W> {
     pub(crate) fn new(inner: W) -> Self {
-        Self { inner, hasher: Sha256::new(), bytes_written: 0 }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes_written: 0,
+        }
     }
 
     pub(crate) fn digest(&self) -> Sha256Digest {

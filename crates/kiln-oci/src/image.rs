@@ -11,8 +11,9 @@ use crate::digest::Sha256Digest;
 use crate::layer::{LayerError, LayerTree};
 use crate::layout::{OciLayout, OciLayoutError};
 use crate::oci_json::{
-    canonical_json_bytes, OciDescriptor, OciHistoryEntry, OciImageConfiguration, OciImageManifest, OciRootFilesystem,
-    IMAGE_CONFIG_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION, UNCOMPRESSED_LAYER_MEDIA_TYPE, VERSION_ANNOTATION,
+    canonical_json_bytes, OciDescriptor, OciHistoryEntry, OciImageConfiguration, OciImageManifest,
+    OciRootFilesystem, IMAGE_CONFIG_MEDIA_TYPE, IMAGE_MANIFEST_MEDIA_TYPE, TITLE_ANNOTATION,
+    UNCOMPRESSED_LAYER_MEDIA_TYPE, VERSION_ANNOTATION,
 };
 use crate::platform::{OciPlatform, SourceDateEpoch};
 
@@ -106,10 +107,19 @@ pub fn image_from_layer_tree(
         architecture: platform.oci_architecture().to_owned(),
         os: platform.oci_os().to_owned(),
         variant: platform.oci_variant().map(str::to_owned),
-        rootfs: OciRootFilesystem { filesystem_type: "layers".to_owned(), diff_ids: vec![layer.digest] },
-        history: vec![OciHistoryEntry { created, created_by: description.created_by.clone() }],
+        rootfs: OciRootFilesystem {
+            filesystem_type: "layers".to_owned(),
+            diff_ids: vec![layer.digest],
+        },
+        history: vec![OciHistoryEntry {
+            created,
+            created_by: description.created_by.clone(),
+        }],
     };
-    let config = layout.put_blob_bytes(IMAGE_CONFIG_MEDIA_TYPE, &canonical_json_bytes(&configuration))?;
+    let config = layout.put_blob_bytes(
+        IMAGE_CONFIG_MEDIA_TYPE,
+        &canonical_json_bytes(&configuration),
+    )?;
 
     let manifest = OciImageManifest {
         schema_version: 2,
@@ -121,7 +131,8 @@ pub fn image_from_layer_tree(
             (VERSION_ANNOTATION.to_owned(), description.version.clone()),
         ]),
     };
-    let mut manifest_descriptor = layout.put_blob_bytes(IMAGE_MANIFEST_MEDIA_TYPE, &canonical_json_bytes(&manifest))?;
+    let mut manifest_descriptor =
+        layout.put_blob_bytes(IMAGE_MANIFEST_MEDIA_TYPE, &canonical_json_bytes(&manifest))?;
     manifest_descriptor.platform = Some(platform.into());
     Ok(BuiltImage {
         manifest_digest: manifest_descriptor.digest,
@@ -157,10 +168,22 @@ pub fn image_from_deb_reader(
     let description = ImageDescription {
         title: control.package.clone(),
         version: control.version.clone(),
-        created_by: format!("kiln-oci: debian package {} {} {}", control.package, control.version, control.architecture),
+        created_by: format!(
+            "kiln-oci: debian package {} {} {}",
+            control.package, control.version, control.architecture
+        ),
     };
-    let image = image_from_layer_tree(layout, &package.layer_tree, &description, platform, source_date_epoch)?;
-    Ok(BuiltDebianPackageImage { package: control, image })
+    let image = image_from_layer_tree(
+        layout,
+        &package.layer_tree,
+        &description,
+        platform,
+        source_date_epoch,
+    )?;
+    Ok(BuiltDebianPackageImage {
+        package: control,
+        image,
+    })
 }
 
 /// [`image_from_deb_reader`] on a file.
@@ -170,9 +193,18 @@ pub fn image_from_deb_file(
     platform: OciPlatform,
     source_date_epoch: SourceDateEpoch,
 ) -> Result<BuiltDebianPackageImage, BuildImageError> {
-    let file = File::open(deb_path).map_err(|source| BuildImageError::OpenDebianPackage { path: deb_path.to_owned(), source })?;
+    let file = File::open(deb_path).map_err(|source| BuildImageError::OpenDebianPackage {
+        path: deb_path.to_owned(),
+        source,
+    })?;
     let deb_file_name = deb_path.display().to_string();
-    image_from_deb_reader(layout, &deb_file_name, BufReader::new(file), platform, source_date_epoch)
+    image_from_deb_reader(
+        layout,
+        &deb_file_name,
+        BufReader::new(file),
+        platform,
+        source_date_epoch,
+    )
 }
 
 /// [`image_from_deb_reader`] on bytes in memory.
@@ -183,7 +215,13 @@ pub fn image_from_deb_bytes(
     platform: OciPlatform,
     source_date_epoch: SourceDateEpoch,
 ) -> Result<BuiltDebianPackageImage, BuildImageError> {
-    image_from_deb_reader(layout, deb_file_name, deb_bytes, platform, source_date_epoch)
+    image_from_deb_reader(
+        layout,
+        deb_file_name,
+        deb_bytes,
+        platform,
+        source_date_epoch,
+    )
 }
 
 /// Writes the image of a directory of files (see [`LayerTree::from_directory`] for what is
@@ -196,5 +234,11 @@ pub fn image_from_directory(
     source_date_epoch: SourceDateEpoch,
 ) -> Result<BuiltImage, BuildImageError> {
     let layer_tree = LayerTree::from_directory(directory)?;
-    image_from_layer_tree(layout, &layer_tree, description, platform, source_date_epoch)
+    image_from_layer_tree(
+        layout,
+        &layer_tree,
+        description,
+        platform,
+        source_date_epoch,
+    )
 }

@@ -2,7 +2,7 @@
 //! `.deb`'s data.tar or from a directory, written by [`LayerTree::write_tar`].
 //!
 //! **Architecture Invariant:** every tar header kiln writes is made by
-//! [`normalised_tar_header`], and only from a [`LayerRecord`]; nothing else sets a header
+//! `normalised_tar_header`, and only from a `LayerRecord`; nothing else sets a header
 //! field. Tests: `layer::tests::*`, `tests/deb_to_image.rs`.
 //!
 //! **Architecture Invariant:** one [`LayerTree`] is one archive's inode allocator: the first
@@ -157,7 +157,9 @@ impl LayerPath {
     /// The parent directory, `None` for a top-level entry.
     pub fn parent(&self) -> Option<Self> {
         let slash = self.bytes.iter().rposition(|byte| *byte == b'/')?;
-        Some(Self { bytes: self.bytes[..slash].to_vec() })
+        Some(Self {
+            bytes: self.bytes[..slash].to_vec(),
+        })
     }
 }
 
@@ -186,7 +188,11 @@ pub struct LayerFileAttributes {
 
 impl LayerFileAttributes {
     /// `0755 0:0`, what kiln gives directories that it must create itself.
-    pub const ROOT_DIRECTORY: Self = Self { mode: 0o755, uid: 0, gid: 0 };
+    pub const ROOT_DIRECTORY: Self = Self {
+        mode: 0o755,
+        uid: 0,
+        gid: 0,
+    };
 }
 
 /// The bytes of a regular file.
@@ -207,7 +213,9 @@ impl fmt::Debug for LayerFileContents {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InMemory(bytes) => write!(formatter, "InMemory({} bytes)", bytes.len()),
-            Self::HostFile { path, size } => write!(formatter, "HostFile({}, {size} bytes)", path.display()),
+            Self::HostFile { path, size } => {
+                write!(formatter, "HostFile({}, {size} bytes)", path.display())
+            }
         }
     }
 }
@@ -321,7 +329,9 @@ pub(crate) fn normalised_tar_header(
     let mut path_in_archive = record.path.as_bytes().to_vec();
     let mut link_target = None;
     let set_device = |header: &mut tar::Header, major: u32, minor: u32| {
-        let gnu = header.as_gnu_mut().expect("header was made by Header::new_gnu");
+        let gnu = header
+            .as_gnu_mut()
+            .expect("header was made by Header::new_gnu");
         gnu.set_device_major(major);
         gnu.set_device_minor(minor);
     };
@@ -355,14 +365,22 @@ pub(crate) fn normalised_tar_header(
         }
         LayerRecordKind::Fifo => header.set_entry_type(tar::EntryType::Fifo),
     }
-    NormalisedTarHeader { header, path_in_archive, link_target }
+    NormalisedTarHeader {
+        header,
+        path_in_archive,
+        link_target,
+    }
 }
 
 impl LayerTree {
     /// An empty tree. `source_name` names the input in every error (e.g.
     /// `busybox-static_1.35.0_amd64.deb member data.tar.xz`).
     pub fn new(source_name: impl Into<String>) -> Self {
-        Self { source_name: source_name.into(), entries: BTreeMap::new(), inodes: Vec::new() }
+        Self {
+            source_name: source_name.into(),
+            entries: BTreeMap::new(),
+            inodes: Vec::new(),
+        }
     }
 
     /// The input's name, as given to [`LayerTree::new`].
@@ -377,19 +395,32 @@ impl LayerTree {
 
     /// Adds a directory. Its missing parents are created as `0755 0:0` until the input
     /// names them itself.
-    pub fn insert_directory(&mut self, path: LayerPath, attributes: LayerFileAttributes) -> Result<(), LayerError> {
+    pub fn insert_directory(
+        &mut self,
+        path: LayerPath,
+        attributes: LayerFileAttributes,
+    ) -> Result<(), LayerError> {
         self.ensure_parent_directories(&path)?;
         match self.entries.entry(path) {
             MapEntry::Vacant(vacant) => {
-                vacant.insert(LayerTreeEntry::Directory { attributes, implicit: false });
+                vacant.insert(LayerTreeEntry::Directory {
+                    attributes,
+                    implicit: false,
+                });
                 Ok(())
             }
             MapEntry::Occupied(mut occupied) => match occupied.get() {
                 LayerTreeEntry::Directory { implicit: true, .. } => {
-                    occupied.insert(LayerTreeEntry::Directory { attributes, implicit: false });
+                    occupied.insert(LayerTreeEntry::Directory {
+                        attributes,
+                        implicit: false,
+                    });
                     Ok(())
                 }
-                _ => Err(LayerError::DuplicatePath { source_name: self.source_name.clone(), path: occupied.key().clone() }),
+                _ => Err(LayerError::DuplicatePath {
+                    source_name: self.source_name.clone(),
+                    path: occupied.key().clone(),
+                }),
             },
         }
     }
@@ -398,15 +429,23 @@ impl LayerTree {
     pub fn insert_inode(&mut self, path: LayerPath, inode: LayerInode) -> Result<(), LayerError> {
         self.ensure_parent_directories(&path)?;
         if self.entries.contains_key(&path) {
-            return Err(LayerError::DuplicatePath { source_name: self.source_name.clone(), path });
+            return Err(LayerError::DuplicatePath {
+                source_name: self.source_name.clone(),
+                path,
+            });
         }
         self.inodes.push(inode);
-        self.entries.insert(path, LayerTreeEntry::Inode(self.inodes.len() - 1));
+        self.entries
+            .insert(path, LayerTreeEntry::Inode(self.inodes.len() - 1));
         Ok(())
     }
 
     /// Adds `path` as another name (hard link) of the inode already at `existing_path`.
-    pub fn insert_hard_link(&mut self, path: LayerPath, existing_path: &LayerPath) -> Result<(), LayerError> {
+    pub fn insert_hard_link(
+        &mut self,
+        path: LayerPath,
+        existing_path: &LayerPath,
+    ) -> Result<(), LayerError> {
         let Some(LayerTreeEntry::Inode(inode_number)) = self.entries.get(existing_path) else {
             return Err(LayerError::HardLinkTargetMissing {
                 source_name: self.source_name.clone(),
@@ -417,9 +456,13 @@ impl LayerTree {
         let inode_number = *inode_number;
         self.ensure_parent_directories(&path)?;
         if self.entries.contains_key(&path) {
-            return Err(LayerError::DuplicatePath { source_name: self.source_name.clone(), path });
+            return Err(LayerError::DuplicatePath {
+                source_name: self.source_name.clone(),
+                path,
+            });
         }
-        self.entries.insert(path, LayerTreeEntry::Inode(inode_number));
+        self.entries
+            .insert(path, LayerTreeEntry::Inode(inode_number));
         Ok(())
     }
 
@@ -439,7 +482,10 @@ impl LayerTree {
                     ancestor = directory.parent();
                     self.entries.insert(
                         directory,
-                        LayerTreeEntry::Directory { attributes: LayerFileAttributes::ROOT_DIRECTORY, implicit: true },
+                        LayerTreeEntry::Directory {
+                            attributes: LayerFileAttributes::ROOT_DIRECTORY,
+                            implicit: true,
+                        },
                     );
                 }
             }
@@ -457,25 +503,54 @@ impl LayerTree {
         let source_name = directory.display().to_string();
         let mut tree = Self::new(source_name.clone());
         let mut first_path_of_host_inode: HashMap<(u64, u64), LayerPath> = HashMap::new();
-        for walked in walkdir::WalkDir::new(directory).follow_links(false).sort_by_file_name() {
-            let walked = walked.map_err(|source| LayerError::WalkDirectory { source_name: source_name.clone(), source })?;
-            let relative = walked.path().strip_prefix(directory).expect("walkdir yields paths below its root");
-            let Some(layer_path) = LayerPath::normalise(relative.as_os_str().as_bytes(), &source_name)? else {
+        for walked in walkdir::WalkDir::new(directory)
+            .follow_links(false)
+            .sort_by_file_name()
+        {
+            let walked = walked.map_err(|source| LayerError::WalkDirectory {
+                source_name: source_name.clone(),
+                source,
+            })?;
+            let relative = walked
+                .path()
+                .strip_prefix(directory)
+                .expect("walkdir yields paths below its root");
+            let Some(layer_path) =
+                LayerPath::normalise(relative.as_os_str().as_bytes(), &source_name)?
+            else {
                 continue;
             };
-            let metadata = walked.metadata().map_err(|source| LayerError::WalkDirectory { source_name: source_name.clone(), source })?;
+            let metadata = walked
+                .metadata()
+                .map_err(|source| LayerError::WalkDirectory {
+                    source_name: source_name.clone(),
+                    source,
+                })?;
             let file_type = metadata.file_type();
-            let attributes = |mode: u32| LayerFileAttributes { mode, uid: 0, gid: 0 };
+            let attributes = |mode: u32| LayerFileAttributes {
+                mode,
+                uid: 0,
+                gid: 0,
+            };
             if file_type.is_dir() {
                 tree.insert_directory(layer_path, attributes(0o755))?;
             } else if file_type.is_symlink() {
-                let target = fs::read_link(walked.path()).map_err(|source| LayerError::ReadHostFile {
-                    source_name: source_name.clone(),
-                    path: walked.path().to_owned(),
-                    source,
-                })?;
-                let kind = LayerInodeKind::Symlink { target: target.as_os_str().as_bytes().to_vec() };
-                tree.insert_inode(layer_path, LayerInode { attributes: attributes(0o777), kind })?;
+                let target =
+                    fs::read_link(walked.path()).map_err(|source| LayerError::ReadHostFile {
+                        source_name: source_name.clone(),
+                        path: walked.path().to_owned(),
+                        source,
+                    })?;
+                let kind = LayerInodeKind::Symlink {
+                    target: target.as_os_str().as_bytes().to_vec(),
+                };
+                tree.insert_inode(
+                    layer_path,
+                    LayerInode {
+                        attributes: attributes(0o777),
+                        kind,
+                    },
+                )?;
             } else if file_type.is_file() {
                 let host_inode = (metadata.dev(), metadata.ino());
                 if metadata.nlink() > 1 {
@@ -485,9 +560,22 @@ impl LayerTree {
                     }
                     first_path_of_host_inode.insert(host_inode, layer_path.clone());
                 }
-                let mode = if metadata.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-                let contents = LayerFileContents::HostFile { path: walked.path().to_owned(), size: metadata.len() };
-                tree.insert_inode(layer_path, LayerInode { attributes: attributes(mode), kind: LayerInodeKind::RegularFile(contents) })?;
+                let mode = if metadata.mode() & 0o111 != 0 {
+                    0o755
+                } else {
+                    0o644
+                };
+                let contents = LayerFileContents::HostFile {
+                    path: walked.path().to_owned(),
+                    size: metadata.len(),
+                };
+                tree.insert_inode(
+                    layer_path,
+                    LayerInode {
+                        attributes: attributes(mode),
+                        kind: LayerInodeKind::RegularFile(contents),
+                    },
+                )?;
             } else {
                 let file_type_name = if file_type.is_socket() {
                     "socket"
@@ -517,7 +605,11 @@ impl LayerTree {
     /// and a prefix sorts first. Hard links point backwards, to the first path of their inode
     /// in that order. The stream ends with the two zero blocks of a tar end marker and no
     /// further padding.
-    pub fn write_tar<W: Write>(&self, writer: W, source_date_epoch: SourceDateEpoch) -> Result<W, LayerError> {
+    pub fn write_tar<W: Write>(
+        &self,
+        writer: W,
+        source_date_epoch: SourceDateEpoch,
+    ) -> Result<W, LayerError> {
         let mut builder = tar::Builder::new(writer);
         let mut first_path_of_inode: Vec<Option<&LayerPath>> = vec![None; self.inodes.len()];
         for (path, entry) in &self.entries {
@@ -527,14 +619,26 @@ impl LayerTree {
                 source,
             };
             let (record, contents) = match entry {
-                LayerTreeEntry::Directory { attributes, .. } => {
-                    (LayerRecord { path, attributes: *attributes, kind: LayerRecordKind::Directory }, None)
-                }
+                LayerTreeEntry::Directory { attributes, .. } => (
+                    LayerRecord {
+                        path,
+                        attributes: *attributes,
+                        kind: LayerRecordKind::Directory,
+                    },
+                    None,
+                ),
                 LayerTreeEntry::Inode(inode_number) => {
                     let inode = &self.inodes[*inode_number];
                     if let Some(first_path) = first_path_of_inode[*inode_number] {
                         let kind = LayerRecordKind::HardLink { target: first_path };
-                        (LayerRecord { path, attributes: inode.attributes, kind }, None)
+                        (
+                            LayerRecord {
+                                path,
+                                attributes: inode.attributes,
+                                kind,
+                            },
+                            None,
+                        )
                     } else {
                         first_path_of_inode[*inode_number] = Some(path);
                         let (kind, contents) = match &inode.kind {
@@ -543,35 +647,63 @@ impl LayerTree {
                                 let size = u64::try_from(bytes.len()).expect("usize fits in u64");
                                 (LayerRecordKind::RegularFile { size }, Some(bytes))
                             }
-                            LayerInodeKind::Symlink { target } => (LayerRecordKind::Symlink { target }, None),
-                            LayerInodeKind::CharacterDevice { major, minor } => {
-                                (LayerRecordKind::CharacterDevice { major: *major, minor: *minor }, None)
+                            LayerInodeKind::Symlink { target } => {
+                                (LayerRecordKind::Symlink { target }, None)
                             }
-                            LayerInodeKind::BlockDevice { major, minor } => {
-                                (LayerRecordKind::BlockDevice { major: *major, minor: *minor }, None)
-                            }
+                            LayerInodeKind::CharacterDevice { major, minor } => (
+                                LayerRecordKind::CharacterDevice {
+                                    major: *major,
+                                    minor: *minor,
+                                },
+                                None,
+                            ),
+                            LayerInodeKind::BlockDevice { major, minor } => (
+                                LayerRecordKind::BlockDevice {
+                                    major: *major,
+                                    minor: *minor,
+                                },
+                                None,
+                            ),
                             LayerInodeKind::Fifo => (LayerRecordKind::Fifo, None),
                         };
-                        (LayerRecord { path, attributes: inode.attributes, kind }, contents)
+                        (
+                            LayerRecord {
+                                path,
+                                attributes: inode.attributes,
+                                kind,
+                            },
+                            contents,
+                        )
                     }
                 }
             };
-            let NormalisedTarHeader { mut header, path_in_archive, link_target } =
-                normalised_tar_header(&record, source_date_epoch);
+            let NormalisedTarHeader {
+                mut header,
+                path_in_archive,
+                link_target,
+            } = normalised_tar_header(&record, source_date_epoch);
             let path_in_archive = Path::new(OsStr::from_bytes(&path_in_archive));
             match link_target {
                 // Short targets go into the header verbatim (`set_link_name` would tidy
                 // `a/./b`); long ones into a GNU `K` entry, which the tar crate writes verbatim.
                 Some(target) if target.len() <= 100 => {
                     header.set_link_name_literal(&target).map_err(write_error)?;
-                    builder.append_data(&mut header, path_in_archive, io::empty()).map_err(write_error)?;
+                    builder
+                        .append_data(&mut header, path_in_archive, io::empty())
+                        .map_err(write_error)?;
                 }
                 Some(target) => builder
-                    .append_link(&mut header, path_in_archive, Path::new(OsStr::from_bytes(&target)))
+                    .append_link(
+                        &mut header,
+                        path_in_archive,
+                        Path::new(OsStr::from_bytes(&target)),
+                    )
                     .map_err(write_error)?,
                 None => {
                     let data: &[u8] = contents.as_deref().map_or(&[], |bytes| bytes);
-                    builder.append_data(&mut header, path_in_archive, data).map_err(write_error)?;
+                    builder
+                        .append_data(&mut header, path_in_archive, data)
+                        .map_err(write_error)?;
                 }
             }
         }
@@ -582,7 +714,10 @@ impl LayerTree {
         })
     }
 
-    fn read_contents<'contents>(&self, contents: &'contents LayerFileContents) -> Result<std::borrow::Cow<'contents, [u8]>, LayerError> {
+    fn read_contents<'contents>(
+        &self,
+        contents: &'contents LayerFileContents,
+    ) -> Result<std::borrow::Cow<'contents, [u8]>, LayerError> {
         match contents {
             LayerFileContents::InMemory(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
             LayerFileContents::HostFile { path, size } => {
@@ -611,14 +746,20 @@ mod tests {
     use super::*;
 
     fn path(text: &str) -> LayerPath {
-        LayerPath::normalise(text.as_bytes(), "test").unwrap().unwrap()
+        LayerPath::normalise(text.as_bytes(), "test")
+            .unwrap()
+            .unwrap()
     }
 
     #[test]
     fn layer_path_normalisation() {
         let check = |input: &str, expected: Option<&str>| {
             let normalised = LayerPath::normalise(input.as_bytes(), "test").unwrap();
-            assert_eq!(normalised.as_ref().map(|path| path.to_string()), expected.map(str::to_owned), "{input}");
+            assert_eq!(
+                normalised.as_ref().map(|path| path.to_string()),
+                expected.map(str::to_owned),
+                "{input}"
+            );
         };
         check("./usr/bin/", Some("usr/bin"));
         check("/usr//bin", Some("usr/bin"));
@@ -626,7 +767,8 @@ mod tests {
         check("./", None);
         check(".", None);
         check("/", None);
-        let error = LayerPath::normalise(b"./usr/../../etc/passwd", "foo.deb member data.tar.xz").unwrap_err();
+        let error = LayerPath::normalise(b"./usr/../../etc/passwd", "foo.deb member data.tar.xz")
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "path \"./usr/../../etc/passwd\" in foo.deb member data.tar.xz climbs out of the layer with `..`: kiln refuses such entries; fix the input so that every path stays inside its root"
@@ -649,7 +791,10 @@ mod tests {
                     header.gid().unwrap(),
                     header.mtime().unwrap(),
                     String::from_utf8_lossy(&entry.path_bytes()),
-                    entry.link_name_bytes().map(|link| String::from_utf8_lossy(&link).into_owned()).unwrap_or_default(),
+                    entry
+                        .link_name_bytes()
+                        .map(|link| String::from_utf8_lossy(&link).into_owned())
+                        .unwrap_or_default(),
                 )
             })
             .collect()
@@ -659,23 +804,45 @@ mod tests {
     fn write_tar_sorts_creates_parents_and_keeps_hard_links_backwards() {
         let mut tree = LayerTree::new("test");
         let file = |mode: u32, bytes: &[u8]| LayerInode {
-            attributes: LayerFileAttributes { mode, uid: 0, gid: 0 },
+            attributes: LayerFileAttributes {
+                mode,
+                uid: 0,
+                gid: 0,
+            },
             kind: LayerInodeKind::RegularFile(LayerFileContents::InMemory(bytes.to_vec())),
         };
         // Inserted out of order, with the "original" of the hard link sorting last.
-        tree.insert_inode(path("usr/bin/z-original"), file(0o4755, b"data")).unwrap();
-        tree.insert_hard_link(path("usr/bin/a-link"), &path("usr/bin/z-original")).unwrap();
-        tree.insert_directory(path("usr"), LayerFileAttributes { mode: 0o750, uid: 1, gid: 2 }).unwrap();
+        tree.insert_inode(path("usr/bin/z-original"), file(0o4755, b"data"))
+            .unwrap();
+        tree.insert_hard_link(path("usr/bin/a-link"), &path("usr/bin/z-original"))
+            .unwrap();
+        tree.insert_directory(
+            path("usr"),
+            LayerFileAttributes {
+                mode: 0o750,
+                uid: 1,
+                gid: 2,
+            },
+        )
+        .unwrap();
         let long_target = "t".repeat(150);
         tree.insert_inode(
             path("usr/bin.link"),
             LayerInode {
-                attributes: LayerFileAttributes { mode: 0o777, uid: 0, gid: 0 },
-                kind: LayerInodeKind::Symlink { target: long_target.clone().into_bytes() },
+                attributes: LayerFileAttributes {
+                    mode: 0o777,
+                    uid: 0,
+                    gid: 0,
+                },
+                kind: LayerInodeKind::Symlink {
+                    target: long_target.clone().into_bytes(),
+                },
             },
         )
         .unwrap();
-        let bytes = tree.write_tar(Vec::new(), SourceDateEpoch::from_seconds(1_700_000_000)).unwrap();
+        let bytes = tree
+            .write_tar(Vec::new(), SourceDateEpoch::from_seconds(1_700_000_000))
+            .unwrap();
         assert_eq!(
             list(&bytes),
             vec![
@@ -695,11 +862,38 @@ mod tests {
     #[test]
     fn devices_and_fifos_keep_their_numbers_and_carry_no_size() {
         let mut tree = LayerTree::new("test");
-        let attributes = LayerFileAttributes { mode: 0o620, uid: 0, gid: 5 };
-        tree.insert_inode(path("dev/console"), LayerInode { attributes, kind: LayerInodeKind::CharacterDevice { major: 5, minor: 1 } }).unwrap();
-        tree.insert_inode(path("dev/sda"), LayerInode { attributes, kind: LayerInodeKind::BlockDevice { major: 8, minor: 0 } }).unwrap();
-        tree.insert_inode(path("run/initctl"), LayerInode { attributes, kind: LayerInodeKind::Fifo }).unwrap();
-        let bytes = tree.write_tar(Vec::new(), SourceDateEpoch::from_seconds(0)).unwrap();
+        let attributes = LayerFileAttributes {
+            mode: 0o620,
+            uid: 0,
+            gid: 5,
+        };
+        tree.insert_inode(
+            path("dev/console"),
+            LayerInode {
+                attributes,
+                kind: LayerInodeKind::CharacterDevice { major: 5, minor: 1 },
+            },
+        )
+        .unwrap();
+        tree.insert_inode(
+            path("dev/sda"),
+            LayerInode {
+                attributes,
+                kind: LayerInodeKind::BlockDevice { major: 8, minor: 0 },
+            },
+        )
+        .unwrap();
+        tree.insert_inode(
+            path("run/initctl"),
+            LayerInode {
+                attributes,
+                kind: LayerInodeKind::Fifo,
+            },
+        )
+        .unwrap();
+        let bytes = tree
+            .write_tar(Vec::new(), SourceDateEpoch::from_seconds(0))
+            .unwrap();
         let mut archive = tar::Archive::new(bytes.as_slice());
         let devices: Vec<_> = archive
             .entries()
@@ -720,9 +914,27 @@ mod tests {
         assert_eq!(
             devices,
             vec![
-                ("dev/console".to_owned(), tar::EntryType::Char, Some(5), Some(1), 0),
-                ("dev/sda".to_owned(), tar::EntryType::Block, Some(8), Some(0), 0),
-                ("run/initctl".to_owned(), tar::EntryType::Fifo, Some(0), Some(0), 0),
+                (
+                    "dev/console".to_owned(),
+                    tar::EntryType::Char,
+                    Some(5),
+                    Some(1),
+                    0
+                ),
+                (
+                    "dev/sda".to_owned(),
+                    tar::EntryType::Block,
+                    Some(8),
+                    Some(0),
+                    0
+                ),
+                (
+                    "run/initctl".to_owned(),
+                    tar::EntryType::Fifo,
+                    Some(0),
+                    Some(0),
+                    0
+                ),
             ]
         );
     }
@@ -730,8 +942,14 @@ mod tests {
     /// A small tree as (path, is_directory) pairs, with every path's parents somewhere in it.
     fn arbitrary_tree() -> impl proptest::strategy::Strategy<Value = Vec<(String, u8)>> {
         use proptest::prelude::*;
-        proptest::collection::btree_map("[a-c.]{1,2}(/[a-c.-]{1,2}){0,2}", 0_u8..3, 1..20)
-            .prop_map(|entries| entries.into_iter().filter(|(path, _)| !path.split('/').any(|c| c == "." || c == "..")).collect())
+        proptest::collection::btree_map("[a-c.]{1,2}(/[a-c.-]{1,2}){0,2}", 0_u8..3, 1..20).prop_map(
+            |entries| {
+                entries
+                    .into_iter()
+                    .filter(|(path, _)| !path.split('/').any(|c| c == "." || c == ".."))
+                    .collect()
+            },
+        )
     }
 
     proptest::proptest! {
@@ -776,15 +994,27 @@ mod tests {
     fn duplicate_and_inconsistent_paths_are_refused_with_their_names() {
         let mut tree = LayerTree::new("foo.deb member data.tar");
         let symlink = LayerInode {
-            attributes: LayerFileAttributes { mode: 0o777, uid: 0, gid: 0 },
-            kind: LayerInodeKind::Symlink { target: b"x".to_vec() },
+            attributes: LayerFileAttributes {
+                mode: 0o777,
+                uid: 0,
+                gid: 0,
+            },
+            kind: LayerInodeKind::Symlink {
+                target: b"x".to_vec(),
+            },
         };
         tree.insert_inode(path("bin"), symlink.clone()).unwrap();
         let duplicate = tree.insert_inode(path("bin"), symlink.clone()).unwrap_err();
         assert_eq!(duplicate.to_string(), "path bin appears twice in foo.deb member data.tar: an OCI layer holds each path once; remove the duplicate from the input");
         let below_file = tree.insert_inode(path("bin/sh"), symlink).unwrap_err();
-        assert!(below_file.to_string().starts_with("bin/sh in foo.deb member data.tar lies below bin, which is not a directory"));
-        let dangling = tree.insert_hard_link(path("a"), &path("missing")).unwrap_err();
-        assert!(dangling.to_string().starts_with("hard link a in foo.deb member data.tar points at missing"));
+        assert!(below_file.to_string().starts_with(
+            "bin/sh in foo.deb member data.tar lies below bin, which is not a directory"
+        ));
+        let dangling = tree
+            .insert_hard_link(path("a"), &path("missing"))
+            .unwrap_err();
+        assert!(dangling
+            .to_string()
+            .starts_with("hard link a in foo.deb member data.tar points at missing"));
     }
 }

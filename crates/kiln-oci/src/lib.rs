@@ -68,10 +68,15 @@ pub mod platform;
 pub use deb::{read_debian_package, DebianPackage, DebianPackageControl, DebianPackageError};
 pub use digest::Sha256Digest;
 pub use image::{
-    image_from_deb_bytes, image_from_deb_file, image_from_deb_reader, image_from_directory, image_from_layer_tree,
-    BuildImageError, BuiltDebianPackageImage, BuiltImage, ImageDescription,
+    image_from_deb_bytes, image_from_deb_file, image_from_deb_reader, image_from_directory,
+    image_from_layer_tree, BuildImageError, BuiltDebianPackageImage, BuiltImage, ImageDescription,
 };
-pub use layer::{LayerError, LayerFileAttributes, LayerFileContents, LayerInode, LayerInodeKind, LayerPath, LayerTree};
-pub use layout::{debian_package_reference_name, is_valid_reference_name, OciLayout, OciLayoutError, PendingBlob};
+pub use layer::{
+    LayerError, LayerFileAttributes, LayerFileContents, LayerInode, LayerInodeKind, LayerPath,
+    LayerTree,
+};
+pub use layout::{
+    debian_package_reference_name, is_valid_reference_name, OciLayout, OciLayoutError, PendingBlob,
+};
 pub use oci_json::OciDescriptor;
 pub use platform::{OciPlatform, SourceDateEpoch};

@@ -88,7 +88,9 @@ impl OciDescriptor {
 
     /// The `org.opencontainers.image.ref.name` annotation, if any.
     pub fn reference_name(&self) -> Option<&str> {
-        self.annotations.get(REFERENCE_NAME_ANNOTATION).map(String::as_str)
+        self.annotations
+            .get(REFERENCE_NAME_ANNOTATION)
+            .map(String::as_str)
     }
 }
 
@@ -176,5 +178,6 @@ pub struct OciLayoutMarker {
 
 /// The canonical bytes of a kiln JSON document (see the module doc).
 pub fn canonical_json_bytes<T: Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("kiln's OCI structs have string keys and no floats, so they always serialise")
+    serde_json::to_vec(value)
+        .expect("kiln's OCI structs have string keys and no floats, so they always serialise")
 }

@@ -69,7 +69,9 @@ pub struct SourceDateEpoch {
 impl SourceDateEpoch {
     /// The epoch `seconds_since_unix_epoch` seconds after 1970-01-01T00:00:00Z.
     pub const fn from_seconds(seconds_since_unix_epoch: u64) -> Self {
-        Self { seconds_since_unix_epoch }
+        Self {
+            seconds_since_unix_epoch,
+        }
     }
 
     /// Seconds since 1970-01-01T00:00:00Z.
@@ -103,7 +105,11 @@ fn civil_date_from_days_since_unix_epoch(days_since_unix_epoch: u64) -> (u64, u6
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_from_march = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
-    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    };
     let year = year_of_era + era * 400 + u64::from(month <= 2);
     (year, month, day)
 }
@@ -115,7 +121,11 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_dates() {
         let check = |seconds: u64, expected: &str| {
-            assert_eq!(SourceDateEpoch::from_seconds(seconds).to_rfc3339(), expected, "{seconds}");
+            assert_eq!(
+                SourceDateEpoch::from_seconds(seconds).to_rfc3339(),
+                expected,
+                "{seconds}"
+            );
         };
         check(0, "1970-01-01T00:00:00Z");
         check(951_782_400, "2000-02-29T00:00:00Z");
@@ -130,7 +140,10 @@ mod tests {
     fn platform_names_follow_the_oci_image_index_spec() {
         assert_eq!(OciPlatform::LinuxAmd64.to_string(), "linux/amd64");
         assert_eq!(OciPlatform::LinuxArm64.to_string(), "linux/arm64/v8");
-        assert_eq!(OciPlatform::from_debian_architecture("arm64"), Some(OciPlatform::LinuxArm64));
+        assert_eq!(
+            OciPlatform::from_debian_architecture("arm64"),
+            Some(OciPlatform::LinuxArm64)
+        );
         assert_eq!(OciPlatform::from_debian_architecture("all"), None);
     }
 }

@@ -10,7 +10,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use common::{describe_tree, dpkg_deb_extract, gnu_tar_extract, run, skopeo};
-use kiln_oci::{debian_package_reference_name, image_from_deb_file, BuiltDebianPackageImage, OciLayout, OciPlatform, SourceDateEpoch};
+use kiln_oci::{
+    debian_package_reference_name, image_from_deb_file, BuiltDebianPackageImage, OciLayout,
+    OciPlatform, SourceDateEpoch,
+};
 
 /// Debian 12's release date, standing in for the lock's pinned epoch.
 const EPOCH: SourceDateEpoch = SourceDateEpoch::from_seconds(1_686_398_400);
@@ -20,7 +23,9 @@ fn download_busybox_static(directory: &Path) -> PathBuf {
     if !policy.contains("Candidate:") || policy.contains("Candidate: (none)") {
         run(Command::new("apt-get").args(["update", "-qq"]));
     }
-    run(Command::new("apt-get").args(["download", "-qq", "busybox-static"]).current_dir(directory));
+    run(Command::new("apt-get")
+        .args(["download", "-qq", "busybox-static"])
+        .current_dir(directory));
     let mut debs: Vec<_> = fs::read_dir(directory)
         .unwrap()
         .map(|entry| entry.unwrap().path())
@@ -49,7 +54,10 @@ fn helper_process_builds_busybox_static_image() {
     // process is a helper that runs this one test.
     unsafe { libc::umask(0o077) };
     let (_, built) = build(Path::new(&deb), Path::new(&layout_directory));
-    println!("KILN_OCI_TEST_HELPER_RESULT {} {}", built.image.manifest_digest, built.image.layer_digest);
+    println!(
+        "KILN_OCI_TEST_HELPER_RESULT {} {}",
+        built.image.manifest_digest, built.image.layer_digest
+    );
 }
 
 #[test]
@@ -76,12 +84,20 @@ fn busybox_static_image_is_reproducible_and_accepted_by_skopeo() {
 
     // Built again in a child with umask 077, TZ and locale changed, another directory and
     // another file name for the .deb: the same image, byte for byte.
-    let elsewhere = tempfile::Builder::new().prefix("elsewhere-").tempdir().unwrap();
+    let elsewhere = tempfile::Builder::new()
+        .prefix("elsewhere-")
+        .tempdir()
+        .unwrap();
     let renamed_deb = elsewhere.path().join("downloaded.deb");
     fs::copy(&deb, &renamed_deb).unwrap();
     let child_layout_directory = elsewhere.path().join("layout");
     let output = run(Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_process_builds_busybox_static_image", "--include-ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "helper_process_builds_busybox_static_image",
+            "--include-ignored",
+            "--nocapture",
+        ])
         .current_dir(elsewhere.path())
         .env("KILN_OCI_TEST_HELPER_DEB", &renamed_deb)
         .env("KILN_OCI_TEST_HELPER_LAYOUT", &child_layout_directory)
@@ -91,23 +107,47 @@ fn busybox_static_image_is_reproducible_and_accepted_by_skopeo() {
         .lines()
         .find_map(|line| Some(line.split_once("KILN_OCI_TEST_HELPER_RESULT ")?.1))
         .unwrap_or_else(|| panic!("the helper printed no result:\n{output}"));
-    assert_eq!(result, format!("{} {}", built.image.manifest_digest, built.image.layer_digest));
+    assert_eq!(
+        result,
+        format!(
+            "{} {}",
+            built.image.manifest_digest, built.image.layer_digest
+        )
+    );
     assert_eq!(
         fs::read(layout.blob_path(&built.image.layer_digest)).unwrap(),
-        fs::read(OciLayout::open_or_create(&child_layout_directory).unwrap().blob_path(&built.image.layer_digest)).unwrap()
+        fs::read(
+            OciLayout::open_or_create(&child_layout_directory)
+                .unwrap()
+                .blob_path(&built.image.layer_digest)
+        )
+        .unwrap()
     );
 
     // skopeo reads it under kiln's reference name for the package.
-    let reference = debian_package_reference_name(&built.package.package, &built.package.version, &built.package.architecture);
-    layout.add_manifest_ref(&reference, &built.image.manifest).unwrap();
+    let reference = debian_package_reference_name(
+        &built.package.package,
+        &built.package.version,
+        &built.package.architecture,
+    );
+    layout
+        .add_manifest_ref(&reference, &built.image.manifest)
+        .unwrap();
     let source = format!("oci:{}:{reference}", layout.directory().display());
-    let inspected: serde_json::Value = serde_json::from_str(&run(skopeo().arg("inspect").arg(&source))).unwrap();
+    let inspected: serde_json::Value =
+        serde_json::from_str(&run(skopeo().arg("inspect").arg(&source))).unwrap();
     assert_eq!(inspected["Digest"], built.image.manifest_digest.to_string());
     assert_eq!(inspected["Architecture"], "amd64");
     assert_eq!(inspected["Created"], "2023-06-10T12:00:00Z");
     let copied = directory.path().join("copied");
-    run(skopeo().arg("copy").arg(&source).arg(format!("dir:{}", copied.display())));
-    assert_eq!(fs::read(copied.join("manifest.json")).unwrap(), layout.read_blob(&built.image.manifest_digest).unwrap());
+    run(skopeo()
+        .arg("copy")
+        .arg(&source)
+        .arg(format!("dir:{}", copied.display())));
+    assert_eq!(
+        fs::read(copied.join("manifest.json")).unwrap(),
+        layout.read_blob(&built.image.manifest_digest).unwrap()
+    );
 
     // The layer is the package: GNU tar extracts what dpkg-deb -x extracts.
     let from_layer = directory.path().join("from-layer");
@@ -116,5 +156,9 @@ fn busybox_static_image_is_reproducible_and_accepted_by_skopeo() {
     dpkg_deb_extract(&deb, &from_dpkg);
     let tree = describe_tree(&from_layer);
     assert_eq!(tree, describe_tree(&from_dpkg));
-    assert!(tree.iter().any(|line| line.starts_with("file 0755 0:0 bin/busybox ")), "{tree:#?}");
+    assert!(
+        tree.iter()
+            .any(|line| line.starts_with("file 0755 0:0 bin/busybox ")),
+        "{tree:#?}"
+    );
 }

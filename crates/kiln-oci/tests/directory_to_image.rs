@@ -8,7 +8,9 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 
 use common::{describe_tar, describe_tree, gnu_tar_extract, run, skopeo};
-use kiln_oci::{image_from_directory, ImageDescription, LayerTree, OciLayout, OciPlatform, SourceDateEpoch};
+use kiln_oci::{
+    image_from_directory, ImageDescription, LayerTree, OciLayout, OciPlatform, SourceDateEpoch,
+};
 
 const EPOCH: SourceDateEpoch = SourceDateEpoch::from_seconds(1_700_000_000);
 
@@ -19,12 +21,34 @@ fn lay_out_module(root: &Path, file_mode: u32, executable_mode: u32, directory_m
     fs::create_dir_all(root.join("usr/local/bin")).unwrap();
     fs::write(root.join("etc/kiln-module/settings.conf"), b"key = value\n").unwrap();
     fs::write(root.join("usr/local/bin/run-me"), b"#!/bin/sh\nexit 0\n").unwrap();
-    fs::hard_link(root.join("usr/local/bin/run-me"), root.join("usr/local/bin/also-run-me")).unwrap();
+    fs::hard_link(
+        root.join("usr/local/bin/run-me"),
+        root.join("usr/local/bin/also-run-me"),
+    )
+    .unwrap();
     symlink("run-me", root.join("usr/local/bin/run-me-too")).unwrap();
-    fs::set_permissions(root.join("etc/kiln-module/settings.conf"), fs::Permissions::from_mode(file_mode)).unwrap();
-    fs::set_permissions(root.join("usr/local/bin/run-me"), fs::Permissions::from_mode(executable_mode)).unwrap();
-    for directory in ["etc", "etc/kiln-module", "usr", "usr/local", "usr/local/bin"] {
-        fs::set_permissions(root.join(directory), fs::Permissions::from_mode(directory_mode)).unwrap();
+    fs::set_permissions(
+        root.join("etc/kiln-module/settings.conf"),
+        fs::Permissions::from_mode(file_mode),
+    )
+    .unwrap();
+    fs::set_permissions(
+        root.join("usr/local/bin/run-me"),
+        fs::Permissions::from_mode(executable_mode),
+    )
+    .unwrap();
+    for directory in [
+        "etc",
+        "etc/kiln-module",
+        "usr",
+        "usr/local",
+        "usr/local/bin",
+    ] {
+        fs::set_permissions(
+            root.join(directory),
+            fs::Permissions::from_mode(directory_mode),
+        )
+        .unwrap();
     }
 }
 
@@ -39,16 +63,35 @@ fn description() -> ImageDescription {
 #[test]
 fn directory_layer_ignores_umask_mtime_and_location_and_keeps_hard_links() {
     let first = tempfile::tempdir().unwrap();
-    let second = tempfile::Builder::new().prefix("other-checkout-").tempdir().unwrap();
+    let second = tempfile::Builder::new()
+        .prefix("other-checkout-")
+        .tempdir()
+        .unwrap();
     lay_out_module(&first.path().join("module"), 0o644, 0o755, 0o755);
     // As under umask 077, with setuid set by mistake, touched later.
     lay_out_module(&second.path().join("module"), 0o600, 0o4700, 0o700);
-    run(std::process::Command::new("touch").args(["-d", "2001-02-03 04:05:06"]).arg(second.path().join("module/etc/kiln-module/settings.conf")));
+    run(std::process::Command::new("touch")
+        .args(["-d", "2001-02-03 04:05:06"])
+        .arg(second.path().join("module/etc/kiln-module/settings.conf")));
 
     let first_layout = OciLayout::open_or_create(&first.path().join("layout")).unwrap();
     let second_layout = OciLayout::open_or_create(&second.path().join("layout")).unwrap();
-    let first_image = image_from_directory(&first_layout, &first.path().join("module"), &description(), OciPlatform::LinuxAmd64, EPOCH).unwrap();
-    let second_image = image_from_directory(&second_layout, &second.path().join("module"), &description(), OciPlatform::LinuxAmd64, EPOCH).unwrap();
+    let first_image = image_from_directory(
+        &first_layout,
+        &first.path().join("module"),
+        &description(),
+        OciPlatform::LinuxAmd64,
+        EPOCH,
+    )
+    .unwrap();
+    let second_image = image_from_directory(
+        &second_layout,
+        &second.path().join("module"),
+        &description(),
+        OciPlatform::LinuxAmd64,
+        EPOCH,
+    )
+    .unwrap();
     assert_eq!(first_image.manifest_digest, second_image.manifest_digest);
 
     let layer = first_layout.read_blob(&first_image.layer_digest).unwrap();
@@ -65,13 +108,20 @@ fn directory_layer_ignores_umask_mtime_and_location_and_keeps_hard_links() {
     "#);
 
     let extracted = first.path().join("extracted");
-    gnu_tar_extract(&first_layout.blob_path(&first_image.layer_digest), &extracted);
-    assert!(describe_tree(&extracted).contains(&"file 0755 0:0 usr/local/bin/run-me hard link to usr/local/bin/also-run-me".to_owned()));
+    gnu_tar_extract(
+        &first_layout.blob_path(&first_image.layer_digest),
+        &extracted,
+    );
+    assert!(describe_tree(&extracted).contains(
+        &"file 0755 0:0 usr/local/bin/run-me hard link to usr/local/bin/also-run-me".to_owned()
+    ));
 
-    first_layout.add_manifest_ref("kiln-module", &first_image.manifest).unwrap();
-    let inspected: serde_json::Value = serde_json::from_str(&run(skopeo()
-        .arg("inspect")
-        .arg(format!("oci:{}:kiln-module", first_layout.directory().display()))))
+    first_layout
+        .add_manifest_ref("kiln-module", &first_image.manifest)
+        .unwrap();
+    let inspected: serde_json::Value = serde_json::from_str(&run(skopeo().arg("inspect").arg(
+        format!("oci:{}:kiln-module", first_layout.directory().display()),
+    )))
     .unwrap();
     assert_eq!(inspected["Digest"], first_image.manifest_digest.to_string());
 }

@@ -13,7 +13,9 @@ use sha2::{Digest as _, Sha256};
 
 /// Runs `command`, panics with its output if it fails, returns its stdout.
 pub fn run(command: &mut Command) -> String {
-    let output = command.output().unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
+    let output = command
+        .output()
+        .unwrap_or_else(|error| panic!("cannot run {command:?}: {error}"));
     assert!(
         output.status.success(),
         "{command:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
@@ -43,16 +45,47 @@ pub fn stage_small_package(staging: &Path, architecture: &str) {
         .as_bytes(),
         0o644,
     );
-    write_file(&staging.join("usr/bin/tool"), b"#!/bin/sh\necho tool\n", 0o755);
-    fs::hard_link(staging.join("usr/bin/tool"), staging.join("usr/bin/a-hard-link-to-tool")).unwrap();
-    write_file(&staging.join("usr/sbin/setuid-helper"), b"\x7fELF not really\n", 0o4755);
-    write_file(&staging.join("usr/share/doc/kiln-test-small/copyright"), b"public domain\n", 0o644);
+    write_file(
+        &staging.join("usr/bin/tool"),
+        b"#!/bin/sh\necho tool\n",
+        0o755,
+    );
+    fs::hard_link(
+        staging.join("usr/bin/tool"),
+        staging.join("usr/bin/a-hard-link-to-tool"),
+    )
+    .unwrap();
+    write_file(
+        &staging.join("usr/sbin/setuid-helper"),
+        b"\x7fELF not really\n",
+        0o4755,
+    );
+    write_file(
+        &staging.join("usr/share/doc/kiln-test-small/copyright"),
+        b"public domain\n",
+        0o644,
+    );
     write_file(&staging.join("etc/kiln-test-small/empty.conf"), b"", 0o600);
-    let long_directory = staging.join("usr/share/kiln-test-small").join("d".repeat(60)).join("e".repeat(60));
-    write_file(&long_directory.join("long-path-file.txt"), b"long path\n", 0o644);
+    let long_directory = staging
+        .join("usr/share/kiln-test-small")
+        .join("d".repeat(60))
+        .join("e".repeat(60));
+    write_file(
+        &long_directory.join("long-path-file.txt"),
+        b"long path\n",
+        0o644,
+    );
     symlink("tool", staging.join("usr/bin/relative-symlink")).unwrap();
     symlink("/usr/bin/tool", staging.join("usr/bin/absolute-symlink")).unwrap();
-    symlink(format!("../share/kiln-test-small/{}/{}/long-path-file.txt", "d".repeat(60), "e".repeat(60)), staging.join("usr/bin/long-target-symlink")).unwrap();
+    symlink(
+        format!(
+            "../share/kiln-test-small/{}/{}/long-path-file.txt",
+            "d".repeat(60),
+            "e".repeat(60)
+        ),
+        staging.join("usr/bin/long-target-symlink"),
+    )
+    .unwrap();
     let owned_directory = staging.join("var/lib/kiln-test-small");
     let sticky_directory = staging.join("var/tmp-kiln");
     fs::create_dir_all(&owned_directory).unwrap();
@@ -73,7 +106,11 @@ pub fn stage_small_package(staging: &Path, architecture: &str) {
 /// Builds `staging` into `output` with Debian's own `dpkg-deb`, data.tar compressed with
 /// `compression` (`xz`, `zstd`, `gzip` or `none`).
 pub fn dpkg_deb_build(staging: &Path, compression: &str, output: &Path) {
-    run(Command::new("dpkg-deb").arg(format!("-Z{compression}")).arg("--build").arg(staging).arg(output));
+    run(Command::new("dpkg-deb")
+        .arg(format!("-Z{compression}"))
+        .arg("--build")
+        .arg(staging)
+        .arg(output));
 }
 
 /// Builds the small test package in a fresh temp dir; returns (temp dir, .deb path).
@@ -81,7 +118,9 @@ pub fn small_package_deb(compression: &str, architecture: &str) -> (tempfile::Te
     let directory = tempfile::tempdir().unwrap();
     let staging = directory.path().join("staging");
     stage_small_package(&staging, architecture);
-    let deb = directory.path().join(format!("kiln-test-small_{compression}.deb"));
+    let deb = directory
+        .path()
+        .join(format!("kiln-test-small_{compression}.deb"));
     dpkg_deb_build(&staging, compression, &deb);
     (directory, deb)
 }
@@ -90,7 +129,13 @@ pub fn small_package_deb(compression: &str, architecture: &str) -> (tempfile::Te
 pub fn gnu_tar_extract(layer: &Path, destination: &Path) {
     fs::create_dir_all(destination).unwrap();
     run(Command::new("tar")
-        .args(["--extract", "--numeric-owner", "--same-owner", "--preserve-permissions", "--file"])
+        .args([
+            "--extract",
+            "--numeric-owner",
+            "--same-owner",
+            "--preserve-permissions",
+            "--file",
+        ])
         .arg(layer)
         .arg("--directory")
         .arg(destination));
@@ -108,9 +153,18 @@ pub fn dpkg_deb_extract(deb: &Path, destination: &Path) {
 pub fn describe_tree(root: &Path) -> Vec<String> {
     let mut first_path_of_inode: BTreeMap<(u64, u64), String> = BTreeMap::new();
     let mut lines = Vec::new();
-    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by(|a, b| a.file_name().as_encoded_bytes().cmp(b.file_name().as_encoded_bytes())) {
+    for entry in walkdir::WalkDir::new(root).min_depth(1).sort_by(|a, b| {
+        a.file_name()
+            .as_encoded_bytes()
+            .cmp(b.file_name().as_encoded_bytes())
+    }) {
         let entry = entry.unwrap();
-        let relative = entry.path().strip_prefix(root).unwrap().to_string_lossy().into_owned();
+        let relative = entry
+            .path()
+            .strip_prefix(root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
         let metadata = entry.path().symlink_metadata().unwrap();
         let owner = format!("{}:{}", metadata.uid(), metadata.gid());
         let mode = metadata.mode() & 0o7777;
@@ -118,7 +172,10 @@ pub fn describe_tree(root: &Path) -> Vec<String> {
         let line = if file_type.is_dir() {
             format!("dir  {mode:04o} {owner} {relative}/")
         } else if file_type.is_symlink() {
-            format!("link {owner} {relative} -> {}", fs::read_link(entry.path()).unwrap().display())
+            format!(
+                "link {owner} {relative} -> {}",
+                fs::read_link(entry.path()).unwrap().display()
+            )
         } else {
             let inode = (metadata.dev(), metadata.ino());
             let contents = match first_path_of_inode.get(&inode) {
@@ -145,7 +202,10 @@ pub fn describe_tar(tar_bytes: &[u8]) -> Vec<String> {
         .map(|entry| {
             let entry = entry.unwrap();
             let header = entry.header();
-            let link = entry.link_name_bytes().map(|link| format!(" -> {}", String::from_utf8_lossy(&link))).unwrap_or_default();
+            let link = entry
+                .link_name_bytes()
+                .map(|link| format!(" -> {}", String::from_utf8_lossy(&link)))
+                .unwrap_or_default();
             format!(
                 "{:?} {:04o} {}:{} uname={:?} gname={:?} mtime={} size={} {}{}",
                 header.entry_type(),

@@ -5,11 +5,14 @@
 //! testing on its own belongs in a crate, not here.
 
 mod bench;
+mod cache;
 mod diff;
 mod epoch;
+mod fetch;
 mod host;
 mod initramfs;
 mod inspect;
+mod lock;
 mod progress;
 mod test;
 
@@ -35,6 +38,13 @@ enum Command {
     Bench(bench::Command),
     /// Install what the tests need (apt packages, rustup targets), then run every test tier.
     Test(test::Args),
+    /// Resolve modules' Debian packages and tarballs into kiln.lock (apt, private state per arch).
+    Lock(lock::Args),
+    /// Bring every input kiln.lock pins into the store at $KILN_CACHE, verified.
+    Fetch(fetch::Args),
+    /// Maintain the store: re-hash everything (`verify`), drop unreferenced blobs (`gc`).
+    #[command(subcommand)]
+    Cache(cache::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -45,6 +55,9 @@ fn main() -> std::process::ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Test(args) => test::run(args),
+        Command::Lock(args) => lock::run(args),
+        Command::Fetch(args) => fetch::run(args),
+        Command::Cache(command) => cache::run(command),
     };
     match result {
         Ok(code) => code,

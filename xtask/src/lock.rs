@@ -1,0 +1,109 @@
+//! `cargo xtask lock`: resolve what the module catalog asks for into `kiln.lock`.
+//!
+//! Runs the host's apt in a private state per target architecture (see `kiln_fetch::apt`),
+//! keeps every existing pin the mirror still carries unless named by `--update`, and writes
+//! the lock in its canonical form (a re-lock with no upstream change is a no-op diff).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::ProgressBar;
+use kiln_fetch::apt::PrivateApt;
+use kiln_lock::{Lock, TargetArch};
+use kiln_spec::Catalog;
+use kiln_store::Store;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Target architecture to (re)lock: x86_64 or aarch64; repeatable. Default: both.
+    /// Architectures not named keep their pins.
+    #[arg(long = "arch")]
+    arches: Vec<TargetArch>,
+    /// Re-resolve these packages to the newest version the mirror has (default: keep every
+    /// pinned version the mirror still carries).
+    #[arg(long = "update", num_args = 1.., value_name = "NAME")]
+    update: Vec<String>,
+    /// The lock file. Default: kiln.lock at the repository root.
+    #[arg(long)]
+    lock: Option<PathBuf>,
+    /// The repository whose modules/ and profiles/ are locked. Default: this one.
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+pub fn spinner(message: String) -> ProgressBar {
+    let spinner = ProgressBar::new_spinner();
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    spinner.set_message(message);
+    spinner
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let root = args.root.unwrap_or_else(crate::epoch::workspace_root);
+    let lock_path = args.lock.unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
+    let catalog = Catalog::load(&root)?;
+    let previous_text = std::fs::read_to_string(&lock_path).ok();
+    let mut lock = if lock_path.exists() { Lock::read(&lock_path)? } else { Lock::new() };
+    let arches = if args.arches.is_empty() { TargetArch::ALL.to_vec() } else { args.arches };
+    let update: BTreeSet<String> = args.update.into_iter().collect();
+    let store_root = Store::default_root()?;
+    let store = Store::open(&store_root).with_context(|| format!("opening the store at {}", store_root.display()))?;
+
+    for arch in arches {
+        let progress = spinner(format!("apt-get update and resolve ({})", arch.debian_architecture()));
+        let apt = PrivateApt::open(&store.root().join("state"), arch)?;
+        let previous = lock.architectures.get(&arch);
+        let result = kiln_fetch::lock_architecture(&apt, &catalog, previous, &update);
+        progress.finish_and_clear();
+        let (architecture_lock, resolution) = result.with_context(|| format!("locking {arch}"))?;
+        let total_size: u64 = architecture_lock.debian_packages.iter().map(|pin| pin.size).sum();
+        print_changes(arch, previous.map(|previous| &previous.debian_packages[..]).unwrap_or_default(), &architecture_lock.debian_packages);
+        eprintln!(
+            "{arch}: {} packages pinned ({:.1} MiB); essential packages depended on but not pinned: {}",
+            architecture_lock.debian_packages.len(),
+            mebibytes(total_size),
+            if resolution.skipped_essential.is_empty() { "none".to_owned() } else { resolution.skipped_essential.iter().cloned().collect::<Vec<_>>().join(", ") }
+        );
+        lock.architectures.insert(arch, architecture_lock);
+    }
+    for name in &update {
+        let known = lock.architectures.values().any(|architecture| architecture.debian_packages.iter().any(|pin| &pin.name == name));
+        if !known {
+            anyhow::bail!("--update {name}: no module asks for package {name} (directly or as a dependency); nothing was written");
+        }
+    }
+    lock.source_tarballs = kiln_fetch::tarball_pins(&catalog)?;
+    let text = lock.to_canonical_json();
+    if previous_text.as_deref() == Some(text.as_str()) {
+        eprintln!("{} is up to date", lock_path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    lock.write(&lock_path)?;
+    eprintln!("wrote {}", lock_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn mebibytes(bytes: u64) -> f64 {
+    // Display only: precision loss above 2^53 bytes does not matter.
+    #[allow(clippy::cast_precision_loss)]
+    let value = bytes as f64 / (1024.0 * 1024.0);
+    value
+}
+
+fn print_changes(arch: TargetArch, before: &[kiln_lock::DebianPackagePin], after: &[kiln_lock::DebianPackagePin]) {
+    for pin in after {
+        match before.iter().find(|old| old.name == pin.name) {
+            None => eprintln!("{arch}: + {} {}", pin.name, pin.version),
+            Some(old) if old.version != pin.version || old.sha256 != pin.sha256 => eprintln!("{arch}: ~ {} {} -> {}", pin.name, old.version, pin.version),
+            Some(_) => {}
+        }
+    }
+    for old in before {
+        if !after.iter().any(|pin| pin.name == old.name) {
+            eprintln!("{arch}: - {} {}", old.name, old.version);
+        }
+    }
+}

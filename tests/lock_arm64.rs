@@ -42,9 +42,15 @@ fn lock_aarch64_on_amd64_matches_the_archive_index() {
     let scratch = tempfile::tempdir().unwrap();
     let cache = scratch.path().join("cache");
     let lock_path = scratch.path().join("kiln.lock");
+    // The repository's real `base` module, in a scratch catalog: the test must not depend on
+    // modules other engineers are still writing.
+    let repo = scratch.path().join("repo");
+    std::fs::create_dir_all(repo.join("modules/base")).unwrap();
+    std::fs::copy(kiln_tests::workspace_root().join("modules/base/module.yaml"), repo.join("modules/base/module.yaml")).unwrap();
     let host_before = host_apt_configuration();
     let run = || {
-        let mut command = kiln_tests::xtask(&["lock", "--arch", "aarch64", "--lock", lock_path.to_str().unwrap()]);
+        let arguments = ["lock", "--arch", "aarch64", "--root", repo.to_str().unwrap(), "--lock", lock_path.to_str().unwrap()];
+        let mut command = kiln_tests::xtask(&arguments);
         let output = command.env("KILN_CACHE", &cache).output().unwrap();
         assert!(output.status.success(), "xtask lock failed:\n{}", String::from_utf8_lossy(&output.stderr));
         output

@@ -404,6 +404,8 @@ fn binary_supervise_mode_reaches_ready_and_stops_on_sigusr2() {
 
 #[test]
 fn binary_check_config_reports_errors() {
+    // Spawns a child too: another test's waitpid(-1) must not reap it.
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("init.json");
     std::fs::write(

@@ -139,6 +139,9 @@ stdenv.mkDerivation {
     runHook postInstall
   '';
 
+  # What tests/nix_flake.rs compares with the xtask (via a stub nixpkgs).
+  passthru = { inherit fragmentNames crossPrefix kernelArch baseTarget source; };
+
   meta = {
     description = "kiln ${flavor} kernel for ${arch}, from the source pinned in kiln.lock";
     platforms = [ "x86_64-linux" "aarch64-linux" ];

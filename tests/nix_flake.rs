@@ -422,3 +422,51 @@ fn a_bad_fragment_line_fails_the_script_as_it_fails_the_xtask() {
     assert!(!output.status.success());
     assert_eq!(String::from_utf8_lossy(&output.stderr).trim_end(), xtask_error);
 }
+
+#[test]
+fn seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_network() {
+    require_nix();
+    // A lock whose busybox-static pin is a file made here, so the test needs no download.
+    let work = tempfile::tempdir().unwrap();
+    let content = format!("kiln nix seed test {}\n", std::process::id()).into_bytes();
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&content));
+    let mut lock = read_lock(&workspace_root().join("kiln.lock"));
+    let busybox = lock["architectures"]["x86_64"]["debian_packages"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|package| package["name"] == "busybox-static")
+        .unwrap();
+    busybox["sha256"] = Value::String(digest.clone());
+    busybox["size"] = Value::from(content.len());
+    busybox["filename"] = Value::String("pool/main/b/busybox/busybox-static_1.35.0-4~test_amd64.deb".into());
+    let lock_path = work.path().join("kiln.lock");
+    std::fs::write(&lock_path, serde_json::to_string_pretty(&lock).unwrap() + "\n").unwrap();
+    let cache = work.path().join("cache");
+    std::fs::create_dir_all(cache.join("blobs/sha256")).unwrap();
+    std::fs::write(cache.join("blobs/sha256").join(&digest), &content).unwrap();
+
+    let output = run(kiln_tests::xtask(&["nix", "seed", "--lock", lock_path.to_str().unwrap()]).env("KILN_CACHE", &cache).env("NIX_CONFIG", NIX_CONFIG)).unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(stdout.contains("seeded 1 files into the Nix store"), "{stdout}");
+
+    // `~` is not allowed in store names: pins.nix names it with `_`, and so does the seed.
+    let store_name = "busybox-static_1.35.0-4_test_amd64.deb";
+    let expected = run(nix_command("nix-store").args(["--print-fixed-path", "sha256", &digest, store_name])).unwrap();
+    let expected = String::from_utf8(expected.stdout).unwrap().trim().to_owned();
+    assert!(stdout.lines().any(|line| line == expected), "seed did not print {expected}:\n{stdout}");
+    assert_eq!(std::fs::read(&expected).unwrap(), content);
+
+    // The same fetch as nixpkgs' fetchurl makes (flat sha256, name from pins.nix), as a
+    // builtin:fetchurl derivation: it is already valid, so realising it downloads nothing.
+    let expression = format!(
+        r#"let pin = builtins.head (builtins.filter (pin: pin.name == "busybox-static") (import ./nix/pins.nix {{ lockFile = {}; }}).debs.x86_64);
+           in derivation {{ name = pin.storeName; builder = "builtin:fetchurl"; system = "builtin"; url = pin.url;
+                           outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = pin.sha256; }}"#,
+        lock_path.display()
+    );
+    let derivation = run(nix_command("nix-instantiate").current_dir(workspace_root()).args(["--expr", &expression])).unwrap();
+    let derivation = String::from_utf8(derivation.stdout).unwrap().trim().to_owned();
+    let realised = run(nix_command("nix-store").args(["--realise", &derivation]).env("NIX_CONFIG", format!("{NIX_CONFIG}connect-timeout = 1\n"))).unwrap();
+    assert_eq!(String::from_utf8(realised.stdout).unwrap().trim(), expected);
+}

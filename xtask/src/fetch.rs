@@ -8,7 +8,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kiln_fetch::apt::PrivateApt;
 use kiln_fetch::{FetchMode, FetchedFrom};
 use kiln_lock::{DebianPackagePin, Lock, TarballPin, TargetArch};
 use kiln_spec::Catalog;
@@ -68,27 +67,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let is_missing = |pin: &&&DebianPackagePin| kiln_fetch::expected_blob_for_package(pin, *arch).map(|expected| !store.contains(&expected.sha256)).unwrap_or(true);
         let missing_bytes: u64 = pins.iter().filter(is_missing).map(|pin| pin.size).sum();
         let bar = progress::bytes_bar(missing_bytes, arch.debian_architecture());
-        let mut apt: Option<PrivateApt> = None;
-        for pin in pins {
-            let expected = kiln_fetch::expected_blob_for_package(pin, *arch)?;
-            if mode == FetchMode::Online && apt.is_none() && !store.contains(&expected.sha256) && !store.import_dir().join(pin.deb_file_name()).exists() {
-                bar.set_message(format!("apt-get update ({})", arch.debian_architecture()));
-                let private = PrivateApt::open(&store.root().join("state"), *arch)?;
-                private.update().with_context(|| format!("preparing to download package {} ({})", pin.name, arch.debian_architecture()))?;
-                apt = Some(private);
-            }
-            bar.set_message(pin.name.clone());
-            let position = bar.position();
-            let from = kiln_fetch::fetch_debian_package(&store, apt.as_ref(), *arch, pin, mode, &mut |bytes| bar.set_position(position + bytes.min(pin.size)))
-                .with_context(|| format!("fetching package {} {} ({})", pin.name, pin.version, arch.debian_architecture()))?;
-            if from != FetchedFrom::Store {
-                bar.set_position(position + pin.size);
-                downloaded_bytes += pin.size;
-                bar.suspend(|| eprintln!("{arch}: {} {} ({})", pin.name, pin.version, if from == FetchedFrom::Import { "import/" } else { "downloaded" }));
-            }
-            counts[from as usize] += 1;
-        }
+        let summary = kiln_fetch::fetch_debian_packages(&store, *arch, pins, mode, &mut |bytes| bar.set_position(bytes.min(missing_bytes)))
+            .with_context(|| format!("fetching the Debian packages of {arch}"))?;
         bar.finish_and_clear();
+        for name in &summary.imported {
+            eprintln!("{arch}: {name} (from import/)");
+        }
+        for name in &summary.downloaded {
+            eprintln!("{arch}: {name} (downloaded)");
+        }
+        counts[FetchedFrom::Store as usize] += summary.already_in_store;
+        counts[FetchedFrom::Import as usize] += u64::try_from(summary.imported.len())?;
+        counts[FetchedFrom::Network as usize] += u64::try_from(summary.downloaded.len())?;
+        downloaded_bytes += summary.downloaded_bytes;
     }
     for tarball in tarballs {
         let bar = progress::bytes_bar(tarball.size, &tarball.name);

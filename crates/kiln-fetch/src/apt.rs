@@ -222,6 +222,40 @@ impl PrivateApt {
         Ok(index)
     }
 
+    /// One `apt-get download` for many packages into `directory` (which must be empty):
+    /// one apt start-up instead of one per package. Returns each pin's `.deb` path, in
+    /// `pins` order. On failure apt names the culprit in `output_tail`; callers that need a
+    /// per-package error retry with [`PrivateApt::download`].
+    pub fn download_all(&self, pins: &[&DebianPackagePin], directory: &Path, on_progress: &mut dyn FnMut(u64)) -> Result<Vec<PathBuf>, FetchError> {
+        let output_path = directory.join(".apt-output");
+        let output_file = File::create(&output_path).map_err(io_error("cannot create", &output_path))?;
+        let error_file = output_file.try_clone().map_err(io_error("cannot create", &output_path))?;
+        let mut command = self.command("apt-get");
+        command.args(["-q", "download"]).args(pins.iter().map(|pin| format!("{}={}", pin.name, pin.version)));
+        command.current_dir(directory).stdin(Stdio::null()).stdout(output_file).stderr(error_file);
+        let mut child = command.spawn().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })?;
+        let status = loop {
+            if let Some(status) = child.try_wait().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })? {
+                break status;
+            }
+            on_progress(directory_size(directory));
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let output = std::fs::read_to_string(&output_path).unwrap_or_default();
+        if !status.success() {
+            return Err(FetchError::AptFailed { what: format!("apt-get download of {} packages", pins.len()), status: status.to_string(), output_tail: tail_lines(&output, 20) });
+        }
+        let paths: Vec<PathBuf> = pins.iter().map(|pin| directory.join(apt_download_file_name(pin))).collect();
+        if let Some(missing) = paths.iter().find(|path| !path.is_file()) {
+            return Err(FetchError::AptFailed {
+                what: "apt-get download".to_owned(),
+                status: format!("succeeded but did not write {}", missing.display()),
+                output_tail: tail_lines(&output, 20),
+            });
+        }
+        Ok(paths)
+    }
+
     /// `apt-get download NAME=VERSION` into `directory` (which must be empty); returns the
     /// path of the `.deb`. `on_progress` is called with the bytes downloaded so far, about
     /// five times a second. apt checks the index's hash; the caller checks the lock's.
@@ -285,6 +319,12 @@ pub(crate) fn die_with_parent(command: &mut Command) {
             Ok(())
         });
     }
+}
+
+/// The file name `apt-get download` gives a package: `name_version_arch.deb`, with the
+/// epoch's colon written `%3a`.
+pub fn apt_download_file_name(pin: &DebianPackagePin) -> String {
+    format!("{}_{}_{}.deb", pin.name, pin.version.replace(':', "%3a"), pin.architecture)
 }
 
 fn directory_size(directory: &Path) -> u64 {

@@ -274,6 +274,67 @@ pub fn fetch_debian_package(
     Ok(FetchedFrom::Network)
 }
 
+/// What [`fetch_debian_packages`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FetchSummary {
+    /// Packages already in the store.
+    pub already_in_store: u64,
+    /// Packages taken from `import/`, by name.
+    pub imported: Vec<String>,
+    /// Packages downloaded, by name.
+    pub downloaded: Vec<String>,
+    /// Bytes downloaded.
+    pub downloaded_bytes: u64,
+}
+
+/// Brings every pin of one architecture into the store: from the store, `import/`, or one
+/// batched `apt-get download` (after `apt-get update` in the private state under
+/// `store/state/`). If the batch fails, each package is retried alone, so the error names
+/// the package at fault. `on_progress` gets the bytes downloaded so far.
+pub fn fetch_debian_packages(
+    store: &Store,
+    arch: TargetArch,
+    pins: &[&DebianPackagePin],
+    mode: FetchMode,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<FetchSummary, FetchError> {
+    let mut summary = FetchSummary::default();
+    let mut missing: Vec<&DebianPackagePin> = Vec::new();
+    for pin in pins {
+        match fetch_debian_package(store, None, arch, pin, FetchMode::Offline, &mut |_| {}) {
+            Ok(FetchedFrom::Store) => summary.already_in_store += 1,
+            Ok(_) => summary.imported.push(pin.name.clone()),
+            Err(FetchError::NotInStoreOffline { .. }) if mode == FetchMode::Online => missing.push(pin),
+            Err(error) => return Err(error),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(summary);
+    }
+    let apt = PrivateApt::open(&store.root().join("state"), arch)?;
+    apt.update()?;
+    let work = store.temp_dir()?;
+    match apt.download_all(&missing, work.path(), on_progress) {
+        Ok(paths) => {
+            for (pin, path) in missing.iter().zip(paths) {
+                store.insert_owned_file(&path, &expected_blob_for_package(pin, arch)?)?;
+                summary.downloaded.push(pin.name.clone());
+                summary.downloaded_bytes += pin.size;
+            }
+        }
+        Err(_) => {
+            let mut done = 0;
+            for pin in missing {
+                fetch_debian_package(store, Some(&apt), arch, pin, mode, &mut |bytes| on_progress(done + bytes))?;
+                done += pin.size;
+                summary.downloaded.push(pin.name.clone());
+                summary.downloaded_bytes += pin.size;
+            }
+        }
+    }
+    Ok(summary)
+}
+
 /// Brings one pinned tarball into the store: from the store, `import/<name>`, or its URLs
 /// in order (through the host's `curl`).
 pub fn fetch_tarball(store: &Store, pin: &TarballPin, mode: FetchMode, on_progress: &mut dyn FnMut(u64)) -> Result<FetchedFrom, FetchError> {

@@ -43,7 +43,10 @@ fn nix_command(program: &str) -> Command {
 /// Fails with what to install when Nix is missing; fails with what to do when the store
 /// cannot be written (not root and no /nix).
 fn require_nix() {
-    let found = Command::new("nix-instantiate").arg("--version").output().is_ok_and(|output| output.status.success());
+    let found = Command::new("nix-instantiate")
+        .arg("--version")
+        .output()
+        .is_ok_and(|output| output.status.success());
     assert!(found, "nix-instantiate not found: install the Debian package nix-bin (`cargo xtask test` installs it once xtask/src/host.rs lists it)");
     let store_usable = kiln_tests::is_root() || Path::new("/nix/store").is_dir();
     assert!(store_usable, "Nix needs a writable /nix/store for these evaluations: run the tests as root (as CI does), or create /nix owned by this user");
@@ -51,10 +54,16 @@ fn require_nix() {
 
 /// `nix-instantiate --eval --strict --json` of `expression`, evaluated in `directory`.
 fn evaluate(directory: &Path, expression: &str) -> anyhow::Result<Value> {
-    let output = run(nix_command("nix-instantiate")
-        .current_dir(directory)
-        .args(["--read-write-mode", "--eval", "--strict", "--json", "--expr", expression]))?;
-    serde_json::from_slice(&output.stdout).context("nix-instantiate printed something that is not JSON")
+    let output = run(nix_command("nix-instantiate").current_dir(directory).args([
+        "--read-write-mode",
+        "--eval",
+        "--strict",
+        "--json",
+        "--expr",
+        expression,
+    ]))?;
+    serde_json::from_slice(&output.stdout)
+        .context("nix-instantiate printed something that is not JSON")
 }
 
 /// The flake's outputs, with nixpkgs and rust-overlay replaced by the stub.
@@ -86,25 +95,60 @@ fn lock_tarball_fetches(lock: &Value) -> BTreeSet<(String, String)> {
     let mut fetches = BTreeSet::new();
     for tarball in lock["source_tarballs"].as_array().unwrap() {
         for url in tarball["urls"].as_array().unwrap() {
-            fetches.insert((url.as_str().unwrap().to_owned(), tarball["sha256"].as_str().unwrap().to_owned()));
+            fetches.insert((
+                url.as_str().unwrap().to_owned(),
+                tarball["sha256"].as_str().unwrap().to_owned(),
+            ));
         }
     }
     fetches
 }
 
 fn pairs(value: &Value) -> BTreeSet<(String, String)> {
-    value.as_array().unwrap().iter().map(|item| (item["url"].as_str().unwrap().to_owned(), item["sha256"].as_str().unwrap().to_owned())).collect()
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["url"].as_str().unwrap().to_owned(),
+                item["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
 }
 
 /// A copy of what the flake reads (flake.nix, nix/, the lock and the directories whose
 /// names become outputs) in a temporary directory, so the lock can be edited.
 fn copy_flake_inputs(destination: &Path) {
     let root = workspace_root();
-    for entry in walkdir::WalkDir::new(&root).min_depth(1).into_iter().filter_entry(|entry| {
-        let relative = entry.path().strip_prefix(&root).unwrap();
-        let top = relative.components().next().unwrap().as_os_str().to_string_lossy().into_owned();
-        ["flake.nix", "flake.lock", "kiln.lock", "rust-toolchain.toml", "Cargo.toml", "Cargo.lock", "nix", "profiles", "modules", "kernel-configs"].contains(&top.as_str())
-    }) {
+    for entry in walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .into_iter()
+        .filter_entry(|entry| {
+            let relative = entry.path().strip_prefix(&root).unwrap();
+            let top = relative
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned();
+            [
+                "flake.nix",
+                "flake.lock",
+                "kiln.lock",
+                "rust-toolchain.toml",
+                "Cargo.toml",
+                "Cargo.lock",
+                "nix",
+                "profiles",
+                "modules",
+                "kernel-configs",
+            ]
+            .contains(&top.as_str())
+        })
+    {
         let entry = entry.unwrap();
         let target = destination.join(entry.path().strip_prefix(&root).unwrap());
         if entry.file_type().is_dir() {
@@ -121,18 +165,41 @@ fn every_nix_file_parses() {
     let root = workspace_root();
     let mut files: Vec<PathBuf> = walkdir::WalkDir::new(&root)
         .into_iter()
-        .filter_entry(|entry| !matches!(entry.file_name().to_str(), Some("target" | ".git" | "out")))
+        .filter_entry(|entry| {
+            !matches!(entry.file_name().to_str(), Some("target" | ".git" | "out"))
+        })
         .filter_map(Result::ok)
-        .filter(|entry| entry.file_type().is_file() && entry.path().extension().is_some_and(|extension| extension == "nix"))
+        .filter(|entry| {
+            entry.file_type().is_file()
+                && entry
+                    .path()
+                    .extension()
+                    .is_some_and(|extension| extension == "nix")
+        })
         .map(|entry| entry.into_path())
         .collect();
     files.sort();
-    let names: Vec<String> = files.iter().map(|file| file.strip_prefix(&root).unwrap().display().to_string()).collect();
-    for required in ["flake.nix", "nix/pins.nix", "nix/outputs.nix", "nix/kiln.nix", "nix/kernel.nix", "nix/image.nix", "nix/devshell.nix"] {
-        assert!(names.iter().any(|name| name == required), "{required} is missing; found {names:?}");
+    let names: Vec<String> = files
+        .iter()
+        .map(|file| file.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    for required in [
+        "flake.nix",
+        "nix/pins.nix",
+        "nix/outputs.nix",
+        "nix/kiln.nix",
+        "nix/kernel.nix",
+        "nix/image.nix",
+        "nix/devshell.nix",
+    ] {
+        assert!(
+            names.iter().any(|name| name == required),
+            "{required} is missing; found {names:?}"
+        );
     }
     for file in &files {
-        run(nix_command("nix-instantiate").arg("--parse").arg(file)).unwrap_or_else(|error| panic!("{} does not parse:\n{error:#}", file.display()));
+        run(nix_command("nix-instantiate").arg("--parse").arg(file))
+            .unwrap_or_else(|error| panic!("{} does not parse:\n{error:#}", file.display()));
     }
     eprintln!("parsed {} Nix files: {}", files.len(), names.join(", "));
 }
@@ -142,12 +209,31 @@ fn pins_fetch_exactly_the_packages_and_tarballs_of_the_lock() {
     require_nix();
     let root = workspace_root();
     let lock = read_lock(&root.join("kiln.lock"));
-    let fetches = evaluate(&root, "(import ./nix/pins.nix { lockFile = ./kiln.lock; }).fetches").unwrap();
-    let expected: BTreeSet<_> = lock_debian_fetches(&lock).union(&lock_tarball_fetches(&lock)).cloned().collect();
+    let fetches = evaluate(
+        &root,
+        "(import ./nix/pins.nix { lockFile = ./kiln.lock; }).fetches",
+    )
+    .unwrap();
+    let expected: BTreeSet<_> = lock_debian_fetches(&lock)
+        .union(&lock_tarball_fetches(&lock))
+        .cloned()
+        .collect();
     let actual = pairs(&fetches);
-    assert_eq!(actual.difference(&expected).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "fetched by the flake but not pinned in kiln.lock");
-    assert_eq!(expected.difference(&actual).collect::<Vec<_>>(), Vec::<&(String, String)>::new(), "pinned in kiln.lock but not fetched by the flake");
-    assert_eq!(fetches.as_array().unwrap().len(), actual.len(), "the flake's fetch list has duplicates");
+    assert_eq!(
+        actual.difference(&expected).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "fetched by the flake but not pinned in kiln.lock"
+    );
+    assert_eq!(
+        expected.difference(&actual).collect::<Vec<_>>(),
+        Vec::<&(String, String)>::new(),
+        "pinned in kiln.lock but not fetched by the flake"
+    );
+    assert_eq!(
+        fetches.as_array().unwrap().len(),
+        actual.len(),
+        "the flake's fetch list has duplicates"
+    );
     assert!(!actual.is_empty());
 
     // Per architecture too: pins.debs.<arch> is the lock's list for <arch>, in order.
@@ -161,7 +247,11 @@ fn pins_fetch_exactly_the_packages_and_tarballs_of_the_lock() {
             .collect();
         assert_eq!(debs.as_array().unwrap(), &expected, "{arch}");
     }
-    let epoch = evaluate(&root, "(import ./nix/pins.nix { lockFile = ./kiln.lock; }).sourceDateEpoch").unwrap();
+    let epoch = evaluate(
+        &root,
+        "(import ./nix/pins.nix { lockFile = ./kiln.lock; }).sourceDateEpoch",
+    )
+    .unwrap();
     assert_eq!(epoch, lock["source_date_epoch"]);
 }
 
@@ -172,14 +262,23 @@ fn changing_a_pin_in_a_copy_of_the_lock_changes_the_flakes_fetch_hash() {
     copy_flake_inputs(copy.path());
     let lock_path = copy.path().join("kiln.lock");
     let mut lock = read_lock(&lock_path);
-    let packages = lock["architectures"]["aarch64"]["debian_packages"].as_array_mut().unwrap();
-    let busybox = packages.iter_mut().find(|package| package["name"] == "busybox-static").expect("the lock pins busybox-static for aarch64");
+    let packages = lock["architectures"]["aarch64"]["debian_packages"]
+        .as_array_mut()
+        .unwrap();
+    let busybox = packages
+        .iter_mut()
+        .find(|package| package["name"] == "busybox-static")
+        .expect("the lock pins busybox-static for aarch64");
     let original = busybox["sha256"].as_str().unwrap().to_owned();
     let changed: String = original.chars().rev().collect();
     assert_ne!(changed, original);
     busybox["sha256"] = Value::String(changed.clone());
     let filename = busybox["filename"].as_str().unwrap().to_owned();
-    std::fs::write(&lock_path, serde_json::to_string_pretty(&lock).unwrap() + "\n").unwrap();
+    std::fs::write(
+        &lock_path,
+        serde_json::to_string_pretty(&lock).unwrap() + "\n",
+    )
+    .unwrap();
 
     // The pin-reading part alone: `nix eval --impure --expr 'import ./nix/pins.nix { ... }'`.
     let output = run(nix_command("nix").current_dir(copy.path()).args([
@@ -190,7 +289,10 @@ fn changing_a_pin_in_a_copy_of_the_lock_changes_the_flakes_fetch_hash() {
         &format!("(builtins.head (builtins.filter (pin: pin.name == \"busybox-static\") (import ./nix/pins.nix {{ lockFile = {}; }}).debs.aarch64)).sha256", lock_path.display()),
     ]))
     .unwrap();
-    assert_eq!(serde_json::from_slice::<Value>(&output.stdout).unwrap(), Value::String(changed.clone()));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&output.stdout).unwrap(),
+        Value::String(changed.clone())
+    );
 
     // And what the flake's image derivations would hand to fetchurl, from that copy.
     let fetched = evaluate(
@@ -209,7 +311,11 @@ fn changing_a_pin_in_a_copy_of_the_lock_changes_the_flakes_fetch_hash() {
         .filter(|item| item["url"] == url.as_str())
         .map(|item| item["sha256"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(hashes, BTreeSet::from([changed]), "the image derivations fetch {url} with the hash of the edited lock, and only that one");
+    assert_eq!(
+        hashes,
+        BTreeSet::from([changed]),
+        "the image derivations fetch {url} with the hash of the edited lock, and only that one"
+    );
 
     // The untouched repository lock still gives the original hash.
     let original_fetch = evaluate(
@@ -226,13 +332,29 @@ fn a_malformed_pin_is_refused_at_evaluation_naming_the_package() {
     let copy = tempfile::tempdir().unwrap();
     let text = std::fs::read_to_string(workspace_root().join("kiln.lock")).unwrap();
     let mut lock: Value = serde_json::from_str(&text).unwrap();
-    lock["architectures"]["x86_64"]["debian_packages"][0]["sha256"] = Value::String("not-a-digest".into());
-    let name = lock["architectures"]["x86_64"]["debian_packages"][0]["name"].as_str().unwrap().to_owned();
+    lock["architectures"]["x86_64"]["debian_packages"][0]["sha256"] =
+        Value::String("not-a-digest".into());
+    let name = lock["architectures"]["x86_64"]["debian_packages"][0]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let path = copy.path().join("kiln.lock");
     std::fs::write(&path, serde_json::to_string_pretty(&lock).unwrap()).unwrap();
-    let error = evaluate(&workspace_root(), &format!("(import ./nix/pins.nix {{ lockFile = {}; }}).fetches", path.display())).unwrap_err();
+    let error = evaluate(
+        &workspace_root(),
+        &format!(
+            "(import ./nix/pins.nix {{ lockFile = {}; }}).fetches",
+            path.display()
+        ),
+    )
+    .unwrap_err();
     let message = format!("{error:#}");
-    assert!(message.contains(&format!("package {name} (x86_64) has sha256 `not-a-digest` in kiln.lock")), "{message}");
+    assert!(
+        message.contains(&format!(
+            "package {name} (x86_64) has sha256 `not-a-digest` in kiln.lock"
+        )),
+        "{message}"
+    );
 }
 
 #[test]
@@ -258,11 +380,21 @@ fn the_flake_fetches_exactly_the_lock_through_its_derivations() {
         )
         .unwrap();
         let actual = pairs(&fetched);
-        let expected: BTreeSet<_> = lock_debian_fetches(&lock).union(&lock_tarball_fetches(&lock)).cloned().collect();
-        assert_eq!(actual, expected, "{system}: the derivations' fetches are not the lock's pins");
+        let expected: BTreeSet<_> = lock_debian_fetches(&lock)
+            .union(&lock_tarball_fetches(&lock))
+            .cloned()
+            .collect();
+        assert_eq!(
+            actual, expected,
+            "{system}: the derivations' fetches are not the lock's pins"
+        );
         for item in fetched.as_array().unwrap() {
             let name = item["name"].as_str().unwrap();
-            assert!(name.bytes().all(|byte| byte.is_ascii_alphanumeric() || b"+-._?=".contains(&byte)), "{name} is not a valid store path name");
+            assert!(
+                name.bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || b"+-._?=".contains(&byte)),
+                "{name} is not a valid store path name"
+            );
         }
     }
 }
@@ -272,10 +404,22 @@ fn the_flake_has_a_kernel_per_flavor_and_arch_and_an_image_per_profile_and_arch(
     require_nix();
     let root = workspace_root();
     let lock = read_lock(&root.join("kiln.lock"));
-    let arches: Vec<String> = lock["architectures"].as_object().unwrap().keys().cloned().collect();
+    let arches: Vec<String> = lock["architectures"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .cloned()
+        .collect();
     let profiles: Vec<String> = std::fs::read_dir(root.join("profiles"))
         .unwrap()
-        .filter_map(|entry| entry.unwrap().file_name().to_str().and_then(|name| name.strip_suffix(".yaml")).map(str::to_owned))
+        .filter_map(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_str()
+                .and_then(|name| name.strip_suffix(".yaml"))
+                .map(str::to_owned)
+        })
         .collect();
     let mut expected: BTreeSet<String> = BTreeSet::from(["kiln".to_owned(), "default".to_owned()]);
     for arch in &arches {
@@ -287,15 +431,45 @@ fn the_flake_has_a_kernel_per_flavor_and_arch_and_an_image_per_profile_and_arch(
         }
     }
     for system in ["x86_64-linux", "aarch64-linux"] {
-        let names = evaluate(&root, &format!("builtins.attrNames ({}).packages.{system}", flake_outputs_expression())).unwrap();
-        let actual: BTreeSet<String> = names.as_array().unwrap().iter().map(|name| name.as_str().unwrap().to_owned()).collect();
+        let names = evaluate(
+            &root,
+            &format!(
+                "builtins.attrNames ({}).packages.{system}",
+                flake_outputs_expression()
+            ),
+        )
+        .unwrap();
+        let actual: BTreeSet<String> = names
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|name| name.as_str().unwrap().to_owned())
+            .collect();
         assert_eq!(actual, expected, "{system}");
         let host_arch = system.trim_end_matches("-linux");
-        let checks = evaluate(&root, &format!("builtins.attrNames ({}).checks.{system}", flake_outputs_expression())).unwrap();
-        let checks: BTreeSet<String> = checks.as_array().unwrap().iter().map(|name| name.as_str().unwrap().to_owned()).collect();
-        assert!(checks.contains("tests") && checks.contains("pins-match-lock"), "{checks:?}");
+        let checks = evaluate(
+            &root,
+            &format!(
+                "builtins.attrNames ({}).checks.{system}",
+                flake_outputs_expression()
+            ),
+        )
+        .unwrap();
+        let checks: BTreeSet<String> = checks
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|name| name.as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            checks.contains("tests") && checks.contains("pins-match-lock"),
+            "{checks:?}"
+        );
         for profile in &profiles {
-            assert!(checks.contains(&format!("reproducible-{profile}-{host_arch}")), "{system}: no reproducibility check for {profile}: {checks:?}");
+            assert!(
+                checks.contains(&format!("reproducible-{profile}-{host_arch}")),
+                "{system}: no reproducibility check for {profile}: {checks:?}"
+            );
         }
     }
 }
@@ -319,15 +493,41 @@ fn each_kernel_derivation_merges_the_fragments_the_xtask_merges_in_its_order() {
                     ),
                 )
                 .unwrap();
-                let xtask_order: Vec<String> = fragment::fragment_names(&config_dir, arch, flavor).into_iter().map(|(name, _)| name).collect();
-                let nix_order: Vec<String> = kernel["fragmentNames"].as_array().unwrap().iter().map(|name| name.as_str().unwrap().to_owned()).collect();
+                let xtask_order: Vec<String> = fragment::fragment_names(&config_dir, arch, flavor)
+                    .into_iter()
+                    .map(|(name, _)| name)
+                    .collect();
+                let nix_order: Vec<String> = kernel["fragmentNames"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|name| name.as_str().unwrap().to_owned())
+                    .collect();
                 assert_eq!(nix_order, xtask_order, "{system} {name}");
-                assert_eq!(kernel["baseTarget"], flavor.base_config_target(), "{system} {name}");
+                assert_eq!(
+                    kernel["baseTarget"],
+                    flavor.base_config_target(),
+                    "{system} {name}"
+                );
                 assert_eq!(kernel["kernelArch"], arch.kernel_arch(), "{system} {name}");
                 let cross = kernel["crossPrefix"].as_str().unwrap();
-                assert_eq!(cross.is_empty(), host == arch.name(), "{system} {name}: cross prefix `{cross}`");
-                assert_eq!(kernel["SOURCE_DATE_EPOCH"].as_str().unwrap(), lock["source_date_epoch"].to_string(), "{system} {name}");
-                assert_eq!((kernel["KBUILD_BUILD_USER"].as_str(), kernel["KBUILD_BUILD_HOST"].as_str()), (Some("kiln"), Some("kiln")));
+                assert_eq!(
+                    cross.is_empty(),
+                    host == arch.name(),
+                    "{system} {name}: cross prefix `{cross}`"
+                );
+                assert_eq!(
+                    kernel["SOURCE_DATE_EPOCH"].as_str().unwrap(),
+                    lock["source_date_epoch"].to_string(),
+                    "{system} {name}"
+                );
+                assert_eq!(
+                    (
+                        kernel["KBUILD_BUILD_USER"].as_str(),
+                        kernel["KBUILD_BUILD_HOST"].as_str()
+                    ),
+                    (Some("kiln"), Some("kiln"))
+                );
             }
         }
     }
@@ -337,7 +537,11 @@ fn each_kernel_derivation_merges_the_fragments_the_xtask_merges_in_its_order() {
 /// other values, comments, and a line that is not an assignment.
 fn synthetic_base_config(fragments: &[Fragment]) -> String {
     let mut text = String::from("#\n# Automatically generated file; DO NOT EDIT.\n# Linux/x86 6.1 Kernel Configuration\n#\nCONFIG_CC_VERSION_TEXT=\"gcc (Debian 12.2.0-14) 12.2.0\"\nCONFIG_UNRELATED=y\n# CONFIG_ALSO_UNRELATED is not set\nnot an assignment line\n");
-    for (index, line) in fragments.iter().flat_map(|fragment| fragment.lines().unwrap()).enumerate() {
+    for (index, line) in fragments
+        .iter()
+        .flat_map(|fragment| fragment.lines().unwrap())
+        .enumerate()
+    {
         match index % 3 {
             0 => text.push_str(&format!("# CONFIG_{} is not set\n", line.symbol)),
             1 => text.push_str(&format!("CONFIG_{}=m\n", line.symbol)),
@@ -348,16 +552,35 @@ fn synthetic_base_config(fragments: &[Fragment]) -> String {
 }
 
 /// Runs nix/kernel-config.sh MODE CONFIG NAME=PATH... and returns (success, stdout, stderr).
-fn config_script(mode: &str, config_text: &str, fragments: &[Fragment], directory: &Path) -> (bool, String, String) {
+fn config_script(
+    mode: &str,
+    config_text: &str,
+    fragments: &[Fragment],
+    directory: &Path,
+) -> (bool, String, String) {
     let config_path = directory.join(format!("{mode}.config"));
     std::fs::write(&config_path, config_text).unwrap();
     let mut command = Command::new("sh");
-    command.arg(workspace_root().join("nix/kernel-config.sh")).arg(mode).arg(&config_path);
+    command
+        .arg(workspace_root().join("nix/kernel-config.sh"))
+        .arg(mode)
+        .arg(&config_path);
     for fragment in fragments {
-        command.arg(format!("{}={}", fragment.name, workspace_root().join("kernel-configs").join(&fragment.name).display()));
+        command.arg(format!(
+            "{}={}",
+            fragment.name,
+            workspace_root()
+                .join("kernel-configs")
+                .join(&fragment.name)
+                .display()
+        ));
     }
     let output = command.output().unwrap();
-    (output.status.success(), String::from_utf8(output.stdout).unwrap(), String::from_utf8(output.stderr).unwrap())
+    (
+        output.status.success(),
+        String::from_utf8(output.stdout).unwrap(),
+        String::from_utf8(output.stderr).unwrap(),
+    )
 }
 
 #[test]
@@ -369,40 +592,80 @@ fn the_derivations_config_script_merges_and_checks_like_the_xtask() {
             let fragments = fragment::load_fragments(&config_dir, arch, flavor).unwrap();
             let base = synthetic_base_config(&fragments);
             let merged = fragment::merge_fragments(&base, &fragments).unwrap();
-            let (success, script_merged, stderr) = config_script("merge", &base, &fragments, directory.path());
+            let (success, script_merged, stderr) =
+                config_script("merge", &base, &fragments, directory.path());
             assert!(success, "{arch} {flavor}: {stderr}");
             assert_eq!(script_merged, merged, "{arch} {flavor}: nix/kernel-config.sh merge differs from kiln-kernel's merge_fragments");
 
             // The merged config holds every request: both say so.
             let requested = fragment::requested_options(&fragments).unwrap();
-            let problems = kiln_kernel::verify::verify_options(&requested, &merged, &KconfigIndex::default(), arch.source_arch_dir());
+            let problems = kiln_kernel::verify::verify_options(
+                &requested,
+                &merged,
+                &KconfigIndex::default(),
+                arch.source_arch_dir(),
+            );
             assert!(problems.is_empty(), "{problems:?}");
-            let (success, _, stderr) = config_script("check", &merged, &fragments, directory.path());
+            let (success, _, stderr) =
+                config_script("check", &merged, &fragments, directory.path());
             assert!(success, "{arch} {flavor}: {stderr}");
 
             // Drop one request of each kind, as olddefconfig does: both name the same symbols.
             let enabled = requested.iter().find(|option| matches!(&option.value, fragment::OptionValue::Set(value) if value == "y")).unwrap();
-            let disabled = requested.iter().find(|option| option.value == fragment::OptionValue::NotSet);
-            let mut final_config: String = merged.lines().filter(|line| *line != format!("CONFIG_{}=y", enabled.symbol)).map(|line| format!("{line}\n")).collect();
+            let disabled = requested
+                .iter()
+                .find(|option| option.value == fragment::OptionValue::NotSet);
+            let mut final_config: String = merged
+                .lines()
+                .filter(|line| *line != format!("CONFIG_{}=y", enabled.symbol))
+                .map(|line| format!("{line}\n"))
+                .collect();
             if let Some(disabled) = disabled {
                 final_config.push_str(&format!("CONFIG_{}=y\n", disabled.symbol));
             }
-            let problems = kiln_kernel::verify::verify_options(&requested, &final_config, &KconfigIndex::default(), arch.source_arch_dir());
-            let xtask_symbols: BTreeSet<String> = problems.iter().map(|problem| problem.requested.symbol.clone()).collect();
-            let (success, stdout, stderr) = config_script("check", &final_config, &fragments, directory.path());
-            assert!(!success, "{arch} {flavor}: the script accepted a config missing CONFIG_{}", enabled.symbol);
-            assert!(stderr.contains(&format!("{} requested kernel option(s) did not survive", problems.len())), "{stderr}");
+            let problems = kiln_kernel::verify::verify_options(
+                &requested,
+                &final_config,
+                &KconfigIndex::default(),
+                arch.source_arch_dir(),
+            );
+            let xtask_symbols: BTreeSet<String> = problems
+                .iter()
+                .map(|problem| problem.requested.symbol.clone())
+                .collect();
+            let (success, stdout, stderr) =
+                config_script("check", &final_config, &fragments, directory.path());
+            assert!(
+                !success,
+                "{arch} {flavor}: the script accepted a config missing CONFIG_{}",
+                enabled.symbol
+            );
+            assert!(
+                stderr.contains(&format!(
+                    "{} requested kernel option(s) did not survive",
+                    problems.len()
+                )),
+                "{stderr}"
+            );
             let script_symbols: BTreeSet<String> = stdout
                 .lines()
                 .filter_map(|line| line.strip_prefix("  - "))
                 .map(|line| {
                     let rendered = line.split(" (").next().unwrap();
-                    let symbol = rendered.trim_start_matches("# ").trim_start_matches("CONFIG_");
+                    let symbol = rendered
+                        .trim_start_matches("# ")
+                        .trim_start_matches("CONFIG_");
                     symbol.split(['=', ' ']).next().unwrap().to_owned()
                 })
                 .collect();
             assert_eq!(script_symbols, xtask_symbols, "{arch} {flavor}:\n{stdout}");
-            assert!(stdout.contains(&format!("CONFIG_{}=y ({}:{}) is not set", enabled.symbol, enabled.fragment, enabled.line)), "{stdout}");
+            assert!(
+                stdout.contains(&format!(
+                    "CONFIG_{}=y ({}:{}) is not set",
+                    enabled.symbol, enabled.fragment, enabled.line
+                )),
+                "{stdout}"
+            );
         }
     }
 }
@@ -412,15 +675,27 @@ fn a_bad_fragment_line_fails_the_script_as_it_fails_the_xtask() {
     let directory = tempfile::tempdir().unwrap();
     let fragment_path = directory.path().join("bad.config");
     std::fs::write(&fragment_path, "CONFIG_A=y\nCONFIG_E1000=y # QEMU's NIC\n").unwrap();
-    let xtask_error = fragment::parse_config_lines("flavor/virt.config", "CONFIG_A=y\nCONFIG_E1000=y # QEMU's NIC\n").unwrap_err().to_string();
+    let xtask_error = fragment::parse_config_lines(
+        "flavor/virt.config",
+        "CONFIG_A=y\nCONFIG_E1000=y # QEMU's NIC\n",
+    )
+    .unwrap_err()
+    .to_string();
     std::fs::write(directory.path().join("base.config"), "").unwrap();
     let output = Command::new("sh")
         .arg(workspace_root().join("nix/kernel-config.sh"))
-        .args(["merge", &directory.path().join("base.config").display().to_string(), &format!("flavor/virt.config={}", fragment_path.display())])
+        .args([
+            "merge",
+            &directory.path().join("base.config").display().to_string(),
+            &format!("flavor/virt.config={}", fragment_path.display()),
+        ])
         .output()
         .unwrap();
     assert!(!output.status.success());
-    assert_eq!(String::from_utf8_lossy(&output.stderr).trim_end(), xtask_error);
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr).trim_end(),
+        xtask_error
+    );
 }
 
 #[test]
@@ -439,22 +714,43 @@ fn seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_net
         .unwrap();
     busybox["sha256"] = Value::String(digest.clone());
     busybox["size"] = Value::from(content.len());
-    busybox["filename"] = Value::String("pool/main/b/busybox/busybox-static_1.35.0-4~test_amd64.deb".into());
+    busybox["filename"] =
+        Value::String("pool/main/b/busybox/busybox-static_1.35.0-4~test_amd64.deb".into());
     let lock_path = work.path().join("kiln.lock");
-    std::fs::write(&lock_path, serde_json::to_string_pretty(&lock).unwrap() + "\n").unwrap();
+    std::fs::write(
+        &lock_path,
+        serde_json::to_string_pretty(&lock).unwrap() + "\n",
+    )
+    .unwrap();
     let cache = work.path().join("cache");
     std::fs::create_dir_all(cache.join("blobs/sha256")).unwrap();
     std::fs::write(cache.join("blobs/sha256").join(&digest), &content).unwrap();
 
-    let output = run(kiln_tests::xtask(&["nix", "seed", "--lock", lock_path.to_str().unwrap()]).env("KILN_CACHE", &cache).env("NIX_CONFIG", NIX_CONFIG)).unwrap();
+    let output = run(
+        kiln_tests::xtask(&["nix", "seed", "--lock", lock_path.to_str().unwrap()])
+            .env("KILN_CACHE", &cache)
+            .env("NIX_CONFIG", NIX_CONFIG),
+    )
+    .unwrap();
     let stdout = String::from_utf8(output.stdout).unwrap();
-    assert!(stdout.contains("seeded 1 files into the Nix store"), "{stdout}");
+    assert!(
+        stdout.contains("seeded 1 files into the Nix store"),
+        "{stdout}"
+    );
 
     // `~` is not allowed in store names: pins.nix names it with `_`, and so does the seed.
     let store_name = "busybox-static_1.35.0-4_test_amd64.deb";
-    let expected = run(nix_command("nix-store").args(["--print-fixed-path", "sha256", &digest, store_name])).unwrap();
-    let expected = String::from_utf8(expected.stdout).unwrap().trim().to_owned();
-    assert!(stdout.lines().any(|line| line == expected), "seed did not print {expected}:\n{stdout}");
+    let expected =
+        run(nix_command("nix-store").args(["--print-fixed-path", "sha256", &digest, store_name]))
+            .unwrap();
+    let expected = String::from_utf8(expected.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(
+        stdout.lines().any(|line| line == expected),
+        "seed did not print {expected}:\n{stdout}"
+    );
     assert_eq!(std::fs::read(&expected).unwrap(), content);
 
     // The same fetch as nixpkgs' fetchurl makes (flat sha256, name from pins.nix), as a
@@ -465,8 +761,17 @@ fn seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_net
                            outputHashMode = "flat"; outputHashAlgo = "sha256"; outputHash = pin.sha256; }}"#,
         lock_path.display()
     );
-    let derivation = run(nix_command("nix-instantiate").current_dir(workspace_root()).args(["--expr", &expression])).unwrap();
-    let derivation = String::from_utf8(derivation.stdout).unwrap().trim().to_owned();
-    let realised = run(nix_command("nix-store").args(["--realise", &derivation]).env("NIX_CONFIG", format!("{NIX_CONFIG}connect-timeout = 1\n"))).unwrap();
+    let derivation = run(nix_command("nix-instantiate")
+        .current_dir(workspace_root())
+        .args(["--expr", &expression]))
+    .unwrap();
+    let derivation = String::from_utf8(derivation.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let realised = run(nix_command("nix-store")
+        .args(["--realise", &derivation])
+        .env("NIX_CONFIG", format!("{NIX_CONFIG}connect-timeout = 1\n")))
+    .unwrap();
     assert_eq!(String::from_utf8(realised.stdout).unwrap().trim(), expected);
 }

@@ -59,7 +59,11 @@ pub struct SeedArgs {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Build(args) => {
-            let out = args.out.unwrap_or_else(|| crate::epoch::workspace_root().join("out/nix").join(&args.output));
+            let out = args.out.unwrap_or_else(|| {
+                crate::epoch::workspace_root()
+                    .join("out/nix")
+                    .join(&args.output)
+            });
             build_output(&args.output, &out)?;
             println!("{} → {}", args.output, out.display());
             Ok(ExitCode::SUCCESS)
@@ -99,7 +103,14 @@ fn build_output(output: &str, out: &Path) -> anyhow::Result<()> {
     // `--json --no-link` rather than `--print-out-paths`: Debian 12's nix-bin is Nix 2.8,
     // which predates `--print-out-paths`; both print the output paths, JSON since 2.4.
     let result = ProcessCommand::new("nix")
-        .args(["--extra-experimental-features", EXPERIMENTAL_FEATURES, "build", "--no-link", "--json", "--print-build-logs"])
+        .args([
+            "--extra-experimental-features",
+            EXPERIMENTAL_FEATURES,
+            "build",
+            "--no-link",
+            "--json",
+            "--print-build-logs",
+        ])
         .arg(&installable)
         .stderr(Stdio::inherit())
         .output()
@@ -110,14 +121,18 @@ fn build_output(output: &str, out: &Path) -> anyhow::Result<()> {
             result.status
         );
     }
-    let built: serde_json::Value = serde_json::from_slice(&result.stdout).context("nix build --json printed something that is not JSON")?;
+    let built: serde_json::Value = serde_json::from_slice(&result.stdout)
+        .context("nix build --json printed something that is not JSON")?;
     let store_path = built
         .get(0)
         .and_then(|build| build.get("outputs"))
         .and_then(|outputs| outputs.get("out"))
         .and_then(serde_json::Value::as_str)
-        .with_context(|| format!("nix build --json gave no `out` path for {installable}: {built}"))?;
-    copy_result(Path::new(store_path), out).with_context(|| format!("copying {store_path} to {}", out.display()))
+        .with_context(|| {
+            format!("nix build --json gave no `out` path for {installable}: {built}")
+        })?;
+    copy_result(Path::new(store_path), out)
+        .with_context(|| format!("copying {store_path} to {}", out.display()))
 }
 
 /// Copies a store path (a file or a directory tree) to `out`. Store files are read-only;
@@ -126,21 +141,30 @@ fn build_output(output: &str, out: &Path) -> anyhow::Result<()> {
 fn copy_result(store_path: &Path, out: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if store_path.is_file() {
-        let name = store_path.file_name().context("store path without a file name")?;
+        let name = store_path
+            .file_name()
+            .context("store path without a file name")?;
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         return copy_file(store_path, &out.join(name));
     }
     for entry in walkdir::WalkDir::new(store_path).sort_by_file_name() {
         let entry = entry.with_context(|| format!("reading {}", store_path.display()))?;
-        let relative = entry.path().strip_prefix(store_path).context("walkdir left the store path")?;
+        let relative = entry
+            .path()
+            .strip_prefix(store_path)
+            .context("walkdir left the store path")?;
         let destination = out.join(relative);
         if entry.file_type().is_dir() {
-            std::fs::create_dir_all(&destination).with_context(|| format!("creating {}", destination.display()))?;
-            std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(0o755)).with_context(|| format!("chmod {}", destination.display()))?;
+            std::fs::create_dir_all(&destination)
+                .with_context(|| format!("creating {}", destination.display()))?;
+            std::fs::set_permissions(&destination, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("chmod {}", destination.display()))?;
         } else if entry.file_type().is_symlink() {
-            let target = std::fs::read_link(entry.path()).with_context(|| format!("reading link {}", entry.path().display()))?;
+            let target = std::fs::read_link(entry.path())
+                .with_context(|| format!("reading link {}", entry.path().display()))?;
             let _ = std::fs::remove_file(&destination);
-            std::os::unix::fs::symlink(&target, &destination).with_context(|| format!("creating link {}", destination.display()))?;
+            std::os::unix::fs::symlink(&target, &destination)
+                .with_context(|| format!("creating link {}", destination.display()))?;
         } else {
             copy_file(entry.path(), &destination)?;
         }
@@ -150,14 +174,26 @@ fn copy_result(store_path: &Path, out: &Path) -> anyhow::Result<()> {
 
 fn copy_file(source: &Path, destination: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let directory = destination.parent().context("destination without a parent directory")?;
-    let temporary = tempfile::NamedTempFile::new_in(directory).with_context(|| format!("creating a file in {}", directory.display()))?;
-    std::fs::copy(source, temporary.path()).with_context(|| format!("copying {}", source.display()))?;
-    let executable = std::fs::metadata(source).map(|metadata| metadata.permissions().mode() & 0o111 != 0).unwrap_or(false);
+    let directory = destination
+        .parent()
+        .context("destination without a parent directory")?;
+    let temporary = tempfile::NamedTempFile::new_in(directory)
+        .with_context(|| format!("creating a file in {}", directory.display()))?;
+    std::fs::copy(source, temporary.path())
+        .with_context(|| format!("copying {}", source.display()))?;
+    let executable = std::fs::metadata(source)
+        .map(|metadata| metadata.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false);
     let mode = if executable { 0o755 } else { 0o644 };
-    std::fs::set_permissions(temporary.path(), std::fs::Permissions::from_mode(mode)).with_context(|| format!("chmod {}", temporary.path().display()))?;
-    temporary.as_file().sync_all().with_context(|| format!("fsync {}", temporary.path().display()))?;
-    temporary.persist(destination).with_context(|| format!("renaming into {}", destination.display()))?;
+    std::fs::set_permissions(temporary.path(), std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("chmod {}", temporary.path().display()))?;
+    temporary
+        .as_file()
+        .sync_all()
+        .with_context(|| format!("fsync {}", temporary.path().display()))?;
+    temporary
+        .persist(destination)
+        .with_context(|| format!("renaming into {}", destination.display()))?;
     Ok(())
 }
 
@@ -174,26 +210,46 @@ struct FlakeFetch {
 fn flake_fetches(lock: &Path) -> anyhow::Result<Vec<FlakeFetch>> {
     require_program("nix-instantiate")?;
     let pins = crate::epoch::workspace_root().join("nix/pins.nix");
-    let lock = std::fs::canonicalize(lock).with_context(|| format!("cannot find {}: pass --lock or run `cargo xtask lock`", lock.display()))?;
-    let expression = format!("(import {} {{ lockFile = {}; }}).fetches", pins.display(), lock.display());
+    let lock = std::fs::canonicalize(lock).with_context(|| {
+        format!(
+            "cannot find {}: pass --lock or run `cargo xtask lock`",
+            lock.display()
+        )
+    })?;
+    let expression = format!(
+        "(import {} {{ lockFile = {}; }}).fetches",
+        pins.display(),
+        lock.display()
+    );
     let output = ProcessCommand::new("nix-instantiate")
         .args(["--eval", "--strict", "--json", "--expr", &expression])
         .output()
         .context("running nix-instantiate")?;
     if !output.status.success() {
-        bail!("evaluating nix/pins.nix against {} failed:\n{}", lock.display(), String::from_utf8_lossy(&output.stderr).trim());
+        bail!(
+            "evaluating nix/pins.nix against {} failed:\n{}",
+            lock.display(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
     }
-    serde_json::from_slice(&output.stdout).context("nix-instantiate printed something that is not a list of fetches")
+    serde_json::from_slice(&output.stdout)
+        .context("nix-instantiate printed something that is not a list of fetches")
 }
 
 fn check_pins(lock_path: &Path) -> anyhow::Result<ExitCode> {
     let lock = Lock::read(lock_path)?;
     let fetches = flake_fetches(lock_path)?;
-    let flake: BTreeSet<(String, String)> = fetches.iter().map(|fetch| (fetch.url.clone(), fetch.sha256.clone())).collect();
+    let flake: BTreeSet<(String, String)> = fetches
+        .iter()
+        .map(|fetch| (fetch.url.clone(), fetch.sha256.clone()))
+        .collect();
     let mut pinned: BTreeSet<(String, String)> = BTreeSet::new();
     for architecture in lock.architectures.values() {
         for package in &architecture.debian_packages {
-            pinned.insert((format!("mirror://debian/{}", package.filename), package.sha256.clone()));
+            pinned.insert((
+                format!("mirror://debian/{}", package.filename),
+                package.sha256.clone(),
+            ));
         }
     }
     for tarball in &lock.source_tarballs {
@@ -204,16 +260,34 @@ fn check_pins(lock_path: &Path) -> anyhow::Result<ExitCode> {
     let extra: Vec<_> = flake.difference(&pinned).collect();
     let missing: Vec<_> = pinned.difference(&flake).collect();
     for (url, sha256) in &extra {
-        eprintln!("the flake fetches {url} (sha256 {sha256}), which {} does not pin", lock_path.display());
+        eprintln!(
+            "the flake fetches {url} (sha256 {sha256}), which {} does not pin",
+            lock_path.display()
+        );
     }
     for (url, sha256) in &missing {
-        eprintln!("{} pins {url} (sha256 {sha256}), which the flake does not fetch", lock_path.display());
+        eprintln!(
+            "{} pins {url} (sha256 {sha256}), which the flake does not fetch",
+            lock_path.display()
+        );
     }
     if !extra.is_empty() || !missing.is_empty() {
-        bail!("nix/pins.nix and {} disagree ({} extra, {} missing): fix nix/pins.nix", lock_path.display(), extra.len(), missing.len());
+        bail!(
+            "nix/pins.nix and {} disagree ({} extra, {} missing): fix nix/pins.nix",
+            lock_path.display(),
+            extra.len(),
+            missing.len()
+        );
     }
-    println!("the flake fetches exactly the {} files {} pins", flake.len(), lock_path.display());
-    let security: Vec<&FlakeFetch> = fetches.iter().filter(|fetch| fetch.url.starts_with("mirror://debian/pool/updates/")).collect();
+    println!(
+        "the flake fetches exactly the {} files {} pins",
+        flake.len(),
+        lock_path.display()
+    );
+    let security: Vec<&FlakeFetch> = fetches
+        .iter()
+        .filter(|fetch| fetch.url.starts_with("mirror://debian/pool/updates/"))
+        .collect();
     if !security.is_empty() {
         println!(
             "note: {} of them are Debian security updates (pool/updates/), which nixpkgs' mirror://debian does not serve: run `cargo xtask fetch` then `cargo xtask nix seed` before `nix build`",
@@ -227,7 +301,8 @@ fn seed(lock_path: &Path) -> anyhow::Result<ExitCode> {
     require_program("nix-store")?;
     let fetches = flake_fetches(lock_path)?;
     let root = Store::default_root()?;
-    let store = Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))?;
+    let store =
+        Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))?;
     let staging = store.temp_dir()?;
     let mut seeded = 0;
     let mut missing = Vec::new();
@@ -245,10 +320,19 @@ fn seed(lock_path: &Path) -> anyhow::Result<ExitCode> {
         // `nix-store --add-fixed sha256 FILE` gives the path fetchurl's flat sha256 output
         // has, because that path depends only on the name and the hash.
         let staged = staging.path().join(&fetch.store_name);
-        std::fs::copy(store.blob_path(&digest), &staged).with_context(|| format!("copying blob {} for {}", fetch.sha256, fetch.url))?;
-        let output = ProcessCommand::new("nix-store").args(["--add-fixed", "sha256"]).arg(&staged).output().context("running nix-store --add-fixed")?;
+        std::fs::copy(store.blob_path(&digest), &staged)
+            .with_context(|| format!("copying blob {} for {}", fetch.sha256, fetch.url))?;
+        let output = ProcessCommand::new("nix-store")
+            .args(["--add-fixed", "sha256"])
+            .arg(&staged)
+            .output()
+            .context("running nix-store --add-fixed")?;
         if !output.status.success() {
-            bail!("nix-store --add-fixed sha256 {} failed: {}", staged.display(), String::from_utf8_lossy(&output.stderr).trim());
+            bail!(
+                "nix-store --add-fixed sha256 {} failed: {}",
+                staged.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
         }
         std::fs::remove_file(&staged).with_context(|| format!("removing {}", staged.display()))?;
         println!("{}", String::from_utf8_lossy(&output.stdout).trim());
@@ -256,7 +340,11 @@ fn seed(lock_path: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("seeded {seeded} files into the Nix store");
     if !missing.is_empty() {
-        println!("{} pinned files are not in {} (run `cargo xtask fetch` first):", missing.len(), root.display());
+        println!(
+            "{} pinned files are not in {} (run `cargo xtask fetch` first):",
+            missing.len(),
+            root.display()
+        );
         for url in missing {
             println!("  {url}");
         }

@@ -45,6 +45,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = args.root.unwrap_or_else(crate::epoch::workspace_root);
     let lock_path = args.lock.unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
     let catalog = Catalog::load(&root)?;
+    for directory in &catalog.directories_without_module_file {
+        eprintln!("warning: {} has no module.yaml; it is not locked", directory.display());
+    }
     let previous_text = std::fs::read_to_string(&lock_path).ok();
     let mut lock = if lock_path.exists() { Lock::read(&lock_path)? } else { Lock::new() };
     let arches = if args.arches.is_empty() { TargetArch::ALL.to_vec() } else { args.arches };

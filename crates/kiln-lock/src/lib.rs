@@ -495,6 +495,21 @@ mod tests {
         }
     }
 
+    /// Builds never resolve, so the committed lock must pin everything every module of the
+    /// repository asks for, on every architecture.
+    #[test]
+    fn the_repository_lock_covers_every_module() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let lock = Lock::read(&root.join("kiln.lock")).unwrap();
+        let catalog = kiln_spec::Catalog::load(&root).unwrap();
+        let modules: Vec<(&str, &kiln_spec::ModuleSpec)> = catalog.modules.iter().map(|(name, module)| (name.as_str(), module)).collect();
+        for arch in TargetArch::ALL {
+            let pins = lock.debian_packages_for_modules(arch, &modules).unwrap_or_else(|error| panic!("{error}"));
+            assert!(pins.iter().any(|pin| pin.name == "dropbear-bin"), "{arch}");
+        }
+        lock.tarballs_for_modules(&modules).unwrap_or_else(|error| panic!("{error}"));
+    }
+
     #[test]
     fn unknown_fields_are_rejected_with_position() {
         let text = small_lock().to_canonical_json().replacen("\"version\": 1,", "\"version\": 1,\n  \"extra\": 2,", 1);

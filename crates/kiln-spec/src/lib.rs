@@ -165,6 +165,14 @@ pub enum SpecError {
         /// Where the module file was looked for.
         expected_path: PathBuf,
     },
+    /// A directory under `modules/` has no `module.yaml`.
+    #[error("{directory} is a module directory without a module.yaml: add {expected_path} (description, kind, sources) or remove the directory")]
+    MissingModuleFile {
+        /// The module directory.
+        directory: PathBuf,
+        /// The file that is missing.
+        expected_path: PathBuf,
+    },
     /// A profile or command asked for a profile that does not exist.
     #[error("no profile `{profile}`: expected {expected_path}")]
     UnknownProfile {
@@ -229,14 +237,24 @@ pub struct Catalog {
     pub modules: BTreeMap<String, ModuleSpec>,
     /// `profiles/<name>.yaml`, by name.
     pub profiles: BTreeMap<String, ProfileSpec>,
+    /// Directories under `modules/` that have no `module.yaml` yet (a module whose files
+    /// exist but whose schema is still being written). They are not modules: callers warn
+    /// about them, and a profile naming one fails with [`SpecError::MissingModuleFile`].
+    pub directories_without_module_file: Vec<PathBuf>,
 }
 
 impl Catalog {
     /// Loads `root/modules/*/module.yaml` and `root/profiles/*.yaml`, and checks that every
     /// profile names existing modules. A directory under `modules/` without a `module.yaml`
-    /// is an error (a half-added module is a mistake worth hearing about).
+    /// is listed in [`Catalog::directories_without_module_file`] (callers warn), and is an
+    /// error only when a profile names it.
     pub fn load(root: &Path) -> Result<Catalog, SpecError> {
-        let mut catalog = Catalog { root: root.to_path_buf(), modules: BTreeMap::new(), profiles: BTreeMap::new() };
+        let mut catalog = Catalog {
+            root: root.to_path_buf(),
+            modules: BTreeMap::new(),
+            profiles: BTreeMap::new(),
+            directories_without_module_file: Vec::new(),
+        };
         let modules_dir = root.join("modules");
         for entry in sorted_dir_entries(&modules_dir)? {
             if !entry.is_dir() {
@@ -244,6 +262,10 @@ impl Catalog {
             }
             let name = file_name_string(&entry);
             let module_path = entry.join("module.yaml");
+            if !module_path.exists() {
+                catalog.directories_without_module_file.push(entry.clone());
+                continue;
+            }
             let module = parse_module(&read_text(&module_path)?, &module_path)?;
             catalog.modules.insert(name, module);
         }
@@ -259,6 +281,10 @@ impl Catalog {
         }
         for (profile_name, profile) in &catalog.profiles {
             for module in &profile.modules {
+                let directory = root.join("modules").join(module);
+                if !catalog.modules.contains_key(module) && catalog.directories_without_module_file.contains(&directory) {
+                    return Err(SpecError::MissingModuleFile { expected_path: catalog.module_path(module), directory });
+                }
                 if !catalog.modules.contains_key(module) {
                     return Err(SpecError::UnknownModule {
                         profile_path: catalog.profile_path(profile_name),
@@ -355,6 +381,20 @@ mod tests {
         std::fs::write(root.path().join("profiles/p.yaml"), "modules: [base, sshd]\n").unwrap();
         let error = Catalog::load(root.path()).unwrap_err();
         assert!(error.to_string().contains("profile `p` names module `sshd`"), "{error}");
+    }
+
+    #[test]
+    fn module_directory_without_module_yaml_is_listed_and_fails_a_profile() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("modules/dhcp/files")).unwrap();
+        let catalog = Catalog::load(root.path()).unwrap();
+        assert_eq!(catalog.directories_without_module_file, [root.path().join("modules/dhcp")]);
+        assert!(catalog.modules.is_empty());
+        std::fs::create_dir_all(root.path().join("profiles")).unwrap();
+        std::fs::write(root.path().join("profiles/p.yaml"), "modules: [dhcp]\n").unwrap();
+        let error = Catalog::load(root.path()).unwrap_err().to_string();
+        assert!(error.contains("modules/dhcp is a module directory without a module.yaml: add "), "{error}");
+        assert!(error.contains("modules/dhcp/module.yaml (description, kind, sources) or remove the directory"), "{error}");
     }
 
     #[test]

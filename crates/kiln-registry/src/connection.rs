@@ -283,7 +283,9 @@ impl RepositoryConnection {
             );
         }
         let lowercase = chain.to_ascii_lowercase();
-        if lowercase.contains("certificate") || lowercase.contains("tls") || lowercase.contains("handshake") {
+        // rustls's words for an unknown CA, a wrong name, or a plain-HTTP server on the port.
+        let tls_failure = ["certificate", "tls", "handshake", "corrupt message", "invalidcontenttype", "peer"];
+        if tls_failure.iter().any(|word| lowercase.contains(word)) {
             return AttemptFailure::Permanent(RegistryError::Tls {
                 registry: self.registry.clone(),
                 repository: self.repository.clone(),

@@ -24,7 +24,8 @@
 //!
 //! **Architecture Invariant:** an artifact directory only ever appears by an atomic
 //! rename of a complete temporary directory; a failed or interrupted build leaves none
-//! (tested by `failed_build_leaves_no_artifact`).
+//! (checked by `options_kconfig_cannot_enable_fail_with_name_and_reason` and
+//! `virt_x86_64_builds_are_identical_from_different_directories`).
 //!
 //! **Architecture Invariant:** every pure step (merge, verify, diff, key, timestamp,
 //! make-line parsing, tar normalisation) is a data → data function with unit tests; only

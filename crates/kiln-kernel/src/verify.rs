@@ -41,6 +41,9 @@ pub enum Reason {
 /// One unsatisfied `depends on`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnmetDependency {
+    /// The symbol carrying the `depends on`: the requested one, or (followed up to three
+    /// levels) a symbol its dependency needs.
+    pub symbol: String,
     pub expression: String,
     /// Where the symbol carrying the dependency is defined, `file:line`.
     pub defined_at: String,
@@ -61,7 +64,7 @@ impl fmt::Display for Reason {
             Reason::UnmetDependency { unmet } => {
                 write!(formatter, "missing dependency:")?;
                 for dependency in unmet {
-                    write!(formatter, " `depends on {}` ({}) with {};", dependency.expression, dependency.defined_at, dependency.values.join(", "))?;
+                    write!(formatter, " {} `depends on {}` ({}) with {};", dependency.symbol, dependency.expression, dependency.defined_at, dependency.values.join(", "))?;
                 }
                 write!(formatter, " enable those in a fragment too")
             }
@@ -149,25 +152,7 @@ fn explain(request: &RequestedOption, actual: &OptionValue, values: &BTreeMap<St
     }
     let needed = if requested_text == "y" { Tristate::Yes } else { Tristate::Module };
     let mut unmet = Vec::new();
-    for definition in &relevant {
-        for expression in &definition.depends_on {
-            let Some(value) = evaluate(expression, &value_of) else { continue };
-            if value >= needed {
-                continue;
-            }
-            let values = expression_symbols(expression)
-                .into_iter()
-                .map(|symbol| {
-                    let value = value_of(&symbol).unwrap_or_else(|| "n".to_string());
-                    format!("{symbol}={value}")
-                })
-                .collect();
-            let dependency = UnmetDependency { expression: expression.clone(), defined_at: format!("{}:{}", definition.file, definition.line), values };
-            if !unmet.contains(&dependency) {
-                unmet.push(dependency);
-            }
-        }
-    }
+    unmet_dependencies(&request.symbol, needed, &value_of, index, arch_dir, 0, &mut unmet);
     if !unmet.is_empty() {
         return Reason::UnmetDependency { unmet };
     }
@@ -175,6 +160,54 @@ fn explain(request: &RequestedOption, actual: &OptionValue, values: &BTreeMap<St
         return Reason::NoPrompt { selectable_by: index.selected_by(&request.symbol).map(str::to_string).collect() };
     }
     Reason::Unexplained
+}
+
+/// The unsatisfied `depends on` of `symbol`, then (up to three levels down) those of the
+/// disabled symbols they mention, so "USB_USBNET needs USB_NET_DRIVERS" continues with
+/// "USB_NET_DRIVERS needs USB".
+fn unmet_dependencies(
+    symbol: &str,
+    needed: Tristate,
+    value_of: &dyn Fn(&str) -> Option<String>,
+    index: &KconfigIndex,
+    arch_dir: &str,
+    depth: usize,
+    unmet: &mut Vec<UnmetDependency>,
+) {
+    let relevant = index.definitions(symbol).iter().filter(|definition| definition.architecture_dir().is_none_or(|dir| dir == arch_dir));
+    let mut disabled = Vec::new();
+    for definition in relevant {
+        for expression in &definition.depends_on {
+            let Some(value) = evaluate(expression, value_of) else { continue };
+            if value >= needed {
+                continue;
+            }
+            let symbols = expression_symbols(expression);
+            let values = symbols
+                .iter()
+                .map(|name| format!("{name}={}", value_of(name).unwrap_or_else(|| "n".to_string())))
+                .collect();
+            let dependency = UnmetDependency {
+                symbol: symbol.to_string(),
+                expression: expression.clone(),
+                defined_at: format!("{}:{}", definition.file, definition.line),
+                values,
+            };
+            if unmet.iter().any(|known| known.symbol == dependency.symbol && known.expression == dependency.expression) {
+                continue;
+            }
+            unmet.push(dependency);
+            disabled.extend(symbols.into_iter().filter(|name| value_of(name).is_none_or(|value| value == "n")));
+        }
+    }
+    if depth >= 3 {
+        return;
+    }
+    for name in disabled {
+        if !unmet.iter().any(|known| known.symbol == name) {
+            unmet_dependencies(&name, Tristate::Module, value_of, index, arch_dir, depth + 1, unmet);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,7 +246,7 @@ CONFIG_EXT4_FS=y
         let final_config = "CONFIG_ARM64=y\nCONFIG_CPU_LITTLE_ENDIAN=y\nCONFIG_EXT4_FS=y\nCONFIG_CRC32=y\n";
         insta::assert_snapshot!(check(fragment, final_config, "arm64"), @r#"
         # CONFIG_CRC32 is not set (test.config:7) is y: enabled options select it: EXT4_FS=y
-        CONFIG_GVE=m (test.config:2) is not set: missing dependency: `depends on (PCI_MSI && (X86 || CPU_LITTLE_ENDIAN))` (drivers/net/ethernet/google/Kconfig:1) with PCI_MSI=n, X86=n, CPU_LITTLE_ENDIAN=y; enable those in a fragment too
+        CONFIG_GVE=m (test.config:2) is not set: missing dependency: GVE `depends on (PCI_MSI && (X86 || CPU_LITTLE_ENDIAN))` (drivers/net/ethernet/google/Kconfig:1) with PCI_MSI=n, X86=n, CPU_LITTLE_ENDIAN=y; PCI_MSI `depends on PCI` (drivers/pci/Kconfig:4) with PCI=n; enable those in a fragment too
         CONFIG_NO_SUCH_OPTION=y (test.config:4) is not set: no Kconfig file of this kernel defines it: check the spelling, or whether this kernel version renamed or removed it
         CONFIG_PAGE_POOL=y (test.config:5) is not set: it has no prompt, so a fragment cannot set it; it is selected by: GVE
         CONFIG_PCI_MSI=m (test.config:3) is not set: it is a bool: it can be built in (=y) but not a module (=m)

@@ -1,0 +1,115 @@
+//! Shared by the slow kernel tests: the pinned source, a tiny initramfs, QEMU.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_kernel::{Arch, BuildRequest, Flavor, KernelSource};
+
+/// The epoch every test build uses (the same as `cargo xtask kernel` runs recorded in
+/// BENCHMARKS.md, so a test after such a run finds the artifact in the cache).
+pub const TEST_EPOCH: u64 = 1_700_000_000;
+
+/// LOCK SEAM: the kernel source the tests build. Once kiln.lock pins the tarball itself
+/// (today it pins the linux-source-6.1 .deb that installs it), take path and digest from there.
+pub fn kernel_source() -> KernelSource {
+    let tarball = PathBuf::from(std::env::var("KILN_KERNEL_SOURCE").unwrap_or_else(|_| "/usr/src/linux-source-6.1.tar.xz".to_string()));
+    assert!(tarball.is_file(), "{} is missing: apt-get install linux-source-6.1 (or `cargo xtask test` installs it)", tarball.display());
+    let sha256 = kiln_kernel::source::sha256_file(&tarball).expect("hash the kernel source");
+    KernelSource { tarball, sha256 }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+pub fn request(arch: Arch, flavor: Flavor, config_dir: PathBuf) -> BuildRequest {
+    BuildRequest {
+        source: kernel_source(),
+        arch,
+        flavor,
+        config_dir,
+        source_date_epoch: TEST_EPOCH,
+        jobs: std::thread::available_parallelism().map_or(2, usize::from),
+    }
+}
+
+/// Builds `testdata/boot-init` for `arch` (musl, static, rust-lld) and returns the binary.
+pub fn boot_init(arch: Arch) -> PathBuf {
+    let triple = format!("{}-unknown-linux-musl", arch.name());
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/boot-init/Cargo.toml");
+    let target_dir = std::env::temp_dir().join("kiln-kernel-boot-init");
+    let status = Command::new(env!("CARGO"))
+        .current_dir(workspace_root())
+        .args(["build", "--quiet", "--release", "--target", &triple, "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the boot init for {triple} failed: rustup target add {triple}");
+    target_dir.join(&triple).join("release/kiln-kernel-boot-init")
+}
+
+/// A zstd newc initramfs: /dev/console (the kernel opens it for init's stdout) and /init.
+pub fn initramfs(init: &Path, destination: &Path) {
+    use kiln_archive::{ArchivePath, ArchiveTree, Compression, Content, Entry, EntryKind, InitramfsOptions, ZstdSettings};
+    let size = std::fs::metadata(init).unwrap().len();
+    let console = Entry { path: ArchivePath::new("dev/console").unwrap(), permissions: 0o600, uid: 0, gid: 0, kind: EntryKind::CharDevice { major: 5, minor: 1 } };
+    let tree = ArchiveTree::from_entries([
+        Entry::directory(ArchivePath::new("dev").unwrap(), 0o755),
+        console,
+        Entry::file(ArchivePath::new("init").unwrap(), 0o755, Content::File { path: init.to_path_buf(), size }),
+    ])
+    .unwrap();
+    let options = InitramfsOptions { mtime: 1_700_000_000, compression: Compression::Zstd(ZstdSettings::new(19, 1).unwrap()), early: None };
+    kiln_archive::write_initramfs_file(&tree, &options, destination, &mut |_| {}).unwrap();
+}
+
+/// Boots `kernel` + `initramfs` under TCG (never KVM: it hangs on these machines) and
+/// returns the serial output once QEMU exits or `timeout` passes.
+pub fn boot(arch: Arch, kernel: &Path, initramfs: &Path, timeout: Duration) -> String {
+    let mut command = match arch {
+        Arch::X86_64 => {
+            let mut command = Command::new("qemu-system-x86_64");
+            command.args(["-M", "pc", "-append", "console=ttyS0 panic=-1"]);
+            command
+        }
+        Arch::Aarch64 => {
+            let mut command = Command::new("qemu-system-aarch64");
+            command.args(["-M", "virt", "-cpu", "cortex-a57", "-append", "console=ttyAMA0 panic=-1"]);
+            command
+        }
+    };
+    command
+        .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio", "-display", "none"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initramfs)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("qemu-system-* is installed (qemu-system-x86, qemu-system-arm)");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut output = Vec::new();
+        let _ = stdout.read_to_end(&mut output);
+        String::from_utf8_lossy(&output).into_owned()
+    });
+    let started = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    reader.join().unwrap()
+}

@@ -775,3 +775,246 @@ fn seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_net
     .unwrap();
     assert_eq!(String::from_utf8(realised.stdout).unwrap().trim(), expected);
 }
+
+#[test]
+fn flake_lock_is_consistent_with_the_inputs_of_flake_nix_and_its_comments() {
+    require_nix();
+    let copy = tempfile::tempdir().unwrap();
+    copy_flake_inputs(copy.path());
+    let before = std::fs::read(copy.path().join("flake.lock")).unwrap();
+    // Nix 2.8 refuses with "lock file needs to be updated" if an input of flake.nix is
+    // not locked as declared (url, follows); it needs no download to decide that.
+    run(nix_command("nix").current_dir(copy.path()).args([
+        "flake",
+        "lock",
+        "--no-update-lock-file",
+        &format!("path:{}", copy.path().display()),
+    ]))
+    .unwrap();
+    assert_eq!(
+        std::fs::read(copy.path().join("flake.lock")).unwrap(),
+        before,
+        "nix changed flake.lock"
+    );
+
+    // The revisions and hashes flake.nix documents are the ones flake.lock pins.
+    let lock: Value = serde_json::from_slice(&before).unwrap();
+    let flake = std::fs::read_to_string(workspace_root().join("flake.nix")).unwrap();
+    for input in ["nixpkgs", "rust-overlay"] {
+        let locked = &lock["nodes"][input]["locked"];
+        for field in ["rev", "narHash"] {
+            let value = locked[field].as_str().unwrap();
+            assert!(
+                flake.contains(value),
+                "flake.nix does not document {input}'s {field} {value}"
+            );
+        }
+    }
+    assert_eq!(lock["nodes"]["nixpkgs"]["original"]["ref"], "nixos-24.11");
+}
+
+/// The pinned `linux-source-*` package: from the store at `$KILN_CACHE` when
+/// `cargo xtask fetch` put it there, else downloaded with `apt-get download`; either way
+/// checked against the lock's sha256.
+fn pinned_kernel_source_package(directory: &Path) -> PathBuf {
+    let lock = read_lock(&workspace_root().join("kiln.lock"));
+    let pin = lock["architectures"]["x86_64"]["debian_packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|package| {
+            package["name"]
+                .as_str()
+                .is_some_and(|name| name.starts_with("linux-source-"))
+        })
+        .expect("kiln.lock pins a linux-source package")
+        .clone();
+    let sha256 = pin["sha256"].as_str().unwrap();
+    let stored = kiln_store::Store::default_root()
+        .unwrap()
+        .join("blobs/sha256")
+        .join(sha256);
+    let path = if stored.is_file() {
+        stored
+    } else {
+        let version = format!(
+            "{}={}",
+            pin["name"].as_str().unwrap(),
+            pin["version"].as_str().unwrap()
+        );
+        run(Command::new("apt-get")
+            .current_dir(directory)
+            .args(["download", &version]))
+        .unwrap();
+        let name = pin["filename"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .replace(':', "%3a");
+        directory.join(name)
+    };
+    let (digest, _) = kiln_store::hash_file(&path).unwrap();
+    assert_eq!(
+        digest.to_hex(),
+        sha256,
+        "{} is not the pinned package",
+        path.display()
+    );
+    path
+}
+
+/// Runs the kernel derivation's own unpackPhase and configurePhase (as the flake
+/// evaluates them, with nixpkgs stubbed) with this host's compiler, and the xtask's
+/// `configure_kernel` on the same pinned source: the two final `.config`s must be the
+/// same. This is what "the flake configures kernels as the xtask does" means, short of
+/// compiling.
+#[test]
+#[ignore = "slow: unpacks the pinned kernel source twice and configures four kernels (a few minutes)"]
+fn the_kernel_derivations_configure_phase_gives_the_xtasks_config() {
+    require_nix();
+    let work = tempfile::tempdir().unwrap();
+    let package = pinned_kernel_source_package(work.path());
+    let lock = read_lock(&workspace_root().join("kiln.lock"));
+    let epoch = lock["source_date_epoch"].as_u64().unwrap();
+
+    // The xtask's input: the tarball inside the package, as nix/kernel.nix takes it out.
+    let tarball_directory = work.path().join("xtask-source");
+    std::fs::create_dir_all(&tarball_directory).unwrap();
+    run(Command::new("sh")
+        .current_dir(&tarball_directory)
+        .arg("-c")
+        .arg(format!(
+        "dpkg-deb --fsys-tarfile '{}' | tar -xf - --wildcards './usr/src/linux-source-*.tar.xz'",
+        package.display()
+    )))
+    .unwrap();
+    let tarball = std::fs::read_dir(tarball_directory.join("usr/src"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let (tarball_digest, _) = kiln_store::hash_file(&tarball).unwrap();
+    let cache = kiln_kernel::KernelCache::new(&work.path().join("kiln-cache"));
+
+    // nixpkgs names its cross compiler aarch64-unknown-linux-gnu-; Debian's is
+    // aarch64-linux-gnu-. The same compiler under the nixpkgs name, for the derivation.
+    let cross_names = work.path().join("cross-names");
+    std::fs::create_dir_all(&cross_names).unwrap();
+    for tool in [
+        "gcc", "ld", "ar", "nm", "objcopy", "objdump", "strip", "readelf", "as", "cpp",
+    ] {
+        let debian = PathBuf::from(format!("/usr/bin/aarch64-linux-gnu-{tool}"));
+        if debian.exists() {
+            std::os::unix::fs::symlink(
+                &debian,
+                cross_names.join(format!("aarch64-unknown-linux-gnu-{tool}")),
+            )
+            .unwrap();
+        }
+    }
+
+    let mut derivation_tree: Option<PathBuf> = None;
+    for arch in Arch::ALL {
+        for flavor in Flavor::ALL {
+            let request = kiln_kernel::BuildRequest {
+                source: kiln_kernel::KernelSource {
+                    tarball: tarball.clone(),
+                    sha256: tarball_digest.to_hex(),
+                },
+                arch,
+                flavor,
+                config_dir: workspace_root().join("kernel-configs"),
+                source_date_epoch: epoch,
+                jobs: 2,
+            };
+            let configured = kiln_kernel::configure_kernel(
+                &request,
+                &cache,
+                &mut kiln_kernel::build::NoProgress,
+            )
+            .unwrap_or_else(|error| panic!("xtask configure {arch} {flavor}: {error}"));
+
+            let name = format!("kernel-{}-{}", flavor.name(), arch.name());
+            let phases = evaluate(
+                &workspace_root(),
+                &format!(
+                    "let kernel = ({}).packages.x86_64-linux.{name}; in {{ inherit (kernel) unpackPhase configurePhase SOURCE_DATE_EPOCH KBUILD_BUILD_USER KBUILD_BUILD_HOST KBUILD_BUILD_VERSION; }}",
+                    flake_outputs_expression()
+                ),
+            )
+            .unwrap();
+            let build_top = work.path().join(format!("nix-{name}"));
+            std::fs::create_dir_all(&build_top).unwrap();
+            // The source is unpacked once, by the derivation's unpackPhase, then shared.
+            let unpack = match &derivation_tree {
+                Some(tree) => format!("sourceRoot={}", tree.display()),
+                None => format!(
+                    "src={}\nrunHook() {{ :; }}\ncd {}\n{}",
+                    package.display(),
+                    work.path().display(),
+                    phases["unpackPhase"].as_str().unwrap()
+                ),
+            };
+            let script = format!(
+                "set -eu\nrunHook() {{ :; }}\n{unpack}\ncd \"$sourceRoot\"\necho \"SOURCE_ROOT=$PWD\"\nexport NIX_BUILD_TOP={}\n{}",
+                build_top.display(),
+                phases["configurePhase"].as_str().unwrap()
+            );
+            let host_path = std::env::var("PATH").unwrap_or_default();
+            let output = run(Command::new("bash")
+                .arg("-c")
+                .arg(&script)
+                .current_dir(work.path())
+                .env("PATH", format!("{}:{host_path}", cross_names.display()))
+                .env("NIX_CONFIG", NIX_CONFIG)
+                .env(
+                    "SOURCE_DATE_EPOCH",
+                    phases["SOURCE_DATE_EPOCH"].as_str().unwrap(),
+                )
+                .env(
+                    "KBUILD_BUILD_USER",
+                    phases["KBUILD_BUILD_USER"].as_str().unwrap(),
+                )
+                .env(
+                    "KBUILD_BUILD_HOST",
+                    phases["KBUILD_BUILD_HOST"].as_str().unwrap(),
+                )
+                .env(
+                    "KBUILD_BUILD_VERSION",
+                    phases["KBUILD_BUILD_VERSION"].as_str().unwrap(),
+                )
+                .env("LC_ALL", "C")
+                .env("TZ", "UTC"))
+            .unwrap_or_else(|error| panic!("{name}: the derivation's phases failed: {error:#}"));
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            if derivation_tree.is_none() {
+                let root = stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix("SOURCE_ROOT="))
+                    .unwrap();
+                derivation_tree = Some(PathBuf::from(root));
+            }
+            let nix_config = std::fs::read_to_string(build_top.join("build/.config")).unwrap();
+            // The compiler's name is in CONFIG_CC_VERSION_TEXT; for the cross build it is
+            // called by its nixpkgs name here, by its Debian name in the xtask.
+            let comparable = |text: &str| -> Vec<String> {
+                text.lines()
+                    .filter(|line| !line.starts_with("CONFIG_CC_VERSION_TEXT="))
+                    .map(str::to_owned)
+                    .collect()
+            };
+            assert_eq!(
+                comparable(&nix_config),
+                comparable(&configured.final_config),
+                "{name}: the derivation's .config differs from the xtask's"
+            );
+            eprintln!(
+                "{name}: identical .config ({} lines)",
+                nix_config.lines().count()
+            );
+        }
+    }
+}

@@ -742,3 +742,156 @@ fn kmod_matches_modaliases_and_survives_modules_that_do_not_load() {
     assert_eq!(failed, ["kiln_test_virtio_net", "kiln_test_any_ethernet"], "{log}");
     assert!(log.contains("kmod: loaded 0 module(s) for the detected hardware, 2 failed"), "{log}");
 }
+
+/// Debian's x86_64 kernel package (the version `linux-image-amd64` depends on, from the
+/// host's apt sources), unpacked once into the test cache with `modules.dep` and
+/// `modules.alias` made by busybox depmod (the package leaves that to its postinst).
+/// Returns (unpacked root, kernel release).
+fn debian_kernel_tree() -> (PathBuf, String) {
+    let cache = kiln_tests::test_cache_dir("module-scripts-kernel");
+    let depends = String::from_utf8(run(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).unwrap().stdout).unwrap();
+    let package = depends
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("Depends: "))
+        .find(|name| name.starts_with("linux-image-") && name.ends_with("-amd64"))
+        .unwrap_or_else(|| panic!("no versioned linux-image in `apt-cache depends linux-image-amd64`:\n{depends}"))
+        .to_string();
+    let release = package.strip_prefix("linux-image-").unwrap().to_string();
+    let tree = cache.join(&package);
+    if !tree.join("lib/modules").join(&release).join("modules.alias").exists() {
+        let download = tempfile::tempdir_in(&cache).unwrap();
+        run(Command::new("apt-get").current_dir(download.path()).args(["download", &package])).unwrap();
+        let deb = fs::read_dir(download.path())
+            .unwrap()
+            .map(|item| item.unwrap().path())
+            .find(|path| path.extension().is_some_and(|extension| extension == "deb"))
+            .expect("apt-get download left a .deb");
+        let partial = download.path().join("root");
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial)).unwrap();
+        run(Command::new(busybox()).arg("depmod").arg("-b").arg(&partial).arg(&release)).unwrap();
+        let _ = fs::remove_dir_all(&tree);
+        fs::rename(&partial, &tree).unwrap();
+    }
+    (tree, release)
+}
+
+/// The real thing, end to end, on a kernel that has 802.1Q (the host's may not): Debian's
+/// kernel boots in QEMU with two virtio NICs on one QEMU hub (no host network), busybox as
+/// the userland, the kmod and dhcp modules' scripts and a subset of the kernel's modules.
+/// kmod must load virtio_pci and then, in its second round, virtio_net by modalias; the
+/// kernel auto-loads 8021q through busybox modprobe when dhcp creates the VLAN link; udhcpd
+/// serves only tagged frames on the other NIC's VLAN 100; dhcp, given Hook's `hw_addr=` and
+/// `vlan_id=`, must get its lease on `eth0.100`.
+#[test]
+#[ignore = "slow: downloads Debian's kernel and boots it in QEMU (TCG), about 40 s"]
+fn dhcp_vlan_and_kmod_in_qemu_with_debians_kernel() {
+    let (tree, release) = debian_kernel_tree();
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    for directory in ["bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/libexec/kiln"] {
+        fs::create_dir_all(root.join(directory)).unwrap();
+    }
+    fs::copy(busybox(), root.join("bin/busybox")).unwrap();
+    let applets = String::from_utf8(run(Command::new(busybox()).arg("--list")).unwrap().stdout).unwrap();
+    for applet in applets.lines().filter(|applet| *applet != "busybox") {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    // The kernel's request_module() runs /sbin/modprobe.
+    std::os::unix::fs::symlink("../bin/busybox", root.join("sbin/modprobe")).unwrap();
+    for (module, script) in [("kmod", "kmod"), ("dhcp", "dhcp"), ("dhcp", "dhcp-lease")] {
+        let target = root.join("usr/libexec/kiln").join(script);
+        fs::copy(module_script(module, script), &target).unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let modules = Path::new("lib/modules").join(&release);
+    fs::create_dir_all(root.join(&modules)).unwrap();
+    for file in ["modules.alias", "modules.dep"] {
+        fs::copy(tree.join(&modules).join(file), root.join(&modules).join(file)).unwrap();
+    }
+    for directory in ["kernel/drivers/virtio", "kernel/drivers/net", "kernel/net/core", "kernel/net/8021q", "kernel/net/802", "kernel/net/llc"] {
+        fs::create_dir_all(root.join(&modules).join(directory)).unwrap();
+        for entry in fs::read_dir(tree.join(&modules).join(directory)).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let wanted = directory != "kernel/drivers/net" || ["virtio_net.ko", "net_failover.ko"].contains(&name.as_str());
+            if wanted && name.ends_with(".ko") {
+                fs::copy(&path, root.join(&modules).join(directory).join(&name)).unwrap();
+            }
+        }
+    }
+    fs::write(
+        root.join("etc/udhcpd.conf"),
+        "start 192.0.2.100\nend 192.0.2.110\ninterface SERVER.100\nlease_file /run/udhcpd.leases\n\
+         pidfile /run/udhcpd.pid\noption subnet 255.255.255.0\noption router 192.0.2.1\n\
+         option dns 192.0.2.53\noption domain kiln.test\noption ntpsrv 192.0.2.123\noption lease 600\n",
+    )
+    .unwrap();
+    let init = root.join("init");
+    fs::write(
+        &init,
+        r#"#!/bin/sh
+export PATH=/bin:/sbin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+/usr/libexec/kiln/kmod
+# The server end: the NIC with MAC ...:02, VLAN 100 only, busybox udhcpd on it.
+server=
+for path in /sys/class/net/*; do [ "$(cat "$path/address")" = 52:54:00:00:00:02 ] && server=${path##*/}; done
+echo "KILN-VM: server link ${server:-none}"
+ip link set "$server" up
+ip link add link "$server" name "$server.100" type vlan id 100
+ip addr add 192.0.2.1/24 dev "$server.100"
+ip link set "$server.100" up
+sed "s/SERVER/$server/" /etc/udhcpd.conf >/run/udhcpd.conf
+: >/run/udhcpd.leases
+udhcpd /run/udhcpd.conf
+/usr/libexec/kiln/dhcp
+echo "KILN-VM: dhcp status $?"
+ip -4 -o addr show | sed 's/^/KILN-VM: addr /'
+ip route show default | sed 's/^/KILN-VM: route /'
+sed 's/^/KILN-VM: resolv.conf /' /etc/resolv.conf
+sed 's/^/KILN-VM: ntp-servers /' /run/kiln/ntp-servers
+echo KILN-VM-DONE
+poweroff -f
+"#,
+    )
+    .unwrap();
+    fs::set_permissions(&init, fs::Permissions::from_mode(0o755)).unwrap();
+    let image = work.path().join("initramfs.gz");
+    run(Command::new(busybox()).arg("sh").arg("-c").arg(format!(
+        "cd {} && find . | sort | cpio -o -H newc | gzip -1 > {}",
+        root.display(),
+        image.display()
+    )))
+    .unwrap();
+
+    let vmlinuz = tree.join("boot").join(format!("vmlinuz-{release}"));
+    let started = Instant::now();
+    let output = Command::new("/usr/bin/timeout")
+        .args(["-s", "KILL", "300", "qemu-system-x86_64", "-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults"])
+        .args(["-serial", "stdio", "-kernel"])
+        .arg(&vmlinuz)
+        .arg("-initrd")
+        .arg(&image)
+        .args(["-append", "console=ttyS0 panic=-1 quiet hw_addr=52:54:00:00:00:01 vlan_id=100 kiln.dhcp.timeout=20"])
+        .args(["-netdev", "hubport,id=n0,hubid=0", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01"])
+        .args(["-netdev", "hubport,id=n1,hubid=0", "-device", "virtio-net-pci,netdev=n1,mac=52:54:00:00:00:02"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
+    let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
+    let tail: String = console.lines().filter(|line| line.contains("KILN") || line.contains("dhcp:") || line.contains("kmod:")).collect::<Vec<_>>().join("\n");
+    eprintln!("booted and ran in {:.1}s:\n{tail}", started.elapsed().as_secs_f64());
+    assert!(console.contains("KILN-VM-DONE"), "{}", String::from_utf8_lossy(&output.stderr));
+    let loaded = console.lines().find(|line| line.starts_with("kmod: loaded ")).unwrap_or_else(|| panic!("{tail}"));
+    assert!(!console.contains("kmod: cannot load virtio_net") && !console.contains("kmod: cannot load virtio_pci"), "{tail}");
+    assert!(loaded.starts_with("kmod: loaded 2 module(s)"), "{tail}");
+    assert!(console.contains("KILN-VM: server link eth1"), "{tail}");
+    let lease = console.lines().find(|line| line.starts_with("dhcp: lease ")).unwrap_or_else(|| panic!("{tail}"));
+    assert!(lease.starts_with("dhcp: lease 192.0.2.1") && lease.ends_with("/24 on eth0.100 via 192.0.2.1"), "{tail}");
+    assert!(console.contains("KILN-VM: dhcp status 0"), "{tail}");
+    assert!(console.lines().any(|line| line.starts_with("KILN-VM: addr ") && line.contains("eth0.100") && line.contains("inet 192.0.2.1")), "{tail}");
+    assert!(!console.lines().any(|line| line.starts_with("KILN-VM: addr ") && line.contains(" eth0 ")), "{tail}");
+    assert!(console.contains("KILN-VM: route default via 192.0.2.1 dev eth0.100"), "{tail}");
+    assert!(console.contains("KILN-VM: resolv.conf nameserver 192.0.2.53"), "{tail}");
+    assert!(console.contains("KILN-VM: ntp-servers 192.0.2.123"), "{tail}");
+}

@@ -177,3 +177,56 @@ fn an_image_index_resolves_to_the_manifest_of_each_architecture() {
     assert!(message.contains("no manifest for linux/arm64/v8") && message.contains("it has: linux/amd64."), "{message}");
     assert!(message.contains(&index_descriptor.digest.to_string()) && message.contains("kiln/kiln-amd64-only"), "{message}");
 }
+
+#[test]
+fn cargo_xtask_push_and_pull_report_the_same_digests() {
+    if !registry_tools_available() {
+        return;
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let registry = TestRegistry::start(&scratch.path().join("registry")).unwrap();
+    let docker_config =
+        TestRegistry::write_docker_config(&scratch.path().join("docker"), &[(&registry.address(), TEST_USERNAME, TEST_PASSWORD)]).unwrap();
+    let source_directory = scratch.path().join("source-layout");
+    let source_layout = OciLayout::open_or_create(&source_directory).unwrap();
+    let images = write_test_images(&source_layout, scratch.path(), 256 << 10).unwrap();
+    let ca_file = registry.certificate_authority.ca_certificate.display().to_string();
+    let config_file = docker_config.display().to_string();
+    let report_path = scratch.path().join("pushed.json");
+    let destination = format!("{}/kiln", registry.address());
+    run(&mut kiln_tests::xtask(&[
+        "push", "--registry", &destination, "--arch", "aarch64", "--layout", &source_directory.display().to_string(),
+        "--ca-file", &ca_file, "--docker-config", &config_file, "--report", &report_path.display().to_string(),
+    ]))
+    .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    assert_eq!(report["images"].as_array().unwrap().len(), 1, "{report:#}");
+    assert_eq!(report["images"][0]["manifest_digest"], images.arm64.manifest_digest.to_string());
+    let pinned = report["images"][0]["pinned_reference"].as_str().unwrap().to_owned();
+
+    let pulled_directory = scratch.path().join("pulled");
+    let output = run(&mut kiln_tests::xtask(&[
+        "pull", &pinned, "--platform", "linux/arm64", "--layout", &pulled_directory.display().to_string(),
+        "--ca-file", &ca_file, "--docker-config", &config_file,
+    ]))
+    .unwrap();
+    let pulled: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(pulled["manifest_digest"], images.arm64.manifest_digest.to_string(), "{pulled:#}");
+    assert_eq!(pulled["blobs_downloaded"], 2);
+    // Offline, from the layout only.
+    let output = run(&mut kiln_tests::xtask(&[
+        "pull", &pinned, "--platform", "linux/arm64", "--offline", "--layout", &pulled_directory.display().to_string(),
+    ]))
+    .unwrap();
+    let offline: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(offline["blobs_already_present"], 2);
+    // Without the CA the CLI fails with the TLS advice.
+    // (A fresh layout: the pulled one would serve the pinned digest without the network.)
+    let fresh_directory = scratch.path().join("fresh");
+    let output = kiln_tests::xtask(&["pull", &pinned, "--layout", &fresh_directory.display().to_string(), "--docker-config", &config_file])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprintln!("{stderr}");
+    assert!(!output.status.success() && stderr.contains("--ca-file"), "{stderr}");
+}

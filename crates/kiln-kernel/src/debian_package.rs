@@ -28,6 +28,8 @@ pub enum DebianPackageError {
     NoData { path: PathBuf },
     #[error("{path} has no boot/vmlinuz-*: is it a linux-image package (not linux-headers or a meta package)?")]
     NoKernel { path: PathBuf },
+    #[error("depmod for {release} failed: {detail}; install kmod (Debian: kmod)")]
+    Depmod { release: String, detail: String },
     #[error("cannot write into {path}: {source}; check free space in the cache")]
     Write {
         path: PathBuf,
@@ -112,6 +114,18 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
             std::fs::rename(&from, modules_target.join(&release)).map_err(write_error(&from))?;
             break;
         }
+    }
+    // Debian generates modules.dep & co. in the package's postinst; a built artifact has them
+    // from `make modules_install`. Same shape: run depmod on the staged tree.
+    let status = std::process::Command::new("depmod")
+        .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+        .arg("-b")
+        .arg(&stage)
+        .arg(&release)
+        .status()
+        .map_err(|source| DebianPackageError::Depmod { release: release.clone(), detail: source.to_string() })?;
+    if !status.success() {
+        return Err(DebianPackageError::Depmod { release: release.clone(), detail: status.to_string() });
     }
     crate::modules_tar::write_tar_file(&stage, &out.join(artifact::MODULES_TAR), source_date_epoch).map_err(write_error(&stage))?;
 

@@ -1018,3 +1018,37 @@ fn the_kernel_derivations_configure_phase_gives_the_xtasks_config() {
         }
     }
 }
+
+/// `checks.tests` runs this file inside a Nix build, where Nix cannot run; nix/outputs.nix
+/// skips the tests that need it by name. A new test that calls `require_nix` must be added
+/// there, or `nix flake check` fails on it.
+#[test]
+fn the_nix_build_of_the_tests_skips_exactly_the_tests_that_run_nix() {
+    let source = std::fs::read_to_string(workspace_root().join("tests/nix_flake.rs")).unwrap();
+    let outputs = std::fs::read_to_string(workspace_root().join("nix/outputs.nix")).unwrap();
+    let mut needing_nix = BTreeSet::new();
+    for test in source.split("#[test]\n").skip(1) {
+        let ignored = test.starts_with("#[ignore");
+        let name = test
+            .split("fn ")
+            .nth(1)
+            .and_then(|rest| rest.split('(').next())
+            .unwrap()
+            .to_owned();
+        let body = test.split("\n}\n").next().unwrap();
+        if !ignored && body.contains("{\n    require_nix();") {
+            needing_nix.insert(name);
+        }
+    }
+    let skipped: BTreeSet<String> = outputs
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with('"') && line.ends_with('"') && !line.contains(' '))
+        .map(|line| line.trim_matches('"').to_owned())
+        .filter(|name| source.contains(&format!("fn {name}(")))
+        .collect();
+    assert_eq!(
+        skipped, needing_nix,
+        "nix/outputs.nix checks.tests skip list is out of date"
+    );
+}

@@ -14,10 +14,16 @@ fn host_apt_configuration() -> (BTreeMap<String, Vec<u8>>, String) {
     let mut files = BTreeMap::new();
     for entry in walkdir::WalkDir::new("/etc/apt").into_iter().flatten() {
         if entry.file_type().is_file() {
-            files.insert(entry.path().display().to_string(), std::fs::read(entry.path()).unwrap_or_default());
+            files.insert(
+                entry.path().display().to_string(),
+                std::fs::read(entry.path()).unwrap_or_default(),
+            );
         }
     }
-    let foreign = Command::new("dpkg").arg("--print-foreign-architectures").output().unwrap();
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .unwrap();
     (files, String::from_utf8_lossy(&foreign.stdout).into_owned())
 }
 
@@ -29,7 +35,10 @@ fn stanzas_named(text: &str, name: &str) -> Vec<BTreeMap<String, String>> {
             stanza
                 .lines()
                 .filter(|line| !line.starts_with(' '))
-                .filter_map(|line| line.split_once(": ").map(|(key, value)| (key.to_owned(), value.to_owned())))
+                .filter_map(|line| {
+                    line.split_once(": ")
+                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                })
                 .collect::<BTreeMap<_, _>>()
         })
         .filter(|fields| fields.get("Package").map(String::as_str) == Some(name))
@@ -46,13 +55,29 @@ fn lock_aarch64_on_amd64_matches_the_archive_index() {
     // modules other engineers are still writing.
     let repo = scratch.path().join("repo");
     std::fs::create_dir_all(repo.join("modules/base")).unwrap();
-    std::fs::copy(kiln_tests::workspace_root().join("modules/base/module.yaml"), repo.join("modules/base/module.yaml")).unwrap();
+    std::fs::copy(
+        kiln_tests::workspace_root().join("modules/base/module.yaml"),
+        repo.join("modules/base/module.yaml"),
+    )
+    .unwrap();
     let host_before = host_apt_configuration();
     let run = || {
-        let arguments = ["lock", "--arch", "aarch64", "--root", repo.to_str().unwrap(), "--lock", lock_path.to_str().unwrap()];
+        let arguments = [
+            "lock",
+            "--arch",
+            "aarch64",
+            "--root",
+            repo.to_str().unwrap(),
+            "--lock",
+            lock_path.to_str().unwrap(),
+        ];
         let mut command = kiln_tests::xtask(&arguments);
         let output = command.env("KILN_CACHE", &cache).output().unwrap();
-        assert!(output.status.success(), "xtask lock failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "xtask lock failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         output
     };
     run();
@@ -61,9 +86,16 @@ fn lock_aarch64_on_amd64_matches_the_archive_index() {
     let arm64 = lock.architecture(TargetArch::Aarch64).unwrap();
     assert_eq!(arm64.debian_architecture, "arm64");
     for pin in &arm64.debian_packages {
-        assert!(pin.architecture == "arm64" || pin.architecture == "all", "{} is {}", pin.name, pin.architecture);
+        assert!(
+            pin.architecture == "arm64" || pin.architecture == "all",
+            "{} is {}",
+            pin.name,
+            pin.architecture
+        );
     }
-    let busybox = lock.debian_package(TargetArch::Aarch64, "busybox-static").expect("busybox-static pinned for aarch64");
+    let busybox = lock
+        .debian_package(TargetArch::Aarch64, "busybox-static")
+        .expect("busybox-static pinned for aarch64");
     assert_eq!(busybox.required_by, ["module:base"]);
 
     // The Packages indexes apt fetched into kiln's private arm64 state, read with apt's own
@@ -77,12 +109,31 @@ fn lock_aarch64_on_amd64_matches_the_archive_index() {
             continue;
         }
         indexes += 1;
-        let text = Command::new("/usr/lib/apt/apt-helper").arg("cat-file").arg(entry.path()).output().unwrap();
+        let text = Command::new("/usr/lib/apt/apt-helper")
+            .arg("cat-file")
+            .arg(entry.path())
+            .output()
+            .unwrap();
         assert!(text.status.success());
-        matches.extend(stanzas_named(&String::from_utf8_lossy(&text.stdout), "busybox-static"));
+        matches.extend(stanzas_named(
+            &String::from_utf8_lossy(&text.stdout),
+            "busybox-static",
+        ));
     }
-    assert!(indexes > 0, "no arm64 Packages index under {}", lists.display());
-    let stanza = matches.iter().find(|fields| fields["Version"] == busybox.version).unwrap_or_else(|| panic!("no index stanza for busybox-static {}: {matches:?}", busybox.version));
+    assert!(
+        indexes > 0,
+        "no arm64 Packages index under {}",
+        lists.display()
+    );
+    let stanza = matches
+        .iter()
+        .find(|fields| fields["Version"] == busybox.version)
+        .unwrap_or_else(|| {
+            panic!(
+                "no index stanza for busybox-static {}: {matches:?}",
+                busybox.version
+            )
+        });
     assert_eq!(stanza["Architecture"], "arm64");
     assert_eq!(stanza["Filename"], busybox.filename);
     assert_eq!(stanza["SHA256"], busybox.sha256);
@@ -96,5 +147,10 @@ fn lock_aarch64_on_amd64_matches_the_archive_index() {
 
     // The host's apt configuration and dpkg architectures are untouched.
     assert_eq!(host_apt_configuration(), host_before);
-    assert!(!Path::new("/var/lib/dpkg/arch").exists() || !std::fs::read_to_string("/var/lib/dpkg/arch").unwrap_or_default().contains("arm64"));
+    assert!(
+        !Path::new("/var/lib/dpkg/arch").exists()
+            || !std::fs::read_to_string("/var/lib/dpkg/arch")
+                .unwrap_or_default()
+                .contains("arm64")
+    );
 }

@@ -24,7 +24,10 @@ pub enum Command {
 
 fn open_exclusive() -> anyhow::Result<Store> {
     let root = Store::default_root()?;
-    eprintln!("waiting for running builds to release {} ...", root.display());
+    eprintln!(
+        "waiting for running builds to release {} ...",
+        root.display()
+    );
     Store::open_exclusive(&root).with_context(|| format!("opening the store at {}", root.display()))
 }
 
@@ -41,8 +44,15 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             let report = store.verify(|_, _| bar.inc(1))?;
             bar.finish_and_clear();
             for corrupt in &report.corrupt {
-                let actual = corrupt.actual.map(|digest| digest.to_hex()).unwrap_or_default();
-                eprintln!("corrupt: blob {} hashes to {actual}; moved to {}", corrupt.name, corrupt.quarantined_to.display());
+                let actual = corrupt
+                    .actual
+                    .map(|digest| digest.to_hex())
+                    .unwrap_or_default();
+                eprintln!(
+                    "corrupt: blob {} hashes to {actual}; moved to {}",
+                    corrupt.name,
+                    corrupt.quarantined_to.display()
+                );
             }
             println!(
                 "verified {} blobs ({} bytes): {} corrupt; {} leftover temporary files removed",
@@ -58,14 +68,22 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
         Command::Gc { lock } => {
-            let lock_path = lock.unwrap_or_else(|| crate::epoch::workspace_root().join(kiln_lock::LOCK_FILE_NAME));
+            let lock_path = lock
+                .unwrap_or_else(|| crate::epoch::workspace_root().join(kiln_lock::LOCK_FILE_NAME));
             let lock = Lock::read(&lock_path)?;
-            let keep: BTreeSet<Sha256Digest> = lock.referenced_sha256s().into_iter().map(Sha256Digest::parse).collect::<Result<_, _>>()?;
+            let keep: BTreeSet<Sha256Digest> = lock
+                .referenced_sha256s()
+                .into_iter()
+                .map(Sha256Digest::parse)
+                .collect::<Result<_, _>>()?;
             let store = open_exclusive()?;
             let report = store.gc(&keep)?;
             println!(
                 "kept {} blobs, removed {} ({} bytes); {} leftover temporary files removed",
-                report.blobs_kept, report.blobs_removed, report.bytes_removed, report.temporary_files_removed
+                report.blobs_kept,
+                report.blobs_removed,
+                report.bytes_removed,
+                report.temporary_files_removed
             );
             Ok(ExitCode::SUCCESS)
         }

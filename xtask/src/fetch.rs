@@ -33,16 +33,27 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = crate::epoch::workspace_root();
-    let lock_path = args.lock.unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
+    let lock_path = args
+        .lock
+        .unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
     let lock = Lock::read(&lock_path)?;
-    let mode = if args.offline { FetchMode::Offline } else { FetchMode::Online };
-    let arches = if args.arches.is_empty() { lock.architectures.keys().copied().collect() } else { args.arches };
+    let mode = if args.offline {
+        FetchMode::Offline
+    } else {
+        FetchMode::Online
+    };
+    let arches = if args.arches.is_empty() {
+        lock.architectures.keys().copied().collect()
+    } else {
+        args.arches
+    };
     let catalog = match &args.profile {
         Some(_) => Some(Catalog::load(&root)?),
         None => None,
     };
     let store_root = Store::default_root()?;
-    let store = Store::open(&store_root).with_context(|| format!("opening the store at {}", store_root.display()))?;
+    let store = Store::open(&store_root)
+        .with_context(|| format!("opening the store at {}", store_root.display()))?;
 
     let mut tarballs: Vec<&TarballPin> = lock.source_tarballs.iter().collect();
     let mut work: Vec<(TargetArch, Vec<&DebianPackagePin>)> = Vec::new();
@@ -50,8 +61,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let pins = match (&catalog, &args.profile) {
             (Some(catalog), Some(profile_name)) => {
                 let profile = catalog.profile(profile_name)?;
-                let modules: Vec<(&str, &kiln_spec::ModuleSpec)> =
-                    profile.modules.iter().map(|name| (name.as_str(), &catalog.modules[name])).collect();
+                let modules: Vec<(&str, &kiln_spec::ModuleSpec)> = profile
+                    .modules
+                    .iter()
+                    .map(|name| (name.as_str(), &catalog.modules[name]))
+                    .collect();
                 tarballs = lock.tarballs_for_modules(&modules)?;
                 lock.debian_packages_for_modules(arch, &modules)?
             }
@@ -64,11 +78,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut downloaded_bytes = 0_u64;
     let started = std::time::Instant::now();
     for (arch, pins) in &work {
-        let is_missing = |pin: &&&DebianPackagePin| kiln_fetch::expected_blob_for_package(pin, *arch).map(|expected| !store.contains(&expected.sha256)).unwrap_or(true);
+        let is_missing = |pin: &&&DebianPackagePin| {
+            kiln_fetch::expected_blob_for_package(pin, *arch)
+                .map(|expected| !store.contains(&expected.sha256))
+                .unwrap_or(true)
+        };
         let missing_bytes: u64 = pins.iter().filter(is_missing).map(|pin| pin.size).sum();
         let bar = progress::bytes_bar(missing_bytes, arch.debian_architecture());
-        let summary = kiln_fetch::fetch_debian_packages(&store, *arch, pins, mode, &mut |bytes| bar.set_position(bytes.min(missing_bytes)))
-            .with_context(|| format!("fetching the Debian packages of {arch}"))?;
+        let summary = kiln_fetch::fetch_debian_packages(&store, *arch, pins, mode, &mut |bytes| {
+            bar.set_position(bytes.min(missing_bytes))
+        })
+        .with_context(|| format!("fetching the Debian packages of {arch}"))?;
         bar.finish_and_clear();
         for name in &summary.imported {
             eprintln!("{arch}: {name} (from import/)");
@@ -83,7 +103,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     for tarball in tarballs {
         let bar = progress::bytes_bar(tarball.size, &tarball.name);
-        let from = kiln_fetch::fetch_tarball(&store, tarball, mode, &mut |bytes| bar.set_position(bytes)).with_context(|| format!("fetching tarball {}", tarball.name))?;
+        let from =
+            kiln_fetch::fetch_tarball(&store, tarball, mode, &mut |bytes| bar.set_position(bytes))
+                .with_context(|| format!("fetching tarball {}", tarball.name))?;
         bar.finish_and_clear();
         if from != FetchedFrom::Store {
             downloaded_bytes += tarball.size;

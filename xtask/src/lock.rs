@@ -43,27 +43,54 @@ pub fn spinner(message: String) -> ProgressBar {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = args.root.unwrap_or_else(crate::epoch::workspace_root);
-    let lock_path = args.lock.unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
+    let lock_path = args
+        .lock
+        .unwrap_or_else(|| root.join(kiln_lock::LOCK_FILE_NAME));
     let catalog = Catalog::load(&root)?;
     for directory in &catalog.directories_without_module_file {
-        eprintln!("warning: {} has no module.yaml; it is not locked", directory.display());
+        eprintln!(
+            "warning: {} has no module.yaml; it is not locked",
+            directory.display()
+        );
     }
     let previous_text = std::fs::read_to_string(&lock_path).ok();
-    let mut lock = if lock_path.exists() { Lock::read(&lock_path)? } else { Lock::new() };
-    let arches = if args.arches.is_empty() { TargetArch::ALL.to_vec() } else { args.arches };
+    let mut lock = if lock_path.exists() {
+        Lock::read(&lock_path)?
+    } else {
+        Lock::new()
+    };
+    let arches = if args.arches.is_empty() {
+        TargetArch::ALL.to_vec()
+    } else {
+        args.arches
+    };
     let update: BTreeSet<String> = args.update.into_iter().collect();
     let store_root = Store::default_root()?;
-    let store = Store::open(&store_root).with_context(|| format!("opening the store at {}", store_root.display()))?;
+    let store = Store::open(&store_root)
+        .with_context(|| format!("opening the store at {}", store_root.display()))?;
 
     for arch in arches {
-        let progress = spinner(format!("apt-get update and resolve ({})", arch.debian_architecture()));
+        let progress = spinner(format!(
+            "apt-get update and resolve ({})",
+            arch.debian_architecture()
+        ));
         let apt = PrivateApt::open(&store.root().join("state"), arch)?;
         let previous = lock.architectures.get(&arch);
         let result = kiln_fetch::lock_architecture(&apt, &catalog, previous, &update);
         progress.finish_and_clear();
         let (architecture_lock, resolution) = result.with_context(|| format!("locking {arch}"))?;
-        let total_size: u64 = architecture_lock.debian_packages.iter().map(|pin| pin.size).sum();
-        print_changes(arch, previous.map(|previous| &previous.debian_packages[..]).unwrap_or_default(), &architecture_lock.debian_packages);
+        let total_size: u64 = architecture_lock
+            .debian_packages
+            .iter()
+            .map(|pin| pin.size)
+            .sum();
+        print_changes(
+            arch,
+            previous
+                .map(|previous| &previous.debian_packages[..])
+                .unwrap_or_default(),
+            &architecture_lock.debian_packages,
+        );
         eprintln!(
             "{arch}: {} packages pinned ({:.1} MiB); essential packages depended on but not pinned: {}",
             architecture_lock.debian_packages.len(),
@@ -73,7 +100,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         lock.architectures.insert(arch, architecture_lock);
     }
     for name in &update {
-        let known = lock.architectures.values().any(|architecture| architecture.debian_packages.iter().any(|pin| &pin.name == name));
+        let known = lock.architectures.values().any(|architecture| {
+            architecture
+                .debian_packages
+                .iter()
+                .any(|pin| &pin.name == name)
+        });
         if !known {
             anyhow::bail!("--update {name}: no module asks for package {name} (directly or as a dependency); nothing was written");
         }
@@ -96,11 +128,17 @@ fn mebibytes(bytes: u64) -> f64 {
     value
 }
 
-fn print_changes(arch: TargetArch, before: &[kiln_lock::DebianPackagePin], after: &[kiln_lock::DebianPackagePin]) {
+fn print_changes(
+    arch: TargetArch,
+    before: &[kiln_lock::DebianPackagePin],
+    after: &[kiln_lock::DebianPackagePin],
+) {
     for pin in after {
         match before.iter().find(|old| old.name == pin.name) {
             None => eprintln!("{arch}: + {} {}", pin.name, pin.version),
-            Some(old) if old.version != pin.version || old.sha256 != pin.sha256 => eprintln!("{arch}: ~ {} {} -> {}", pin.name, old.version, pin.version),
+            Some(old) if old.version != pin.version || old.sha256 != pin.sha256 => {
+                eprintln!("{arch}: ~ {} {} -> {}", pin.name, old.version, pin.version)
+            }
             Some(_) => {}
         }
     }

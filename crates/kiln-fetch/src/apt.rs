@@ -43,8 +43,15 @@ pub struct PrivateApt {
     _state_lock: File,
 }
 
-fn io_error<'path>(action: &'static str, path: &'path Path) -> impl FnOnce(std::io::Error) -> FetchError + 'path {
-    move |source| FetchError::Io { action, path: path.to_path_buf(), source }
+fn io_error<'path>(
+    action: &'static str,
+    path: &'path Path,
+) -> impl FnOnce(std::io::Error) -> FetchError + 'path {
+    move |source| FetchError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn lock_exclusively(file: &File, path: &Path) -> Result<(), FetchError> {
@@ -57,7 +64,11 @@ fn lock_exclusively(file: &File, path: &Path) -> Result<(), FetchError> {
         }
         let error = std::io::Error::last_os_error();
         if error.kind() != std::io::ErrorKind::Interrupted {
-            return Err(FetchError::Io { action: "cannot lock", path: path.to_path_buf(), source: error });
+            return Err(FetchError::Io {
+                action: "cannot lock",
+                path: path.to_path_buf(),
+                source: error,
+            });
         }
     }
 }
@@ -81,15 +92,29 @@ impl PrivateApt {
         let directory = state_root.join(format!("apt-{}", arch.debian_architecture()));
         let lock_path = state_root.join(format!("apt-{}.lock", arch.debian_architecture()));
         std::fs::create_dir_all(state_root).map_err(io_error("cannot create", state_root))?;
-        let state_lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error("cannot open", &lock_path))?;
+        let state_lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("cannot open", &lock_path))?;
         lock_exclusively(&state_lock, &lock_path)?;
-        for sub in ["etc/sources.list.d", "etc/preferences.d", "state/lists/partial", "cache/archives/partial"] {
+        for sub in [
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "state/lists/partial",
+            "cache/archives/partial",
+        ] {
             let path = directory.join(sub);
             std::fs::create_dir_all(&path).map_err(io_error("cannot create", &path))?;
         }
         let status = directory.join("state/status");
         std::fs::write(&status, b"").map_err(io_error("cannot write", &status))?;
-        let apt = PrivateApt { arch, directory, _state_lock: state_lock };
+        let apt = PrivateApt {
+            arch,
+            directory,
+            _state_lock: state_lock,
+        };
         apt.copy_host_sources()?;
         Ok(apt)
     }
@@ -107,8 +132,12 @@ impl PrivateApt {
     fn copy_host_sources(&self) -> Result<(), FetchError> {
         let own_list = self.directory.join("etc/sources.list");
         match std::fs::read(HOST_SOURCE_LIST) {
-            Ok(bytes) => std::fs::write(&own_list, bytes).map_err(io_error("cannot write", &own_list))?,
-            Err(_) => std::fs::write(&own_list, b"").map_err(io_error("cannot write", &own_list))?,
+            Ok(bytes) => {
+                std::fs::write(&own_list, bytes).map_err(io_error("cannot write", &own_list))?
+            }
+            Err(_) => {
+                std::fs::write(&own_list, b"").map_err(io_error("cannot write", &own_list))?
+            }
         }
         let own_parts = self.directory.join("etc/sources.list.d");
         for entry in std::fs::read_dir(&own_parts).map_err(io_error("cannot list", &own_parts))? {
@@ -126,11 +155,14 @@ impl PrivateApt {
                     continue;
                 }
                 let destination = own_parts.join(&name);
-                std::fs::copy(&path, &destination).map_err(io_error("cannot copy host apt source", &path))?;
+                std::fs::copy(&path, &destination)
+                    .map_err(io_error("cannot copy host apt source", &path))?;
                 copied += 1;
             }
         }
-        let own_list_is_empty = std::fs::metadata(&own_list).map(|metadata| metadata.len() == 0).unwrap_or(true);
+        let own_list_is_empty = std::fs::metadata(&own_list)
+            .map(|metadata| metadata.len() == 0)
+            .unwrap_or(true);
         if copied == 0 && own_list_is_empty {
             return Err(FetchError::NoHostSources);
         }
@@ -161,24 +193,36 @@ impl PrivateApt {
         if running_as_root() {
             options.push("APT::Sandbox::User=root".to_owned());
         }
-        options.into_iter().flat_map(|option| ["-o".to_owned(), option]).collect()
+        options
+            .into_iter()
+            .flat_map(|option| ["-o".to_owned(), option])
+            .collect()
     }
 
     fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         die_with_parent(&mut command);
         command.args(self.options());
-        command.env("LC_ALL", "C.UTF-8").env("DEBIAN_FRONTEND", "noninteractive");
+        command
+            .env("LC_ALL", "C.UTF-8")
+            .env("DEBIAN_FRONTEND", "noninteractive");
         command
     }
 
     /// Runs a command to completion, failing with the tail of its output.
     fn run(&self, mut command: Command, what: &str) -> Result<String, FetchError> {
-        let output = command.output().map_err(|source| FetchError::Spawn { program: format!("{command:?}"), source })?;
+        let output = command.output().map_err(|source| FetchError::Spawn {
+            program: format!("{command:?}"),
+            source,
+        })?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             let combined = format!("{stdout}{}", String::from_utf8_lossy(&output.stderr));
-            return Err(FetchError::AptFailed { what: what.to_owned(), status: output.status.to_string(), output_tail: tail_lines(&combined, 20) });
+            return Err(FetchError::AptFailed {
+                what: what.to_owned(),
+                status: output.status.to_string(),
+                output_tail: tail_lines(&combined, 20),
+            });
         }
         Ok(stdout)
     }
@@ -187,16 +231,29 @@ impl PrivateApt {
     pub fn update(&self) -> Result<(), FetchError> {
         let mut command = self.command("apt-get");
         command.args(["-q", "update"]);
-        self.run(command, &format!("apt-get update ({})", self.arch.debian_architecture()))?;
+        self.run(
+            command,
+            &format!("apt-get update ({})", self.arch.debian_architecture()),
+        )?;
         Ok(())
     }
 
     /// The `Packages` index files apt has fetched (they may be compressed on disk).
     pub fn index_files(&self) -> Result<Vec<PathBuf>, FetchError> {
         let mut command = self.command("apt-get");
-        command.args(["indextargets", "--format", "$(FILENAME)", "Created-By: Packages"]);
+        command.args([
+            "indextargets",
+            "--format",
+            "$(FILENAME)",
+            "Created-By: Packages",
+        ]);
         let stdout = self.run(command, "apt-get indextargets")?;
-        let mut files: Vec<PathBuf> = stdout.lines().filter(|line| !line.is_empty()).map(PathBuf::from).filter(|path| path.exists()).collect();
+        let mut files: Vec<PathBuf> = stdout
+            .lines()
+            .filter(|line| !line.is_empty())
+            .map(PathBuf::from)
+            .filter(|path| path.exists())
+            .collect();
         files.sort();
         Ok(files)
     }
@@ -226,16 +283,37 @@ impl PrivateApt {
     /// one apt start-up instead of one per package. Returns each pin's `.deb` path, in
     /// `pins` order. On failure apt names the culprit in `output_tail`; callers that need a
     /// per-package error retry with [`PrivateApt::download`].
-    pub fn download_all(&self, pins: &[&DebianPackagePin], directory: &Path, on_progress: &mut dyn FnMut(u64)) -> Result<Vec<PathBuf>, FetchError> {
+    pub fn download_all(
+        &self,
+        pins: &[&DebianPackagePin],
+        directory: &Path,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<Vec<PathBuf>, FetchError> {
         let output_path = directory.join(".apt-output");
-        let output_file = File::create(&output_path).map_err(io_error("cannot create", &output_path))?;
-        let error_file = output_file.try_clone().map_err(io_error("cannot create", &output_path))?;
+        let output_file =
+            File::create(&output_path).map_err(io_error("cannot create", &output_path))?;
+        let error_file = output_file
+            .try_clone()
+            .map_err(io_error("cannot create", &output_path))?;
         let mut command = self.command("apt-get");
-        command.args(["-q", "download"]).args(pins.iter().map(|pin| format!("{}={}", pin.name, pin.version)));
-        command.current_dir(directory).stdin(Stdio::null()).stdout(output_file).stderr(error_file);
-        let mut child = command.spawn().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })?;
+        command.args(["-q", "download"]).args(
+            pins.iter()
+                .map(|pin| format!("{}={}", pin.name, pin.version)),
+        );
+        command
+            .current_dir(directory)
+            .stdin(Stdio::null())
+            .stdout(output_file)
+            .stderr(error_file);
+        let mut child = command.spawn().map_err(|source| FetchError::Spawn {
+            program: "apt-get download".to_owned(),
+            source,
+        })?;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })? {
+            if let Some(status) = child.try_wait().map_err(|source| FetchError::Spawn {
+                program: "apt-get download".to_owned(),
+                source,
+            })? {
                 break status;
             }
             on_progress(directory_size(directory));
@@ -243,9 +321,16 @@ impl PrivateApt {
         };
         let output = std::fs::read_to_string(&output_path).unwrap_or_default();
         if !status.success() {
-            return Err(FetchError::AptFailed { what: format!("apt-get download of {} packages", pins.len()), status: status.to_string(), output_tail: tail_lines(&output, 20) });
+            return Err(FetchError::AptFailed {
+                what: format!("apt-get download of {} packages", pins.len()),
+                status: status.to_string(),
+                output_tail: tail_lines(&output, 20),
+            });
         }
-        let paths: Vec<PathBuf> = pins.iter().map(|pin| directory.join(apt_download_file_name(pin))).collect();
+        let paths: Vec<PathBuf> = pins
+            .iter()
+            .map(|pin| directory.join(apt_download_file_name(pin)))
+            .collect();
         if let Some(missing) = paths.iter().find(|path| !path.is_file()) {
             return Err(FetchError::AptFailed {
                 what: "apt-get download".to_owned(),
@@ -259,16 +344,34 @@ impl PrivateApt {
     /// `apt-get download NAME=VERSION` into `directory` (which must be empty); returns the
     /// path of the `.deb`. `on_progress` is called with the bytes downloaded so far, about
     /// five times a second. apt checks the index's hash; the caller checks the lock's.
-    pub fn download(&self, pin: &DebianPackagePin, directory: &Path, on_progress: &mut dyn FnMut(u64)) -> Result<PathBuf, FetchError> {
+    pub fn download(
+        &self,
+        pin: &DebianPackagePin,
+        directory: &Path,
+        on_progress: &mut dyn FnMut(u64),
+    ) -> Result<PathBuf, FetchError> {
         let output_path = directory.join(".apt-output");
-        let output_file = File::create(&output_path).map_err(io_error("cannot create", &output_path))?;
-        let error_file = output_file.try_clone().map_err(io_error("cannot create", &output_path))?;
+        let output_file =
+            File::create(&output_path).map_err(io_error("cannot create", &output_path))?;
+        let error_file = output_file
+            .try_clone()
+            .map_err(io_error("cannot create", &output_path))?;
         let mut command = self.command("apt-get");
         command.args(["-q", "download", &format!("{}={}", pin.name, pin.version)]);
-        command.current_dir(directory).stdin(Stdio::null()).stdout(output_file).stderr(error_file);
-        let mut child = command.spawn().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })?;
+        command
+            .current_dir(directory)
+            .stdin(Stdio::null())
+            .stdout(output_file)
+            .stderr(error_file);
+        let mut child = command.spawn().map_err(|source| FetchError::Spawn {
+            program: "apt-get download".to_owned(),
+            source,
+        })?;
         let status = loop {
-            if let Some(status) = child.try_wait().map_err(|source| FetchError::Spawn { program: "apt-get download".to_owned(), source })? {
+            if let Some(status) = child.try_wait().map_err(|source| FetchError::Spawn {
+                program: "apt-get download".to_owned(),
+                source,
+            })? {
                 break status;
             }
             on_progress(directory_size(directory));
@@ -324,10 +427,22 @@ pub(crate) fn die_with_parent(command: &mut Command) {
 /// The file name `apt-get download` gives a package: `name_version_arch.deb`, with the
 /// epoch's colon written `%3a`.
 pub fn apt_download_file_name(pin: &DebianPackagePin) -> String {
-    format!("{}_{}_{}.deb", pin.name, pin.version.replace(':', "%3a"), pin.architecture)
+    format!(
+        "{}_{}_{}.deb",
+        pin.name,
+        pin.version.replace(':', "%3a"),
+        pin.architecture
+    )
 }
 
 fn directory_size(directory: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(directory) else { return 0 };
-    entries.flatten().filter_map(|entry| entry.metadata().ok()).filter(|metadata| metadata.is_file()).map(|metadata| metadata.len()).sum()
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .sum()
 }

@@ -16,7 +16,10 @@ pub struct Stanza {
 impl Stanza {
     /// The value of field `name` (case-insensitive, as deb822 says), if present.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.fields.iter().find(|(field, _)| field.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+        self.fields
+            .iter()
+            .find(|(field, _)| field.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.as_str())
     }
 }
 
@@ -43,7 +46,9 @@ pub fn parse_stanzas(text: &str) -> Vec<Stanza> {
             continue;
         }
         if let Some((name, value)) = line.split_once(':') {
-            current.fields.push((name.trim().to_owned(), value.trim().to_owned()));
+            current
+                .fields
+                .push((name.trim().to_owned(), value.trim().to_owned()));
         }
     }
     if !current.fields.is_empty() {
@@ -68,9 +73,13 @@ fn compare_fragment(left: &str, right: &str) -> Ordering {
     let (left, right) = (left.as_bytes(), right.as_bytes());
     let (mut i, mut j) = (0, 0);
     while i < left.len() || j < right.len() {
-        while (i < left.len() && !left[i].is_ascii_digit()) || (j < right.len() && !right[j].is_ascii_digit()) {
-            let left_order = character_order(left.get(i).copied().filter(|byte| !byte.is_ascii_digit()));
-            let right_order = character_order(right.get(j).copied().filter(|byte| !byte.is_ascii_digit()));
+        while (i < left.len() && !left[i].is_ascii_digit())
+            || (j < right.len() && !right[j].is_ascii_digit())
+        {
+            let left_order =
+                character_order(left.get(i).copied().filter(|byte| !byte.is_ascii_digit()));
+            let right_order =
+                character_order(right.get(j).copied().filter(|byte| !byte.is_ascii_digit()));
             if left_order != right_order {
                 return left_order.cmp(&right_order);
             }
@@ -88,7 +97,11 @@ fn compare_fragment(left: &str, right: &str) -> Ordering {
             j += 1;
         }
         let mut first_difference = Ordering::Equal;
-        while i < left.len() && left[i].is_ascii_digit() && j < right.len() && right[j].is_ascii_digit() {
+        while i < left.len()
+            && left[i].is_ascii_digit()
+            && j < right.len()
+            && right[j].is_ascii_digit()
+        {
             if first_difference == Ordering::Equal {
                 first_difference = left[i].cmp(&right[j]);
             }
@@ -111,7 +124,9 @@ fn compare_fragment(left: &str, right: &str) -> Ordering {
 /// `(epoch, upstream, revision)` of a Debian version.
 fn split_version(version: &str) -> (u64, &str, &str) {
     let (epoch, rest) = match version.split_once(':') {
-        Some((epoch, rest)) if epoch.bytes().all(|byte| byte.is_ascii_digit()) => (epoch.parse().unwrap_or(0), rest),
+        Some((epoch, rest)) if epoch.bytes().all(|byte| byte.is_ascii_digit()) => {
+            (epoch.parse().unwrap_or(0), rest)
+        }
         _ => (0, version),
     };
     match rest.rsplit_once('-') {
@@ -171,7 +186,11 @@ pub fn parse_dependencies(value: &str) -> Vec<Vec<DependencyAlternative>> {
     for clause in value.split(',') {
         let mut alternatives = Vec::new();
         for alternative in clause.split('|') {
-            let alternative = alternative.split(['[', '<']).next().unwrap_or_default().trim();
+            let alternative = alternative
+                .split(['[', '<'])
+                .next()
+                .unwrap_or_default()
+                .trim();
             let alternative = alternative.trim();
             if alternative.is_empty() {
                 continue;
@@ -179,13 +198,27 @@ pub fn parse_dependencies(value: &str) -> Vec<Vec<DependencyAlternative>> {
             let (name_part, restriction) = match alternative.split_once('(') {
                 Some((name, rest)) => {
                     let inner = rest.trim_end_matches(')').trim();
-                    let operator_length = inner.bytes().take_while(|byte| matches!(byte, b'<' | b'>' | b'=')).count();
+                    let operator_length = inner
+                        .bytes()
+                        .take_while(|byte| matches!(byte, b'<' | b'>' | b'='))
+                        .count();
                     let (operator, version) = inner.split_at(operator_length);
-                    (name.trim(), Some(VersionRestriction { operator: operator.to_owned(), version: version.trim().to_owned() }))
+                    (
+                        name.trim(),
+                        Some(VersionRestriction {
+                            operator: operator.to_owned(),
+                            version: version.trim().to_owned(),
+                        }),
+                    )
                 }
                 None => (alternative, None),
             };
-            let name = name_part.split(':').next().unwrap_or(name_part).trim().to_owned();
+            let name = name_part
+                .split(':')
+                .next()
+                .unwrap_or(name_part)
+                .trim()
+                .to_owned();
             alternatives.push(DependencyAlternative { name, restriction });
         }
         if !alternatives.is_empty() {
@@ -216,21 +249,60 @@ mod tests {
             ("3.0.17-1~deb12u2", "3.0.17-1"),
         ];
         for (left, right) in pairs {
-            let dpkg_says_greater = std::process::Command::new("dpkg").args(["--compare-versions", left, "gt", right]).status().unwrap().success();
-            let dpkg_says_equal = std::process::Command::new("dpkg").args(["--compare-versions", left, "eq", right]).status().unwrap().success();
-            let expected = if dpkg_says_greater { Ordering::Greater } else if dpkg_says_equal { Ordering::Equal } else { Ordering::Less };
+            let dpkg_says_greater = std::process::Command::new("dpkg")
+                .args(["--compare-versions", left, "gt", right])
+                .status()
+                .unwrap()
+                .success();
+            let dpkg_says_equal = std::process::Command::new("dpkg")
+                .args(["--compare-versions", left, "eq", right])
+                .status()
+                .unwrap()
+                .success();
+            let expected = if dpkg_says_greater {
+                Ordering::Greater
+            } else if dpkg_says_equal {
+                Ordering::Equal
+            } else {
+                Ordering::Less
+            };
             assert_eq!(compare_versions(left, right), expected, "{left} vs {right}");
-            assert_eq!(compare_versions(right, left), expected.reverse(), "{right} vs {left}");
+            assert_eq!(
+                compare_versions(right, left),
+                expected.reverse(),
+                "{right} vs {left}"
+            );
         }
     }
 
     #[test]
     fn dependencies_parse_with_alternatives_and_qualifiers() {
-        let parsed = parse_dependencies("openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0, libc6:any (>=2.36), perl:native");
-        let names: Vec<Vec<&str>> = parsed.iter().map(|clause| clause.iter().map(|alternative| alternative.name.as_str()).collect()).collect();
-        assert_eq!(names, [vec!["openssl"], vec!["debconf", "debconf-2.0"], vec!["libc6"], vec!["perl"]]);
+        let parsed = parse_dependencies(
+            "openssl (>= 1.1.1), debconf (>= 0.5) | debconf-2.0, libc6:any (>=2.36), perl:native",
+        );
+        let names: Vec<Vec<&str>> = parsed
+            .iter()
+            .map(|clause| {
+                clause
+                    .iter()
+                    .map(|alternative| alternative.name.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                vec!["openssl"],
+                vec!["debconf", "debconf-2.0"],
+                vec!["libc6"],
+                vec!["perl"]
+            ]
+        );
         let restriction = parsed[2][0].restriction.as_ref().unwrap();
-        assert_eq!((restriction.operator.as_str(), restriction.version.as_str()), (">=", "2.36"));
+        assert_eq!(
+            (restriction.operator.as_str(), restriction.version.as_str()),
+            (">=", "2.36")
+        );
         assert!(restriction.is_satisfied_by("2.36-9+deb12u14"));
         assert!(!restriction.is_satisfied_by("2.35"));
     }

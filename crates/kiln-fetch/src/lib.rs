@@ -110,7 +110,9 @@ pub enum FetchError {
         import_dir: PathBuf,
     },
     /// Every URL of a tarball failed.
-    #[error("tarball {name}: no URL worked ({attempts}): copy {name} into {import_dir} and run again")]
+    #[error(
+        "tarball {name}: no URL worked ({attempts}): copy {name} into {import_dir} and run again"
+    )]
     TarballUnreachable {
         /// The tarball.
         name: String,
@@ -197,7 +199,13 @@ pub fn tarball_pins(catalog: &Catalog) -> Result<Vec<TarballPin>, FetchError> {
             }
             pins.insert(
                 tarball.name.clone(),
-                TarballPin { name: tarball.name.clone(), urls: tarball.urls.clone(), sha256: tarball.sha256.clone(), size: tarball.size, required_by: vec![reason] },
+                TarballPin {
+                    name: tarball.name.clone(),
+                    urls: tarball.urls.clone(),
+                    sha256: tarball.sha256.clone(),
+                    size: tarball.size,
+                    required_by: vec![reason],
+                },
             );
         }
     }
@@ -217,31 +225,60 @@ pub fn lock_architecture(
     let index = apt.package_index()?;
     let locked_versions: BTreeMap<String, String> = previous
         .map(|previous| {
-            previous.debian_packages.iter().filter(|pin| !update.contains(&pin.name)).map(|pin| (pin.name.clone(), pin.version.clone())).collect()
+            previous
+                .debian_packages
+                .iter()
+                .filter(|pin| !update.contains(&pin.name))
+                .map(|pin| (pin.name.clone(), pin.version.clone()))
+                .collect()
         })
         .unwrap_or_default();
     let arch = apt.arch();
-    let resolution = resolve(&index, &catalog_package_requests(catalog), &locked_versions, arch.debian_architecture())?;
-    let architecture_lock = ArchitectureLock { debian_architecture: arch.debian_architecture().to_owned(), debian_packages: resolution.pins.clone() };
+    let resolution = resolve(
+        &index,
+        &catalog_package_requests(catalog),
+        &locked_versions,
+        arch.debian_architecture(),
+    )?;
+    let architecture_lock = ArchitectureLock {
+        debian_architecture: arch.debian_architecture().to_owned(),
+        debian_packages: resolution.pins.clone(),
+    };
     Ok((architecture_lock, resolution))
 }
 
 /// What the store must receive for `pin`.
-pub fn expected_blob_for_package(pin: &DebianPackagePin, arch: TargetArch) -> Result<ExpectedBlob, FetchError> {
+pub fn expected_blob_for_package(
+    pin: &DebianPackagePin,
+    arch: TargetArch,
+) -> Result<ExpectedBlob, FetchError> {
     Ok(ExpectedBlob {
         sha256: Sha256Digest::parse(&pin.sha256)?,
         size: Some(pin.size),
-        label: format!("package {} {} ({})", pin.name, pin.version, arch.debian_architecture()),
+        label: format!(
+            "package {} {} ({})",
+            pin.name,
+            pin.version,
+            arch.debian_architecture()
+        ),
     })
 }
 
 /// Inserts `import/<file_name>` if it exists; `Ok(false)` if it does not.
-fn insert_from_import(store: &Store, file_name: &str, expected: &ExpectedBlob) -> Result<bool, FetchError> {
+fn insert_from_import(
+    store: &Store,
+    file_name: &str,
+    expected: &ExpectedBlob,
+) -> Result<bool, FetchError> {
     let candidate = store.import_dir().join(file_name);
     if !candidate.is_file() {
         return Ok(false);
     }
-    let mut file = std::fs::File::open(&candidate).map_err(|source| FetchError::Io { action: "cannot open", path: candidate.clone(), source })?;
+    let mut file = std::fs::File::open(&candidate).map_err(|source| FetchError::Io {
+        action: "cannot open",
+        path: candidate.clone(),
+        source,
+    })?;
     let mut labelled = expected.clone();
     labelled.label = format!("{} (from {})", expected.label, candidate.display());
     store.insert_blob_from_reader(&mut file, &labelled)?;
@@ -266,7 +303,11 @@ pub fn fetch_debian_package(
         return Ok(FetchedFrom::Import);
     }
     let (FetchMode::Online, Some(apt)) = (mode, apt) else {
-        return Err(FetchError::NotInStoreOffline { label: expected.label, file_name: pin.deb_file_name().to_owned(), import_dir: store.import_dir() });
+        return Err(FetchError::NotInStoreOffline {
+            label: expected.label,
+            file_name: pin.deb_file_name().to_owned(),
+            import_dir: store.import_dir(),
+        });
     };
     let work = store.temp_dir()?;
     let deb = apt.download(pin, work.path(), on_progress)?;
@@ -304,7 +345,9 @@ pub fn fetch_debian_packages(
         match fetch_debian_package(store, None, arch, pin, FetchMode::Offline, &mut |_| {}) {
             Ok(FetchedFrom::Store) => summary.already_in_store += 1,
             Ok(_) => summary.imported.push(pin.name.clone()),
-            Err(FetchError::NotInStoreOffline { .. }) if mode == FetchMode::Online => missing.push(pin),
+            Err(FetchError::NotInStoreOffline { .. }) if mode == FetchMode::Online => {
+                missing.push(pin)
+            }
             Err(error) => return Err(error),
         }
     }
@@ -325,7 +368,9 @@ pub fn fetch_debian_packages(
         Err(_) => {
             let mut done = 0;
             for pin in missing {
-                fetch_debian_package(store, Some(&apt), arch, pin, mode, &mut |bytes| on_progress(done + bytes))?;
+                fetch_debian_package(store, Some(&apt), arch, pin, mode, &mut |bytes| {
+                    on_progress(done + bytes)
+                })?;
                 done += pin.size;
                 summary.downloaded.push(pin.name.clone());
                 summary.downloaded_bytes += pin.size;
@@ -337,8 +382,17 @@ pub fn fetch_debian_packages(
 
 /// Brings one pinned tarball into the store: from the store, `import/<name>`, or its URLs
 /// in order (through the host's `curl`).
-pub fn fetch_tarball(store: &Store, pin: &TarballPin, mode: FetchMode, on_progress: &mut dyn FnMut(u64)) -> Result<FetchedFrom, FetchError> {
-    let expected = ExpectedBlob { sha256: Sha256Digest::parse(&pin.sha256)?, size: Some(pin.size), label: format!("tarball {}", pin.name) };
+pub fn fetch_tarball(
+    store: &Store,
+    pin: &TarballPin,
+    mode: FetchMode,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<FetchedFrom, FetchError> {
+    let expected = ExpectedBlob {
+        sha256: Sha256Digest::parse(&pin.sha256)?,
+        size: Some(pin.size),
+        label: format!("tarball {}", pin.name),
+    };
     if store.contains(&expected.sha256) {
         return Ok(FetchedFrom::Store);
     }
@@ -346,7 +400,11 @@ pub fn fetch_tarball(store: &Store, pin: &TarballPin, mode: FetchMode, on_progre
         return Ok(FetchedFrom::Import);
     }
     if mode == FetchMode::Offline || pin.urls.is_empty() {
-        return Err(FetchError::NotInStoreOffline { label: expected.label, file_name: pin.name.clone(), import_dir: store.import_dir() });
+        return Err(FetchError::NotInStoreOffline {
+            label: expected.label,
+            file_name: pin.name.clone(),
+            import_dir: store.import_dir(),
+        });
     }
     let mut attempts = Vec::new();
     for url in &pin.urls {
@@ -360,23 +418,50 @@ pub fn fetch_tarball(store: &Store, pin: &TarballPin, mode: FetchMode, on_progre
             Err(message) => attempts.push(format!("{url}: {message}")),
         }
     }
-    Err(FetchError::TarballUnreachable { name: pin.name.clone(), attempts: attempts.join("; "), import_dir: store.import_dir() })
+    Err(FetchError::TarballUnreachable {
+        name: pin.name.clone(),
+        attempts: attempts.join("; "),
+        import_dir: store.import_dir(),
+    })
 }
 
 /// `curl` one URL to `destination`; the error is curl's own message.
-fn download_url(url: &str, destination: &Path, on_progress: &mut dyn FnMut(u64)) -> Result<(), String> {
+fn download_url(
+    url: &str,
+    destination: &Path,
+    on_progress: &mut dyn FnMut(u64),
+) -> Result<(), String> {
     let mut command = Command::new("curl");
     apt::die_with_parent(&mut command);
-    command.args(["--fail", "--location", "--silent", "--show-error", "--proto", "=https,http", "--output"]).arg(destination).arg(url);
-    command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().map_err(|error| format!("cannot run curl: {error}"))?;
+    command
+        .args([
+            "--fail",
+            "--location",
+            "--silent",
+            "--show-error",
+            "--proto",
+            "=https,http",
+            "--output",
+        ])
+        .arg(destination)
+        .arg(url);
+    command
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("cannot run curl: {error}"))?;
     let status = loop {
         match child.try_wait() {
             Ok(Some(status)) => break status,
             Ok(None) => {}
             Err(error) => return Err(format!("cannot wait for curl: {error}")),
         }
-        on_progress(std::fs::metadata(destination).map(|metadata| metadata.len()).unwrap_or(0));
+        on_progress(
+            std::fs::metadata(destination)
+                .map(|metadata| metadata.len())
+                .unwrap_or(0),
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     if status.success() {

@@ -56,7 +56,11 @@ impl PackageRecord {
     /// Reads the fields kiln needs from a stanza; `None` when one is missing (a broken
     /// index entry is skipped, as apt does).
     pub fn from_stanza(stanza: &Stanza) -> Option<PackageRecord> {
-        let depends = [stanza.get("Pre-Depends"), stanza.get("Depends")].into_iter().flatten().collect::<Vec<_>>().join(", ");
+        let depends = [stanza.get("Pre-Depends"), stanza.get("Depends")]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(", ");
         Some(PackageRecord {
             name: stanza.get("Package")?.to_owned(),
             version: stanza.get("Version")?.to_owned(),
@@ -66,7 +70,9 @@ impl PackageRecord {
             size: stanza.get("Size")?.parse().ok()?,
             depends,
             provides: stanza.get("Provides").unwrap_or_default().to_owned(),
-            essential: stanza.get("Essential").is_some_and(|value| value.eq_ignore_ascii_case("yes")),
+            essential: stanza
+                .get("Essential")
+                .is_some_and(|value| value.eq_ignore_ascii_case("yes")),
         })
     }
 }
@@ -84,27 +90,49 @@ impl PackageIndex {
     /// Adds every complete stanza of one index file.
     pub fn add_stanzas(&mut self, stanzas: &[Stanza]) {
         for stanza in stanzas {
-            let Some(record) = PackageRecord::from_stanza(stanza) else { continue };
+            let Some(record) = PackageRecord::from_stanza(stanza) else {
+                continue;
+            };
             for clause in parse_dependencies(&record.provides) {
                 for provided in clause {
-                    self.providers.entry(provided.name).or_default().insert(record.name.clone());
+                    self.providers
+                        .entry(provided.name)
+                        .or_default()
+                        .insert(record.name.clone());
                 }
             }
-            self.packages.entry(record.name.clone()).or_default().push(record);
+            self.packages
+                .entry(record.name.clone())
+                .or_default()
+                .push(record);
         }
     }
 
     /// The record apt would install for `name`: the highest version that satisfies
     /// `restriction`, unless `preferred_version` (the locked one) is present and satisfies it.
-    pub fn candidate(&self, name: &str, restriction: Option<&crate::debian::VersionRestriction>, preferred_version: Option<&str>) -> Option<&PackageRecord> {
+    pub fn candidate(
+        &self,
+        name: &str,
+        restriction: Option<&crate::debian::VersionRestriction>,
+        preferred_version: Option<&str>,
+    ) -> Option<&PackageRecord> {
         let records = self.packages.get(name)?;
-        let satisfies = |record: &&PackageRecord| restriction.is_none_or(|restriction| restriction.is_satisfied_by(&record.version));
+        let satisfies = |record: &&PackageRecord| {
+            restriction.is_none_or(|restriction| restriction.is_satisfied_by(&record.version))
+        };
         if let Some(preferred) = preferred_version {
-            if let Some(record) = records.iter().filter(satisfies).find(|record| record.version == preferred) {
+            if let Some(record) = records
+                .iter()
+                .filter(satisfies)
+                .find(|record| record.version == preferred)
+            {
                 return Some(record);
             }
         }
-        records.iter().filter(satisfies).max_by(|left, right| compare_versions(&left.version, &right.version))
+        records
+            .iter()
+            .filter(satisfies)
+            .max_by(|left, right| compare_versions(&left.version, &right.version))
     }
 }
 
@@ -197,19 +225,37 @@ pub fn resolve(
     let mut queue: VecDeque<(Vec<DependencyAlternative>, String, bool)> = requests
         .iter()
         .map(|request| {
-            let alternative = DependencyAlternative { name: request.package.clone(), restriction: None };
-            (vec![alternative], format!("module:{}", request.module), request.with_dependencies)
+            let alternative = DependencyAlternative {
+                name: request.package.clone(),
+                restriction: None,
+            };
+            (
+                vec![alternative],
+                format!("module:{}", request.module),
+                request.with_dependencies,
+            )
         })
         .collect();
     while let Some((alternatives, reason, with_dependencies)) = queue.pop_front() {
         let from_module = reason.starts_with("module:");
-        let chosen = choose_alternative(index, &alternatives, &pins, locked_versions, &reason, debian_architecture)?;
+        let chosen = choose_alternative(
+            index,
+            &alternatives,
+            &pins,
+            locked_versions,
+            &reason,
+            debian_architecture,
+        )?;
         if chosen.essential && !from_module {
             skipped_essential.insert(chosen.name.clone());
             continue;
         }
         if let Some(existing) = pins.get_mut(&chosen.name) {
-            if let Some(restriction) = alternatives.iter().find(|alternative| alternative.name == chosen.name).and_then(|alternative| alternative.restriction.as_ref()) {
+            if let Some(restriction) = alternatives
+                .iter()
+                .find(|alternative| alternative.name == chosen.name)
+                .and_then(|alternative| alternative.restriction.as_ref())
+            {
                 if !restriction.is_satisfied_by(&existing.version) {
                     return Err(Box::new(ResolveError::NoSatisfyingVersion {
                         package: chosen.name.clone(),
@@ -238,7 +284,10 @@ pub fn resolve(
         pin.required_by.sort();
         pin.required_by.dedup();
     }
-    Ok(Resolution { pins, skipped_essential })
+    Ok(Resolution {
+        pins,
+        skipped_essential,
+    })
 }
 
 fn choose_alternative<'index>(
@@ -250,15 +299,24 @@ fn choose_alternative<'index>(
     debian_architecture: &str,
 ) -> Result<&'index PackageRecord, Box<ResolveError>> {
     for alternative in alternatives {
-        let locked = pins.get(&alternative.name).map(|pin| pin.version.as_str()).or(locked_versions.get(&alternative.name).map(String::as_str));
-        if let Some(record) = index.candidate(&alternative.name, alternative.restriction.as_ref(), locked) {
+        let locked = pins
+            .get(&alternative.name)
+            .map(|pin| pin.version.as_str())
+            .or(locked_versions.get(&alternative.name).map(String::as_str));
+        if let Some(record) =
+            index.candidate(&alternative.name, alternative.restriction.as_ref(), locked)
+        {
             return Ok(record);
         }
         if index.packages.contains_key(&alternative.name) {
             continue;
         }
-        let Some(providers) = index.providers.get(&alternative.name) else { continue };
-        let already_chosen = providers.iter().find(|provider| pins.contains_key(*provider));
+        let Some(providers) = index.providers.get(&alternative.name) else {
+            continue;
+        };
+        let already_chosen = providers
+            .iter()
+            .find(|provider| pins.contains_key(*provider));
         let provider = match already_chosen {
             Some(provider) => provider,
             None if providers.len() == 1 => providers.iter().next().unwrap_or(&alternative.name),
@@ -274,22 +332,36 @@ fn choose_alternative<'index>(
                 }));
             }
         };
-        if let Some(record) = index.candidate(provider, None, locked_versions.get(provider).map(String::as_str)) {
+        if let Some(record) = index.candidate(
+            provider,
+            None,
+            locked_versions.get(provider).map(String::as_str),
+        ) {
             return Ok(record);
         }
     }
     let first = &alternatives[0];
-    if let (Some(records), Some(restriction)) = (index.packages.get(&first.name), first.restriction.as_ref()) {
+    if let (Some(records), Some(restriction)) =
+        (index.packages.get(&first.name), first.restriction.as_ref())
+    {
         return Err(Box::new(ResolveError::NoSatisfyingVersion {
             package: first.name.clone(),
             required_by: reason.to_owned(),
             debian_architecture: debian_architecture.to_owned(),
             operator: restriction.operator.clone(),
             version: restriction.version.clone(),
-            available: records.iter().map(|record| record.version.as_str()).collect::<Vec<_>>().join(", "),
+            available: records
+                .iter()
+                .map(|record| record.version.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
         }));
     }
-    Err(Box::new(ResolveError::NotFound { package: first.name.clone(), required_by: reason.to_owned(), debian_architecture: debian_architecture.to_owned() }))
+    Err(Box::new(ResolveError::NotFound {
+        package: first.name.clone(),
+        required_by: reason.to_owned(),
+        debian_architecture: debian_architecture.to_owned(),
+    }))
 }
 
 #[cfg(test)]
@@ -360,11 +432,26 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
     }
 
     fn request(package: &str) -> PackageRequest {
-        PackageRequest { package: package.into(), module: "m".into(), with_dependencies: true }
+        PackageRequest {
+            package: package.into(),
+            module: "m".into(),
+            with_dependencies: true,
+        }
     }
 
     fn summary(resolution: &Resolution) -> Vec<String> {
-        resolution.pins.iter().map(|pin| format!("{} {} <- {}", pin.name, pin.version, pin.required_by.join(" "))).collect()
+        resolution
+            .pins
+            .iter()
+            .map(|pin| {
+                format!(
+                    "{} {} <- {}",
+                    pin.name,
+                    pin.version,
+                    pin.required_by.join(" ")
+                )
+            })
+            .collect()
     }
 
     #[test]
@@ -379,9 +466,17 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
         let resolution = resolve(&index(), &requests, &BTreeMap::new(), "arm64").unwrap();
         assert_eq!(
             summary(&resolution),
-            ["libfoo 2.1-1 <- package:tool", "mawk 1.3.4 <- module:m package:tool", "postfix 3.7 <- package:tool", "tool 1.0-1 <- module:m"]
+            [
+                "libfoo 2.1-1 <- package:tool",
+                "mawk 1.3.4 <- module:m package:tool",
+                "postfix 3.7 <- package:tool",
+                "tool 1.0-1 <- module:m"
+            ]
         );
-        assert_eq!(resolution.skipped_essential, BTreeSet::from(["coreutils".to_owned()]));
+        assert_eq!(
+            resolution.skipped_essential,
+            BTreeSet::from(["coreutils".to_owned()])
+        );
     }
 
     #[test]
@@ -396,8 +491,19 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
 
     #[test]
     fn missing_package_names_who_asked() {
-        let error = resolve(&index(), &[request("nonexistent")], &BTreeMap::new(), "arm64").unwrap_err();
-        assert!(error.to_string().starts_with("package nonexistent (arm64), required by module:m, is not in the apt indexes"), "{error}");
+        let error = resolve(
+            &index(),
+            &[request("nonexistent")],
+            &BTreeMap::new(),
+            "arm64",
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().starts_with(
+                "package nonexistent (arm64), required by module:m, is not in the apt indexes"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -415,7 +521,11 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
 
     #[test]
     fn build_requests_do_not_follow_dependencies() {
-        let build = PackageRequest { package: "tool".into(), module: "kernel-source".into(), with_dependencies: false };
+        let build = PackageRequest {
+            package: "tool".into(),
+            module: "kernel-source".into(),
+            with_dependencies: false,
+        };
         let resolution = resolve(&index(), &[build], &BTreeMap::new(), "arm64").unwrap();
         assert_eq!(summary(&resolution), ["tool 1.0-1 <- module:kernel-source"]);
     }

@@ -177,7 +177,9 @@ pub enum LockError {
         source: std::io::Error,
     },
     /// Not valid JSON, or not this schema.
-    #[error("{path}:{line}:{column}: {message}: fix the file or regenerate it with `cargo xtask lock`")]
+    #[error(
+        "{path}:{line}:{column}: {message}: fix the file or regenerate it with `cargo xtask lock`"
+    )]
     Parse {
         /// The lock file.
         path: PathBuf,
@@ -230,7 +232,10 @@ pub enum LockError {
 }
 
 fn is_sha256_hex(text: &str) -> bool {
-    text.len() == 64 && text.bytes().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 impl Lock {
@@ -250,27 +255,47 @@ impl Lock {
             path: path.to_path_buf(),
             line: error.line(),
             column: error.column(),
-            message: error.to_string().split(" at line ").next().unwrap_or_default().to_owned(),
+            message: error
+                .to_string()
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
         })?;
-        lock.validate().map_err(|message| LockError::Invalid { path: path.to_path_buf(), message })?;
+        lock.validate().map_err(|message| LockError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         Ok(lock)
     }
 
     /// Reads and validates a lock file.
     pub fn read(path: &Path) -> Result<Lock, LockError> {
-        let text = std::fs::read_to_string(path).map_err(|source| LockError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Lock::parse(&text, path)
     }
 
     /// Writes the canonical text through a temporary file and a rename, so a reader never
     /// sees half a lock.
     pub fn write(&self, path: &Path) -> Result<(), LockError> {
-        let io_error = |source| LockError::Io { path: path.to_path_buf(), source };
-        let directory = path.parent().filter(|parent| !parent.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let io_error = |source| LockError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let directory = path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         let mut temporary = tempfile::NamedTempFile::new_in(directory).map_err(io_error)?;
-        std::io::Write::write_all(&mut temporary, self.to_canonical_json().as_bytes()).map_err(io_error)?;
+        std::io::Write::write_all(&mut temporary, self.to_canonical_json().as_bytes())
+            .map_err(io_error)?;
         temporary.as_file().sync_all().map_err(io_error)?;
-        temporary.persist(path).map_err(|error| io_error(error.error))?;
+        temporary
+            .persist(path)
+            .map_err(|error| io_error(error.error))?;
         Ok(())
     }
 
@@ -287,13 +312,16 @@ impl Lock {
     /// `required_by` sorted and deduplicated. `urls` keep their order: it is a preference.
     pub fn canonicalize(&mut self) {
         for architecture in self.architectures.values_mut() {
-            architecture.debian_packages.sort_by(|left, right| left.name.cmp(&right.name));
+            architecture
+                .debian_packages
+                .sort_by(|left, right| left.name.cmp(&right.name));
             for package in &mut architecture.debian_packages {
                 package.required_by.sort();
                 package.required_by.dedup();
             }
         }
-        self.source_tarballs.sort_by(|left, right| left.name.cmp(&right.name));
+        self.source_tarballs
+            .sort_by(|left, right| left.name.cmp(&right.name));
         for tarball in &mut self.source_tarballs {
             tarball.required_by.sort();
             tarball.required_by.dedup();
@@ -315,19 +343,35 @@ impl Lock {
             let mut names = BTreeSet::new();
             for package in &architecture.debian_packages {
                 if !names.insert(package.name.as_str()) {
-                    return Err(format!("package {} is pinned twice for {arch}", package.name));
+                    return Err(format!(
+                        "package {} is pinned twice for {arch}",
+                        package.name
+                    ));
                 }
                 if !is_sha256_hex(&package.sha256) {
-                    return Err(format!("package {} ({arch}) has sha256 `{}`, expected 64 lowercase hex digits", package.name, package.sha256));
+                    return Err(format!(
+                        "package {} ({arch}) has sha256 `{}`, expected 64 lowercase hex digits",
+                        package.name, package.sha256
+                    ));
                 }
-                if package.filename.split('/').any(|component| component == ".." || component.is_empty()) {
-                    return Err(format!("package {} ({arch}) has an unsafe filename `{}`", package.name, package.filename));
+                if package
+                    .filename
+                    .split('/')
+                    .any(|component| component == ".." || component.is_empty())
+                {
+                    return Err(format!(
+                        "package {} ({arch}) has an unsafe filename `{}`",
+                        package.name, package.filename
+                    ));
                 }
             }
         }
         for tarball in &self.source_tarballs {
             if !is_sha256_hex(&tarball.sha256) {
-                return Err(format!("tarball {} has sha256 `{}`, expected 64 lowercase hex digits", tarball.name, tarball.sha256));
+                return Err(format!(
+                    "tarball {} has sha256 `{}`, expected 64 lowercase hex digits",
+                    tarball.name, tarball.sha256
+                ));
             }
         }
         Ok(())
@@ -335,19 +379,34 @@ impl Lock {
 
     /// The pins of one architecture, or an error saying to lock it.
     pub fn architecture(&self, arch: TargetArch) -> Result<&ArchitectureLock, LockError> {
-        self.architectures.get(&arch).ok_or(LockError::ArchitectureNotLocked { arch })
+        self.architectures
+            .get(&arch)
+            .ok_or(LockError::ArchitectureNotLocked { arch })
     }
 
     /// The pin of package `name` on `arch`, if any.
     pub fn debian_package(&self, arch: TargetArch, name: &str) -> Option<&DebianPackagePin> {
         let architecture = self.architectures.get(&arch)?;
-        architecture.debian_packages.iter().find(|package| package.name == name)
+        architecture
+            .debian_packages
+            .iter()
+            .find(|package| package.name == name)
     }
 
     /// Every sha256 the lock references (for `cache gc`), on every architecture.
     pub fn referenced_sha256s(&self) -> BTreeSet<&str> {
-        let packages = self.architectures.values().flat_map(|architecture| &architecture.debian_packages);
-        packages.map(|package| package.sha256.as_str()).chain(self.source_tarballs.iter().map(|tarball| tarball.sha256.as_str())).collect()
+        let packages = self
+            .architectures
+            .values()
+            .flat_map(|architecture| &architecture.debian_packages);
+        packages
+            .map(|package| package.sha256.as_str())
+            .chain(
+                self.source_tarballs
+                    .iter()
+                    .map(|tarball| tarball.sha256.as_str()),
+            )
+            .collect()
     }
 
     /// The Debian packages that `modules` need on `arch`: the packages they name plus,
@@ -365,7 +424,11 @@ impl Lock {
         for (module_name, module) in modules {
             for package in module.debian_packages() {
                 let pinned = architecture.debian_packages.iter().any(|pin| {
-                    pin.name == package && pin.required_by.iter().any(|reason| reason == &format!("module:{module_name}"))
+                    pin.name == package
+                        && pin
+                            .required_by
+                            .iter()
+                            .any(|reason| reason == &format!("module:{module_name}"))
                 });
                 if !pinned {
                     return Err(LockError::PackageNotPinned {
@@ -381,7 +444,11 @@ impl Lock {
         loop {
             let before = wanted.len();
             for pin in &architecture.debian_packages {
-                let pulled_in = pin.required_by.iter().any(|reason| reason.strip_prefix("package:").is_some_and(|parent| wanted.contains(parent)));
+                let pulled_in = pin.required_by.iter().any(|reason| {
+                    reason
+                        .strip_prefix("package:")
+                        .is_some_and(|parent| wanted.contains(parent))
+                });
                 if pulled_in {
                     wanted.insert(pin.name.as_str());
                 }
@@ -390,17 +457,28 @@ impl Lock {
                 break;
             }
         }
-        let mut pins: Vec<&DebianPackagePin> = architecture.debian_packages.iter().filter(|pin| wanted.contains(pin.name.as_str())).collect();
+        let mut pins: Vec<&DebianPackagePin> = architecture
+            .debian_packages
+            .iter()
+            .filter(|pin| wanted.contains(pin.name.as_str()))
+            .collect();
         pins.sort_by(|left, right| left.name.cmp(&right.name));
         Ok(pins)
     }
 
     /// The tarball pins that `modules` need, checking each module's pin matches the lock's.
-    pub fn tarballs_for_modules<'lock>(&'lock self, modules: &[(&str, &kiln_spec::ModuleSpec)]) -> Result<Vec<&'lock TarballPin>, LockError> {
+    pub fn tarballs_for_modules<'lock>(
+        &'lock self,
+        modules: &[(&str, &kiln_spec::ModuleSpec)],
+    ) -> Result<Vec<&'lock TarballPin>, LockError> {
         let mut found = Vec::new();
         for (module_name, module) in modules {
             for tarball in module.tarballs() {
-                let pin = self.source_tarballs.iter().find(|pin| pin.name == tarball.name && pin.sha256 == tarball.sha256 && pin.size == tarball.size);
+                let pin = self.source_tarballs.iter().find(|pin| {
+                    pin.name == tarball.name
+                        && pin.sha256 == tarball.sha256
+                        && pin.size == tarball.size
+                });
                 let Some(pin) = pin else {
                     return Err(LockError::TarballNotPinned {
                         tarball: tarball.name.clone(),
@@ -458,7 +536,10 @@ mod tests {
         let mut lock = Lock::new();
         lock.architectures.insert(
             TargetArch::Aarch64,
-            ArchitectureLock { debian_architecture: "arm64".into(), debian_packages: vec![zlib, busybox, dropbear] },
+            ArchitectureLock {
+                debian_architecture: "arm64".into(),
+                debian_packages: vec![zlib, busybox, dropbear],
+            },
         );
         lock.source_tarballs.push(TarballPin {
             name: "hello-2.12.tar.gz".into(),
@@ -488,10 +569,20 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kiln.lock");
         let text = std::fs::read_to_string(&path).unwrap();
         let lock = Lock::parse(&text, &path).unwrap();
-        assert_eq!(lock.to_canonical_json(), text, "kiln.lock is not in canonical form: regenerate it with `cargo xtask lock`");
+        assert_eq!(
+            lock.to_canonical_json(),
+            text,
+            "kiln.lock is not in canonical form: regenerate it with `cargo xtask lock`"
+        );
         for arch in TargetArch::ALL {
-            assert!(lock.debian_package(arch, "busybox-static").is_some(), "{arch}");
-            assert!(lock.debian_package(arch, "linux-source-6.1").is_some(), "{arch}");
+            assert!(
+                lock.debian_package(arch, "busybox-static").is_some(),
+                "{arch}"
+            );
+            assert!(
+                lock.debian_package(arch, "linux-source-6.1").is_some(),
+                "{arch}"
+            );
         }
     }
 
@@ -502,34 +593,60 @@ mod tests {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let lock = Lock::read(&root.join("kiln.lock")).unwrap();
         let catalog = kiln_spec::Catalog::load(&root).unwrap();
-        let modules: Vec<(&str, &kiln_spec::ModuleSpec)> = catalog.modules.iter().map(|(name, module)| (name.as_str(), module)).collect();
+        let modules: Vec<(&str, &kiln_spec::ModuleSpec)> = catalog
+            .modules
+            .iter()
+            .map(|(name, module)| (name.as_str(), module))
+            .collect();
         for arch in TargetArch::ALL {
-            let pins = lock.debian_packages_for_modules(arch, &modules).unwrap_or_else(|error| panic!("{error}"));
+            let pins = lock
+                .debian_packages_for_modules(arch, &modules)
+                .unwrap_or_else(|error| panic!("{error}"));
             assert!(pins.iter().any(|pin| pin.name == "dropbear-bin"), "{arch}");
         }
-        lock.tarballs_for_modules(&modules).unwrap_or_else(|error| panic!("{error}"));
+        lock.tarballs_for_modules(&modules)
+            .unwrap_or_else(|error| panic!("{error}"));
     }
 
     #[test]
     fn unknown_fields_are_rejected_with_position() {
-        let text = small_lock().to_canonical_json().replacen("\"version\": 1,", "\"version\": 1,\n  \"extra\": 2,", 1);
-        let error = Lock::parse(&text, Path::new("kiln.lock")).unwrap_err().to_string();
+        let text = small_lock().to_canonical_json().replacen(
+            "\"version\": 1,",
+            "\"version\": 1,\n  \"extra\": 2,",
+            1,
+        );
+        let error = Lock::parse(&text, Path::new("kiln.lock"))
+            .unwrap_err()
+            .to_string();
         assert!(error.starts_with("kiln.lock:3:"), "{error}");
         assert!(error.contains("unknown field `extra`"), "{error}");
     }
 
     #[test]
     fn bad_digest_is_rejected_naming_the_package() {
-        let text = small_lock().to_canonical_json().replace(&"1".repeat(64), "abc");
-        let error = Lock::parse(&text, Path::new("kiln.lock")).unwrap_err().to_string();
-        assert!(error.contains("package zlib1g (aarch64) has sha256 `abc`"), "{error}");
+        let text = small_lock()
+            .to_canonical_json()
+            .replace(&"1".repeat(64), "abc");
+        let error = Lock::parse(&text, Path::new("kiln.lock"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("package zlib1g (aarch64) has sha256 `abc`"),
+            "{error}"
+        );
     }
 
     #[test]
     fn module_closure_follows_required_by() {
         let lock = small_lock();
-        let sshd = kiln_spec::parse_module("description: d\nkind: service\nsources:\n  - debian: [dropbear-bin]\n", Path::new("m")).unwrap();
-        let pins = lock.debian_packages_for_modules(TargetArch::Aarch64, &[("sshd", &sshd)]).unwrap();
+        let sshd = kiln_spec::parse_module(
+            "description: d\nkind: service\nsources:\n  - debian: [dropbear-bin]\n",
+            Path::new("m"),
+        )
+        .unwrap();
+        let pins = lock
+            .debian_packages_for_modules(TargetArch::Aarch64, &[("sshd", &sshd)])
+            .unwrap();
         let names: Vec<&str> = pins.iter().map(|pin| pin.name.as_str()).collect();
         assert_eq!(names, ["dropbear-bin", "zlib1g"]);
     }
@@ -537,13 +654,24 @@ mod tests {
     #[test]
     fn unpinned_package_error_says_what_to_run() {
         let lock = small_lock();
-        let module = kiln_spec::parse_module("description: d\nkind: base\nsources:\n  - debian: [runc]\n", Path::new("m")).unwrap();
-        let error = lock.debian_packages_for_modules(TargetArch::Aarch64, &[("runtime", &module)]).unwrap_err();
+        let module = kiln_spec::parse_module(
+            "description: d\nkind: base\nsources:\n  - debian: [runc]\n",
+            Path::new("m"),
+        )
+        .unwrap();
+        let error = lock
+            .debian_packages_for_modules(TargetArch::Aarch64, &[("runtime", &module)])
+            .unwrap_err();
         assert_eq!(
             error.to_string(),
             "package runc (arm64) asked for by module runtime is not pinned in kiln.lock: run `cargo xtask lock --arch aarch64`"
         );
-        let error = lock.debian_packages_for_modules(TargetArch::X86_64, &[("runtime", &module)]).unwrap_err();
-        assert_eq!(error.to_string(), "kiln.lock has no pins for x86_64: run `cargo xtask lock --arch x86_64`");
+        let error = lock
+            .debian_packages_for_modules(TargetArch::X86_64, &[("runtime", &module)])
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "kiln.lock has no pins for x86_64: run `cargo xtask lock --arch x86_64`"
+        );
     }
 }

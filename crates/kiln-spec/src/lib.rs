@@ -203,13 +203,21 @@ impl fmt::Display for SourceLocation {
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, path: &Path) -> Result<T, SpecError> {
     serde_yaml::from_str(text).map_err(|error| {
-        let line_and_column = error.location().map(|location| (location.line(), location.column()));
+        let line_and_column = error
+            .location()
+            .map(|location| (location.line(), location.column()));
         let mut message = error.to_string();
         // serde_yaml appends " at line L column C"; the location is printed in front instead.
         if let Some(index) = message.find(" at line ") {
             message.truncate(index);
         }
-        SpecError::Parse { location: SourceLocation { path: path.to_path_buf(), line_and_column }, message }
+        SpecError::Parse {
+            location: SourceLocation {
+                path: path.to_path_buf(),
+                line_and_column,
+            },
+            message,
+        }
     })
 }
 
@@ -224,7 +232,10 @@ pub fn parse_profile(text: &str, path: &Path) -> Result<ProfileSpec, SpecError> 
 }
 
 fn read_text(path: &Path) -> Result<String, SpecError> {
-    std::fs::read_to_string(path).map_err(|source| SpecError::Read { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Every module and profile of a repository, keyed by name (sorted, so iteration order is
@@ -272,7 +283,11 @@ impl Catalog {
         let profiles_dir = root.join("profiles");
         if profiles_dir.exists() {
             for entry in sorted_dir_entries(&profiles_dir)? {
-                let Some(name) = entry.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".yaml")) else {
+                let Some(name) = entry
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_suffix(".yaml"))
+                else {
                     continue;
                 };
                 let profile = parse_profile(&read_text(&entry)?, &entry)?;
@@ -282,8 +297,13 @@ impl Catalog {
         for (profile_name, profile) in &catalog.profiles {
             for module in &profile.modules {
                 let directory = root.join("modules").join(module);
-                if !catalog.modules.contains_key(module) && catalog.directories_without_module_file.contains(&directory) {
-                    return Err(SpecError::MissingModuleFile { expected_path: catalog.module_path(module), directory });
+                if !catalog.modules.contains_key(module)
+                    && catalog.directories_without_module_file.contains(&directory)
+                {
+                    return Err(SpecError::MissingModuleFile {
+                        expected_path: catalog.module_path(module),
+                        directory,
+                    });
                 }
                 if !catalog.modules.contains_key(module) {
                     return Err(SpecError::UnknownModule {
@@ -312,16 +332,24 @@ impl Catalog {
     pub fn profile(&self, name: &str) -> Result<&ProfileSpec, SpecError> {
         self.profiles
             .get(name)
-            .ok_or_else(|| SpecError::UnknownProfile { profile: name.to_owned(), expected_path: self.profile_path(name) })
+            .ok_or_else(|| SpecError::UnknownProfile {
+                profile: name.to_owned(),
+                expected_path: self.profile_path(name),
+            })
     }
 }
 
 fn file_name_string(path: &Path) -> String {
-    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn sorted_dir_entries(dir: &Path) -> Result<Vec<PathBuf>, SpecError> {
-    let read_error = |source| SpecError::Read { path: dir.to_path_buf(), source };
+    let read_error = |source| SpecError::Read {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut entries = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(read_error)? {
         entries.push(entry.map_err(read_error)?.path());
@@ -344,7 +372,10 @@ mod tests {
         let text = "description: d\nkind: service\nsources:\n  - debian: [dropbear-bin]\n  - tarball:\n      name: a.tar.gz\n      urls: [http://127.0.0.1/a.tar.gz]\n      sha256: 00\n      size: 3\n";
         let module = parse_module(text, Path::new("m.yaml")).unwrap();
         assert_eq!(module.kind, ModuleKind::Service);
-        assert_eq!(module.debian_packages().collect::<Vec<_>>(), ["dropbear-bin"]);
+        assert_eq!(
+            module.debian_packages().collect::<Vec<_>>(),
+            ["dropbear-bin"]
+        );
         assert_eq!(module.tarballs().map(|t| t.size).collect::<Vec<_>>(), [3]);
     }
 
@@ -366,7 +397,11 @@ mod tests {
 
     #[test]
     fn unknown_source_kind_is_rejected_with_location() {
-        let error = parse_module("description: d\nkind: base\nsources:\n  - rpm: [x]\n", Path::new("m.yaml")).unwrap_err();
+        let error = parse_module(
+            "description: d\nkind: base\nsources:\n  - rpm: [x]\n",
+            Path::new("m.yaml"),
+        )
+        .unwrap_err();
         let message = error.to_string();
         assert!(message.starts_with("m.yaml:4:"), "{message}");
         assert!(message.contains("unknown variant `rpm`"), "{message}");
@@ -376,11 +411,24 @@ mod tests {
     fn profile_naming_a_missing_module_is_an_error() {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("modules/base")).unwrap();
-        std::fs::write(root.path().join("modules/base/module.yaml"), "description: d\nkind: base\n").unwrap();
+        std::fs::write(
+            root.path().join("modules/base/module.yaml"),
+            "description: d\nkind: base\n",
+        )
+        .unwrap();
         std::fs::create_dir_all(root.path().join("profiles")).unwrap();
-        std::fs::write(root.path().join("profiles/p.yaml"), "modules: [base, sshd]\n").unwrap();
+        std::fs::write(
+            root.path().join("profiles/p.yaml"),
+            "modules: [base, sshd]\n",
+        )
+        .unwrap();
         let error = Catalog::load(root.path()).unwrap_err();
-        assert!(error.to_string().contains("profile `p` names module `sshd`"), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("profile `p` names module `sshd`"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -388,13 +436,24 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("modules/dhcp/files")).unwrap();
         let catalog = Catalog::load(root.path()).unwrap();
-        assert_eq!(catalog.directories_without_module_file, [root.path().join("modules/dhcp")]);
+        assert_eq!(
+            catalog.directories_without_module_file,
+            [root.path().join("modules/dhcp")]
+        );
         assert!(catalog.modules.is_empty());
         std::fs::create_dir_all(root.path().join("profiles")).unwrap();
         std::fs::write(root.path().join("profiles/p.yaml"), "modules: [dhcp]\n").unwrap();
         let error = Catalog::load(root.path()).unwrap_err().to_string();
-        assert!(error.contains("modules/dhcp is a module directory without a module.yaml: add "), "{error}");
-        assert!(error.contains("modules/dhcp/module.yaml (description, kind, sources) or remove the directory"), "{error}");
+        assert!(
+            error.contains("modules/dhcp is a module directory without a module.yaml: add "),
+            "{error}"
+        );
+        assert!(
+            error.contains(
+                "modules/dhcp/module.yaml (description, kind, sources) or remove the directory"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
@@ -404,6 +463,8 @@ mod tests {
         assert_eq!(catalog.profile("debug").unwrap().modules, ["base", "sshd"]);
         assert_eq!(catalog.profile("minimal").unwrap().modules, ["base"]);
         assert_eq!(catalog.modules["kernel-source"].kind, ModuleKind::Build);
-        assert!(catalog.modules["base"].debian_packages().any(|name| name == "busybox-static"));
+        assert!(catalog.modules["base"]
+            .debian_packages()
+            .any(|name| name == "busybox-static"));
     }
 }

@@ -65,7 +65,10 @@ impl Sha256Digest {
     pub fn parse(text: &str) -> Result<Sha256Digest, StoreError> {
         let hex_text = text.strip_prefix("sha256:").unwrap_or(text);
         let mut bytes = [0_u8; 32];
-        if hex_text.len() != 64 || hex_text.bytes().any(|byte| byte.is_ascii_uppercase()) || hex::decode_to_slice(hex_text, &mut bytes).is_err() {
+        if hex_text.len() != 64
+            || hex_text.bytes().any(|byte| byte.is_ascii_uppercase())
+            || hex::decode_to_slice(hex_text, &mut bytes).is_err()
+        {
             return Err(StoreError::InvalidDigest(text.to_owned()));
         }
         Ok(Sha256Digest(bytes))
@@ -140,7 +143,9 @@ pub enum StoreError {
         size: u64,
     },
     /// Not a sha256 in hex.
-    #[error("`{0}` is not a sha256 digest (64 lowercase hex digits, optionally prefixed by `sha256:`)")]
+    #[error(
+        "`{0}` is not a sha256 digest (64 lowercase hex digits, optionally prefixed by `sha256:`)"
+    )]
     InvalidDigest(String),
     /// No usable store location could be derived from the environment.
     #[error("cannot find a cache directory: set KILN_CACHE (or XDG_CACHE_HOME or HOME)")]
@@ -202,8 +207,15 @@ pub struct Store {
     _lock_file: File,
 }
 
-fn io_error<'path>(action: &'static str, path: &'path Path) -> impl FnOnce(std::io::Error) -> StoreError + 'path {
-    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+fn io_error<'path>(
+    action: &'static str,
+    path: &'path Path,
+) -> impl FnOnce(std::io::Error) -> StoreError + 'path {
+    move |source| StoreError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `flock(2)` a file, blocking, retrying on EINTR.
@@ -221,17 +233,27 @@ fn flock(file: &File, mode: LockMode, path: &Path) -> Result<(), StoreError> {
         }
         let error = std::io::Error::last_os_error();
         if error.kind() != std::io::ErrorKind::Interrupted {
-            return Err(StoreError::Io { action: "cannot lock", path: path.to_path_buf(), source: error });
+            return Err(StoreError::Io {
+                action: "cannot lock",
+                path: path.to_path_buf(),
+                source: error,
+            });
         }
     }
 }
 
 fn fsync_directory(path: &Path) -> Result<(), StoreError> {
-    File::open(path).and_then(|directory| directory.sync_all()).map_err(io_error("cannot fsync directory", path))
+    File::open(path)
+        .and_then(|directory| directory.sync_all())
+        .map_err(io_error("cannot fsync directory", path))
 }
 
 /// Copies `reader` into `writer`, returning the sha256 and the byte count.
-fn copy_hashing(reader: &mut dyn Read, writer: &mut dyn Write, path: &Path) -> Result<(Sha256Digest, u64), StoreError> {
+fn copy_hashing(
+    reader: &mut dyn Read,
+    writer: &mut dyn Write,
+    path: &Path,
+) -> Result<(Sha256Digest, u64), StoreError> {
     let mut hasher = Sha256::new();
     let mut buffer = vec![0_u8; 1 << 20];
     let mut total: u64 = 0;
@@ -240,10 +262,18 @@ fn copy_hashing(reader: &mut dyn Read, writer: &mut dyn Write, path: &Path) -> R
             Ok(0) => break,
             Ok(count) => count,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(error) => return Err(StoreError::Io { action: "cannot read the content for", path: path.to_path_buf(), source: error }),
+            Err(error) => {
+                return Err(StoreError::Io {
+                    action: "cannot read the content for",
+                    path: path.to_path_buf(),
+                    source: error,
+                })
+            }
         };
         hasher.update(&buffer[..count]);
-        writer.write_all(&buffer[..count]).map_err(io_error("cannot write", path))?;
+        writer
+            .write_all(&buffer[..count])
+            .map_err(io_error("cannot write", path))?;
         total += u64::try_from(count).unwrap_or(u64::MAX);
     }
     Ok((Sha256Digest(hasher.finalize().into()), total))
@@ -255,15 +285,33 @@ pub fn hash_file(path: &Path) -> Result<(Sha256Digest, u64), StoreError> {
     copy_hashing(&mut file, &mut std::io::sink(), path)
 }
 
-fn check_expected(expected: &ExpectedBlob, actual: Sha256Digest, size: u64) -> Result<(), StoreError> {
+fn check_expected(
+    expected: &ExpectedBlob,
+    actual: Sha256Digest,
+    size: u64,
+) -> Result<(), StoreError> {
     if let Some(expected_size) = expected.size {
         if expected_size != size {
-            let hint = if size < expected_size { " (truncated download?)" } else { "" };
-            return Err(StoreError::SizeMismatch { label: expected.label.clone(), expected: expected_size, actual: size, hint });
+            let hint = if size < expected_size {
+                " (truncated download?)"
+            } else {
+                ""
+            };
+            return Err(StoreError::SizeMismatch {
+                label: expected.label.clone(),
+                expected: expected_size,
+                actual: size,
+                hint,
+            });
         }
     }
     if actual != expected.sha256 {
-        return Err(StoreError::DigestMismatch { label: expected.label.clone(), expected: expected.sha256, actual, size });
+        return Err(StoreError::DigestMismatch {
+            label: expected.label.clone(),
+            expected: expected.sha256,
+            actual,
+            size,
+        });
     }
     Ok(())
 }
@@ -271,14 +319,20 @@ fn check_expected(expected: &ExpectedBlob, actual: Sha256Digest, size: u64) -> R
 impl Store {
     /// `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln`.
     pub fn default_root() -> Result<PathBuf, StoreError> {
-        let non_empty = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty()).map(PathBuf::from);
+        let non_empty = |name: &str| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
         if let Some(root) = non_empty("KILN_CACHE") {
             return Ok(root);
         }
         if let Some(cache) = non_empty("XDG_CACHE_HOME") {
             return Ok(cache.join("kiln"));
         }
-        non_empty("HOME").map(|home| home.join(".cache").join("kiln")).ok_or(StoreError::NoCacheDirectory)
+        non_empty("HOME")
+            .map(|home| home.join(".cache").join("kiln"))
+            .ok_or(StoreError::NoCacheDirectory)
     }
 
     /// Opens (creating if needed) the store at `root`, holding its lock shared: what every
@@ -294,18 +348,41 @@ impl Store {
     }
 
     fn open_with_mode(root: &Path, mode: LockMode) -> Result<Store, StoreError> {
-        for directory in [root.join("blobs/sha256"), root.join("tmp"), root.join("import"), root.join("state")] {
+        for directory in [
+            root.join("blobs/sha256"),
+            root.join("tmp"),
+            root.join("import"),
+            root.join("state"),
+        ] {
             std::fs::create_dir_all(&directory).map_err(io_error("cannot create", &directory))?;
         }
         let lock_path = root.join("lock");
-        let lock_file = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error("cannot open", &lock_path))?;
+        let lock_file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_error("cannot open", &lock_path))?;
         flock(&lock_file, mode, &lock_path)?;
-        let store = Store { root: root.to_path_buf(), mode, _lock_file: lock_file };
+        let store = Store {
+            root: root.to_path_buf(),
+            mode,
+            _lock_file: lock_file,
+        };
         let layout_path = root.join("oci-layout");
         if !layout_path.exists() {
-            let mut temporary = tempfile::NamedTempFile::new_in(store.root.join("tmp")).map_err(io_error("cannot create a file in", &store.root))?;
-            temporary.write_all(b"{\"imageLayoutVersion\":\"1.0.0\"}").map_err(io_error("cannot write", &layout_path))?;
-            temporary.persist(&layout_path).map_err(|error| StoreError::Io { action: "cannot create", path: layout_path.clone(), source: error.error })?;
+            let mut temporary = tempfile::NamedTempFile::new_in(store.root.join("tmp"))
+                .map_err(io_error("cannot create a file in", &store.root))?;
+            temporary
+                .write_all(b"{\"imageLayoutVersion\":\"1.0.0\"}")
+                .map_err(io_error("cannot write", &layout_path))?;
+            temporary
+                .persist(&layout_path)
+                .map_err(|error| StoreError::Io {
+                    action: "cannot create",
+                    path: layout_path.clone(),
+                    source: error.error,
+                })?;
         }
         Ok(store)
     }
@@ -353,27 +430,50 @@ impl Store {
     /// the next `verify`/`gc` removes it.
     pub fn temp_dir(&self) -> Result<tempfile::TempDir, StoreError> {
         let parent = self.root.join("tmp");
-        tempfile::Builder::new().prefix("work-").tempdir_in(&parent).map_err(io_error("cannot create a directory in", &parent))
+        tempfile::Builder::new()
+            .prefix("work-")
+            .tempdir_in(&parent)
+            .map_err(io_error("cannot create a directory in", &parent))
     }
 
     /// Renames a verified temp file into `blobs/`, fsyncing file and directory.
-    fn commit(&self, temporary: tempfile::NamedTempFile, digest: &Sha256Digest) -> Result<PathBuf, StoreError> {
+    fn commit(
+        &self,
+        temporary: tempfile::NamedTempFile,
+        digest: &Sha256Digest,
+    ) -> Result<PathBuf, StoreError> {
         let destination = self.blob_path(digest);
-        temporary.as_file().sync_all().map_err(io_error("cannot fsync", temporary.path()))?;
+        temporary
+            .as_file()
+            .sync_all()
+            .map_err(io_error("cannot fsync", temporary.path()))?;
         set_read_only(temporary.path())?;
-        temporary.persist(&destination).map_err(|error| StoreError::Io { action: "cannot rename into", path: destination.clone(), source: error.error })?;
+        temporary
+            .persist(&destination)
+            .map_err(|error| StoreError::Io {
+                action: "cannot rename into",
+                path: destination.clone(),
+                source: error.error,
+            })?;
         fsync_directory(&self.root.join("blobs/sha256"))?;
         Ok(destination)
     }
 
     fn new_temp_file(&self) -> Result<tempfile::NamedTempFile, StoreError> {
         let parent = self.root.join("tmp");
-        tempfile::Builder::new().prefix("blob-").tempfile_in(&parent).map_err(io_error("cannot create a file in", &parent))
+        tempfile::Builder::new()
+            .prefix("blob-")
+            .tempfile_in(&parent)
+            .map_err(io_error("cannot create a file in", &parent))
     }
 
     /// Reads `reader` to its end into the store, if and only if it matches `expected`;
     /// returns the blob's path. On any error nothing is added.
-    pub fn insert_blob_from_reader(&self, reader: &mut dyn Read, expected: &ExpectedBlob) -> Result<PathBuf, StoreError> {
+    pub fn insert_blob_from_reader(
+        &self,
+        reader: &mut dyn Read,
+        expected: &ExpectedBlob,
+    ) -> Result<PathBuf, StoreError> {
         let mut temporary = self.new_temp_file()?;
         let temporary_path = temporary.path().to_path_buf();
         let (actual, size) = copy_hashing(reader, temporary.as_file_mut(), &temporary_path)?;
@@ -384,7 +484,10 @@ impl Store {
     /// Reads `reader` into the store as a new blob whose digest is whatever it hashes to
     /// (for content the caller generated: OCI layers, configs, manifests). Returns the
     /// digest and size.
-    pub fn insert_new_blob_from_reader(&self, reader: &mut dyn Read) -> Result<(Sha256Digest, u64), StoreError> {
+    pub fn insert_new_blob_from_reader(
+        &self,
+        reader: &mut dyn Read,
+    ) -> Result<(Sha256Digest, u64), StoreError> {
         let mut temporary = self.new_temp_file()?;
         let temporary_path = temporary.path().to_path_buf();
         let (actual, size) = copy_hashing(reader, temporary.as_file_mut(), &temporary_path)?;
@@ -395,11 +498,17 @@ impl Store {
     /// Moves a file the caller owns (a finished download in [`Store::temp_dir`]) into the
     /// store if it matches `expected`; returns the blob's path. The file is hashed first; on
     /// a mismatch it is left where it was and nothing is added.
-    pub fn insert_owned_file(&self, path: &Path, expected: &ExpectedBlob) -> Result<PathBuf, StoreError> {
+    pub fn insert_owned_file(
+        &self,
+        path: &Path,
+        expected: &ExpectedBlob,
+    ) -> Result<PathBuf, StoreError> {
         let (actual, size) = hash_file(path)?;
         check_expected(expected, actual, size)?;
         let destination = self.blob_path(&actual);
-        File::open(path).and_then(|file| file.sync_all()).map_err(io_error("cannot fsync", path))?;
+        File::open(path)
+            .and_then(|file| file.sync_all())
+            .map_err(io_error("cannot fsync", path))?;
         set_read_only(path)?;
         match std::fs::rename(path, &destination) {
             Ok(()) => {}
@@ -407,7 +516,13 @@ impl Store {
                 let mut file = File::open(path).map_err(io_error("cannot open", path))?;
                 return self.insert_blob_from_reader(&mut file, expected);
             }
-            Err(source) => return Err(StoreError::Io { action: "cannot rename into", path: destination, source }),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "cannot rename into",
+                    path: destination,
+                    source,
+                })
+            }
         }
         fsync_directory(&self.root.join("blobs/sha256"))?;
         Ok(destination)
@@ -444,7 +559,11 @@ impl Store {
         let mut removed = 0;
         for entry in std::fs::read_dir(&directory).map_err(io_error("cannot list", &directory))? {
             let path = entry.map_err(io_error("cannot list", &directory))?.path();
-            let result = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+            let result = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
             result.map_err(io_error("cannot remove", &path))?;
             removed += 1;
         }
@@ -455,7 +574,10 @@ impl Store {
     /// `quarantine/`, and clears `tmp/`. Needs [`Store::open_exclusive`].
     pub fn verify(&self, mut on_blob: impl FnMut(&str, u64)) -> Result<VerifyReport, StoreError> {
         self.require_exclusive("verify")?;
-        let mut report = VerifyReport { temporary_files_removed: self.clear_temporary_files()?, ..VerifyReport::default() };
+        let mut report = VerifyReport {
+            temporary_files_removed: self.clear_temporary_files()?,
+            ..VerifyReport::default()
+        };
         for name in self.blob_names()? {
             let path = self.root.join("blobs/sha256").join(&name);
             let (actual, size) = hash_file(&path)?;
@@ -473,8 +595,13 @@ impl Store {
                 destination = quarantine.join(format!("{name}.{counter}"));
                 counter += 1;
             }
-            std::fs::rename(&path, &destination).map_err(io_error("cannot move into quarantine", &path))?;
-            report.corrupt.push(CorruptBlob { name, actual: Some(actual), quarantined_to: destination });
+            std::fs::rename(&path, &destination)
+                .map_err(io_error("cannot move into quarantine", &path))?;
+            report.corrupt.push(CorruptBlob {
+                name,
+                actual: Some(actual),
+                quarantined_to: destination,
+            });
         }
         fsync_directory(&self.root.join("blobs/sha256"))?;
         Ok(report)
@@ -500,7 +627,9 @@ impl Store {
                 if reachable.insert(digest) {
                     let path = self.blob_path(&digest);
                     // Only small blobs can be manifests; a layer is never read here.
-                    let is_small = std::fs::metadata(&path).map(|metadata| metadata.len() < 4 << 20).unwrap_or(false);
+                    let is_small = std::fs::metadata(&path)
+                        .map(|metadata| metadata.len() < 4 << 20)
+                        .unwrap_or(false);
                     if is_small {
                         if let Ok(bytes) = std::fs::read(&path) {
                             pending.push(bytes);
@@ -517,15 +646,22 @@ impl Store {
     pub fn gc(&self, keep: &BTreeSet<Sha256Digest>) -> Result<GcReport, StoreError> {
         self.require_exclusive("gc")?;
         let reachable = self.oci_reachable_digests()?;
-        let mut report = GcReport { temporary_files_removed: self.clear_temporary_files()?, ..GcReport::default() };
+        let mut report = GcReport {
+            temporary_files_removed: self.clear_temporary_files()?,
+            ..GcReport::default()
+        };
         for name in self.blob_names()? {
-            let live = Sha256Digest::parse(&name).map(|digest| keep.contains(&digest) || reachable.contains(&digest)).unwrap_or(false);
+            let live = Sha256Digest::parse(&name)
+                .map(|digest| keep.contains(&digest) || reachable.contains(&digest))
+                .unwrap_or(false);
             if live {
                 report.blobs_kept += 1;
                 continue;
             }
             let path = self.root.join("blobs/sha256").join(&name);
-            let size = std::fs::metadata(&path).map(|metadata| metadata.len()).unwrap_or(0);
+            let size = std::fs::metadata(&path)
+                .map(|metadata| metadata.len())
+                .unwrap_or(0);
             std::fs::remove_file(&path).map_err(io_error("cannot remove", &path))?;
             report.blobs_removed += 1;
             report.bytes_removed += size;
@@ -540,14 +676,19 @@ fn collect_digests(value: &serde_json::Value, found: &mut Vec<Sha256Digest>) {
         serde_json::Value::Object(map) => {
             for (key, child) in map {
                 if key == "digest" {
-                    if let Some(digest) = child.as_str().and_then(|text| Sha256Digest::parse(text).ok()) {
+                    if let Some(digest) = child
+                        .as_str()
+                        .and_then(|text| Sha256Digest::parse(text).ok())
+                    {
                         found.push(digest);
                     }
                 }
                 collect_digests(child, found);
             }
         }
-        serde_json::Value::Array(items) => items.iter().for_each(|item| collect_digests(item, found)),
+        serde_json::Value::Array(items) => {
+            items.iter().for_each(|item| collect_digests(item, found))
+        }
         _ => {}
     }
 }
@@ -556,7 +697,8 @@ fn collect_digests(value: &serde_json::Value, found: &mut Vec<Sha256Digest>) {
 /// instead of corrupting the store.
 fn set_read_only(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444)).map_err(io_error("cannot chmod", path))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+        .map_err(io_error("cannot chmod", path))
 }
 
 #[cfg(test)]
@@ -564,14 +706,21 @@ mod tests {
     use super::*;
 
     fn expected(bytes: &[u8]) -> ExpectedBlob {
-        ExpectedBlob { sha256: Sha256Digest::of_bytes(bytes), size: Some(u64::try_from(bytes.len()).unwrap()), label: "test blob".into() }
+        ExpectedBlob {
+            sha256: Sha256Digest::of_bytes(bytes),
+            size: Some(u64::try_from(bytes.len()).unwrap()),
+            label: "test blob".into(),
+        }
     }
 
     fn snapshot(root: &Path) -> Vec<(String, Vec<u8>)> {
         let mut entries = Vec::new();
         for entry in std::fs::read_dir(root.join("blobs/sha256")).unwrap() {
             let path = entry.unwrap().path();
-            entries.push((path.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&path).unwrap()));
+            entries.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&path).unwrap(),
+            ));
         }
         entries.sort();
         entries
@@ -581,13 +730,20 @@ mod tests {
     fn insert_then_read_back() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
-        let path = store.insert_blob_from_reader(&mut &b"hello"[..], &expected(b"hello")).unwrap();
+        let path = store
+            .insert_blob_from_reader(&mut &b"hello"[..], &expected(b"hello"))
+            .unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"hello");
         assert_eq!(path, store.blob_path(&Sha256Digest::of_bytes(b"hello")));
         assert!(store.contains(&Sha256Digest::of_bytes(b"hello")));
-        assert_eq!(std::fs::read(root.path().join("oci-layout")).unwrap(), b"{\"imageLayoutVersion\":\"1.0.0\"}");
+        assert_eq!(
+            std::fs::read(root.path().join("oci-layout")).unwrap(),
+            b"{\"imageLayoutVersion\":\"1.0.0\"}"
+        );
         // Inserting the same content again is fine and changes nothing.
-        store.insert_blob_from_reader(&mut &b"hello"[..], &expected(b"hello")).unwrap();
+        store
+            .insert_blob_from_reader(&mut &b"hello"[..], &expected(b"hello"))
+            .unwrap();
         assert_eq!(snapshot(root.path()).len(), 1);
     }
 
@@ -595,15 +751,27 @@ mod tests {
     fn digest_mismatch_leaves_the_store_as_it_was() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
-        store.insert_blob_from_reader(&mut &b"before"[..], &expected(b"before")).unwrap();
+        store
+            .insert_blob_from_reader(&mut &b"before"[..], &expected(b"before"))
+            .unwrap();
         let before = snapshot(root.path());
         let mut wrong = expected(b"other");
         wrong.size = Some(5);
         wrong.label = "package busybox-static (arm64)".into();
-        let error = store.insert_blob_from_reader(&mut &b"hello"[..], &wrong).unwrap_err().to_string();
-        assert!(error.starts_with("package busybox-static (arm64): sha256 mismatch: expected "), "{error}");
+        let error = store
+            .insert_blob_from_reader(&mut &b"hello"[..], &wrong)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("package busybox-static (arm64): sha256 mismatch: expected "),
+            "{error}"
+        );
         assert_eq!(snapshot(root.path()), before);
-        assert_eq!(std::fs::read_dir(root.path().join("tmp")).unwrap().count(), 0, "the temp file is removed");
+        assert_eq!(
+            std::fs::read_dir(root.path().join("tmp")).unwrap().count(),
+            0,
+            "the temp file is removed"
+        );
     }
 
     #[test]
@@ -611,7 +779,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         let whole = vec![7_u8; 100_000];
-        let error = store.insert_blob_from_reader(&mut &whole[..50_000], &expected(&whole)).unwrap_err().to_string();
+        let error = store
+            .insert_blob_from_reader(&mut &whole[..50_000], &expected(&whole))
+            .unwrap_err()
+            .to_string();
         assert_eq!(error, "test blob: size mismatch: expected 100000 bytes, got 50000 (truncated download?); nothing was added to the store");
         assert!(snapshot(root.path()).is_empty());
     }
@@ -634,7 +805,10 @@ mod tests {
     fn interrupted_insert_leaves_no_blob() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
-        let error = store.insert_new_blob_from_reader(&mut FailingReader(3000)).unwrap_err().to_string();
+        let error = store
+            .insert_new_blob_from_reader(&mut FailingReader(3000))
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("connection reset"), "{error}");
         assert!(snapshot(root.path()).is_empty());
     }
@@ -644,8 +818,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let good = {
             let store = Store::open(root.path()).unwrap();
-            let good = store.insert_blob_from_reader(&mut &b"good"[..], &expected(b"good")).unwrap();
-            let bad = store.insert_blob_from_reader(&mut &b"bad"[..], &expected(b"bad")).unwrap();
+            let good = store
+                .insert_blob_from_reader(&mut &b"good"[..], &expected(b"good"))
+                .unwrap();
+            let bad = store
+                .insert_blob_from_reader(&mut &b"bad"[..], &expected(b"bad"))
+                .unwrap();
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o644)).unwrap();
             std::fs::write(&bad, b"bit rot").unwrap();
@@ -656,9 +834,18 @@ mod tests {
         let report = store.verify(|_, _| {}).unwrap();
         assert_eq!(report.blobs_checked, 2);
         assert_eq!(report.corrupt.len(), 1);
-        assert_eq!(report.corrupt[0].name, Sha256Digest::of_bytes(b"bad").to_hex());
-        assert_eq!(report.corrupt[0].actual, Some(Sha256Digest::of_bytes(b"bit rot")));
-        assert_eq!(std::fs::read(&report.corrupt[0].quarantined_to).unwrap(), b"bit rot");
+        assert_eq!(
+            report.corrupt[0].name,
+            Sha256Digest::of_bytes(b"bad").to_hex()
+        );
+        assert_eq!(
+            report.corrupt[0].actual,
+            Some(Sha256Digest::of_bytes(b"bit rot"))
+        );
+        assert_eq!(
+            std::fs::read(&report.corrupt[0].quarantined_to).unwrap(),
+            b"bit rot"
+        );
         assert_eq!(report.temporary_files_removed, 1);
         assert!(good.exists());
         assert_eq!(store.verify(|_, _| {}).unwrap().corrupt.len(), 0);
@@ -676,15 +863,29 @@ mod tests {
     fn gc_keeps_what_is_referenced_and_what_oci_index_reaches() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open_exclusive(root.path()).unwrap();
-        let (kept, _) = store.insert_new_blob_from_reader(&mut &b"kept"[..]).unwrap();
-        let (dropped, _) = store.insert_new_blob_from_reader(&mut &b"dropped"[..]).unwrap();
-        let (layer, _) = store.insert_new_blob_from_reader(&mut &b"layer"[..]).unwrap();
+        let (kept, _) = store
+            .insert_new_blob_from_reader(&mut &b"kept"[..])
+            .unwrap();
+        let (dropped, _) = store
+            .insert_new_blob_from_reader(&mut &b"dropped"[..])
+            .unwrap();
+        let (layer, _) = store
+            .insert_new_blob_from_reader(&mut &b"layer"[..])
+            .unwrap();
         let manifest = format!("{{\"layers\":[{{\"digest\":\"sha256:{layer}\"}}]}}");
-        let (manifest_digest, _) = store.insert_new_blob_from_reader(&mut manifest.as_bytes()).unwrap();
-        std::fs::write(root.path().join("index.json"), format!("{{\"manifests\":[{{\"digest\":\"sha256:{manifest_digest}\"}}]}}")).unwrap();
+        let (manifest_digest, _) = store
+            .insert_new_blob_from_reader(&mut manifest.as_bytes())
+            .unwrap();
+        std::fs::write(
+            root.path().join("index.json"),
+            format!("{{\"manifests\":[{{\"digest\":\"sha256:{manifest_digest}\"}}]}}"),
+        )
+        .unwrap();
         let report = store.gc(&BTreeSet::from([kept])).unwrap();
         assert_eq!((report.blobs_kept, report.blobs_removed), (3, 1));
-        assert!(store.contains(&kept) && store.contains(&layer) && store.contains(&manifest_digest));
+        assert!(
+            store.contains(&kept) && store.contains(&layer) && store.contains(&manifest_digest)
+        );
         assert!(!store.contains(&dropped));
     }
 
@@ -701,19 +902,33 @@ mod tests {
             drop(exclusive);
         });
         std::thread::sleep(std::time::Duration::from_millis(300));
-        assert!(receiver.try_recv().is_err(), "exclusive lock taken while builds hold the store");
+        assert!(
+            receiver.try_recv().is_err(),
+            "exclusive lock taken while builds hold the store"
+        );
         drop(shared);
         drop(second_shared);
-        receiver.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        receiver
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
         waiter.join().unwrap();
     }
 
     #[test]
     fn digest_parsing() {
         let digest = Sha256Digest::of_bytes(b"");
-        assert_eq!(digest.to_hex(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
-        assert_eq!(Sha256Digest::parse(&format!("sha256:{digest}")).unwrap(), digest);
-        assert!(Sha256Digest::parse("E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855").is_err());
+        assert_eq!(
+            digest.to_hex(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            Sha256Digest::parse(&format!("sha256:{digest}")).unwrap(),
+            digest
+        );
+        assert!(Sha256Digest::parse(
+            "E3B0C44298FC1C149AFBF4C8996FB92427AE41E4649B934CA495991B7852B855"
+        )
+        .is_err());
         assert!(Sha256Digest::parse("abc").is_err());
     }
 }

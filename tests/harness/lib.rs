@@ -4,6 +4,7 @@
 //! (GNU cpio, apt, QEMU); nothing is mocked.
 
 pub mod qemu;
+pub mod registry;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

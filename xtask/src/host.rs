@@ -26,6 +26,14 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("linux-source-6.1", "the pinned kernel source tarball"),
     ("make", "kernel build"),
     ("xz-utils", "kernel source extraction"),
+    ("nix-bin", "evaluates the flake in tests/nix_flake.rs"),
+    ("docker-registry", "a real OCI registry on 127.0.0.1 for the registry tests"),
+    ("apache2-utils", "htpasswd for the registry tests"),
+    ("openssl", "a test CA for the registry tests"),
+    ("dropbear-bin", "the sshd module and its login test"),
+    ("iproute2", "network namespaces for the dhcp module tests"),
+    ("file", "checks that kiln-init is a static ELF"),
+    ("git", "lists the checkout in the init reproducibility test"),
 ];
 
 /// Installs whichever of `packages` are missing.

@@ -12,8 +12,12 @@ mod fetch;
 mod host;
 mod initramfs;
 mod inspect;
+mod kernel;
 mod lock;
+mod nix;
 mod progress;
+mod pull;
+mod push;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -38,6 +42,8 @@ enum Command {
     Bench(bench::Command),
     /// Install what the tests need (apt packages, rustup targets), then run every test tier.
     Test(test::Args),
+    /// Build a kernel for an architecture and flavor from kernel-configs/ (cached by input digest).
+    Kernel(kernel::Args),
     /// Resolve modules' Debian packages and tarballs into kiln.lock (apt, private state per arch).
     Lock(lock::Args),
     /// Bring every input kiln.lock pins into the store at $KILN_CACHE, verified.
@@ -45,6 +51,13 @@ enum Command {
     /// Maintain the store: re-hash everything (`verify`), drop unreferenced blobs (`gc`).
     #[command(subcommand)]
     Cache(cache::Command),
+    /// Push every image of an OCI layout (default: the store) to a registry; report the digests.
+    Push(push::Args),
+    /// Pull an image for one platform from a registry into an OCI layout (default: the store), verified.
+    Pull(pull::Args),
+    /// Drive the Nix flake: `build` an output, `check-pins` against kiln.lock, `seed` the Nix store.
+    #[command(subcommand)]
+    Nix(nix::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -55,9 +68,13 @@ fn main() -> std::process::ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Bench(command) => bench::run(command),
         Command::Test(args) => test::run(args),
+        Command::Kernel(args) => kernel::run(args),
         Command::Lock(args) => lock::run(args),
         Command::Fetch(args) => fetch::run(args),
         Command::Cache(command) => cache::run(command),
+        Command::Push(args) => push::run(args),
+        Command::Pull(args) => pull::run(args),
+        Command::Nix(command) => nix::run(command),
     };
     match result {
         Ok(code) => code,

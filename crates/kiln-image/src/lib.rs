@@ -29,6 +29,8 @@
 //!
 //! It spawns no process and does no network; it is handed bytes and paths.
 
+pub mod init_binary;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};

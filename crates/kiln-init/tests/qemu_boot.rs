@@ -9,9 +9,8 @@
 //! Needs `qemu-system-x86_64`, GNU `cpio`, a static busybox (`KILN_QEMU_BUSYBOX`, default
 //! `/bin/busybox` from Debian's busybox-static), the `x86_64-unknown-linux-musl` target, and
 //! an x86_64 kernel with a serial console, devtmpfs and initramfs support: `KILN_QEMU_KERNEL`,
-//! else the first `/boot/vmlinuz-*`. On Debian: `apt-get download linux-image-6.1.0-NN-amd64`
-//! (the dependency of `linux-image-amd64`), then
-//! `dpkg-deb --fsys-tarfile linux-image-*.deb | tar -x ./boot`.
+//! else Debian's (the `linux-image-*-amd64` that `linux-image-amd64` depends on, fetched once
+//! with `apt-get download` from the host's apt sources into the test cache).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,23 +21,8 @@ fn kernel() -> PathBuf {
     if let Some(path) = std::env::var_os("KILN_QEMU_KERNEL") {
         return PathBuf::from(path);
     }
-    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/boot")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .collect();
-    candidates.sort();
-    candidates.pop().unwrap_or_else(|| {
-        panic!(
-            "no kernel: set KILN_QEMU_KERNEL to an x86_64 vmlinuz (on Debian: apt-get download \
-             the linux-image-*-amd64 that linux-image-amd64 depends on, and extract ./boot from it)"
-        )
-    })
+    kiln_tests::qemu::debian_x86_64_kernel()
+        .unwrap_or_else(|error| panic!("no kernel: set KILN_QEMU_KERNEL to an x86_64 vmlinuz, or let the test download Debian's: {error:#}"))
 }
 
 /// Builds the static init and returns its path.

@@ -60,3 +60,10 @@ fn virt_x86_64_boots_an_initramfs_in_qemu() {
 fn virt_aarch64_boots_an_initramfs_in_qemu() {
     boots(Arch::Aarch64);
 }
+
+/// The boot tests' artifacts are the ones `cargo xtask image` uses only if both build with
+/// the lock's epoch.
+#[test]
+fn the_test_epoch_is_the_lock_epoch() {
+    assert_eq!(common::TEST_EPOCH, common::lock_epoch(), "change TEST_EPOCH with kiln.lock's source_date_epoch");
+}

@@ -40,10 +40,11 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What a module is for, which decides when (and whether) it enters an image.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ModuleKind {
     /// Merged into the image's root filesystem (the userland, certificates, the init).
+    #[default]
     Base,
     /// A one-shot step run in order at boot (sysctl, dhcp), like LinuxKit's `onboot`.
     Onboot,
@@ -67,7 +68,8 @@ impl ModuleKind {
 
 /// One input of a module, as written in `sources:`.
 ///
-/// Written as a single-key map: `- debian: [a, b]` or `- tarball: {name, urls, sha256, size}`.
+/// Written as a single-key map: `- debian: [a, b]`, `- tarball: {name, urls, sha256, size}`,
+/// `- files: files` or `- crate: {package, path}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModuleSource {
@@ -76,6 +78,24 @@ pub enum ModuleSource {
     Debian(Vec<String>),
     /// A source tarball, pinned by its author: the lock copies the pin as written.
     Tarball(TarballSpec),
+    /// A directory beside `module.yaml` whose contents are copied into the image root
+    /// (`files/usr/libexec/kiln/dhcp` becomes `/usr/libexec/kiln/dhcp`). Owners become 0:0
+    /// and modes are kept (only the permission bits), so a checkout's umask or user never
+    /// reaches the image.
+    Files(String),
+    /// A binary crate of this workspace, built for the image's architecture (static musl,
+    /// reproducibly) and installed at `path`.
+    Crate(CrateSource),
+}
+
+/// A workspace crate built for the target architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CrateSource {
+    /// The cargo package (`kiln-init`).
+    pub package: String,
+    /// Where the binary goes in the image (`/init`).
+    pub path: String,
 }
 
 /// A source tarball pinned by the module's author.
@@ -95,7 +115,7 @@ pub struct TarballSpec {
 }
 
 /// `modules/<name>/module.yaml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModuleSpec {
     /// One or two sentences for the catalog listing.
@@ -106,6 +126,156 @@ pub struct ModuleSpec {
     /// reads enums from `!tags` by default; modules write `- debian: [...]` maps instead.)
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub sources: Vec<ModuleSource>,
+    /// The process an `onboot`, `service` or `shutdown` module runs: argv, absolute path
+    /// first. `${option}` is replaced by the value of the module's option `option`.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Extra environment of that process (kiln-init gives every process `PATH`); values
+    /// may use `${option}` too.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the process (default `/`).
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    /// The user a service runs as (a name from the image's `/etc/passwd`); default root.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// When a service is restarted after it exits (default `always`).
+    #[serde(default)]
+    pub restart: Option<RestartPolicy>,
+    /// How long kiln-init waits before a restart: doubles from `initial` up to `max`.
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Seconds an `onboot` or `shutdown` step may run before it is killed (default 60).
+    #[serde(default)]
+    pub timeout: Option<u64>,
+    /// Whether a failed `onboot` step stops the boot (default no: the machine still comes
+    /// up to a console where an operator can look).
+    #[serde(default)]
+    pub fatal: bool,
+    /// Modules that must run (onboot) or start (services) before this one, when the profile
+    /// has them.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Modules that must be in any profile that has this one (and run before it).
+    #[serde(default)]
+    pub requires: Vec<String>,
+    /// The kernel command-line parameters the module reads, documented.
+    #[serde(default)]
+    pub cmdline: Vec<CmdlineParameter>,
+    /// What the module needs from the kernel.
+    #[serde(default)]
+    pub kernel: KernelNeeds,
+    /// Settings a profile may give (`options: {sshd: {port: 2222}}`), used as `${name}` in
+    /// `command` and `env`.
+    #[serde(default)]
+    pub options: BTreeMap<String, OptionSpec>,
+    /// Files the assembler derives from the composed tree or the build's identity.
+    #[serde(default)]
+    pub generate: Vec<Generator>,
+}
+
+/// `restart:` of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Restart whenever it exits.
+    Always,
+    /// Restart when it exits non-zero or is killed by a signal.
+    OnFailure,
+    /// Never restart.
+    Never,
+}
+
+/// `backoff:` of a service, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial_ms: u64,
+    /// The largest delay.
+    pub max_ms: u64,
+}
+
+/// One documented kernel command-line parameter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmdlineParameter {
+    /// `vlan_id=N`, `sshd.authorized_key=B64`...
+    pub name: String,
+    /// What it does.
+    pub description: String,
+}
+
+/// `kernel:` of a module.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelNeeds {
+    /// Kernel options the module needs: `CONFIG_X` is satisfied by `y` or `m`,
+    /// `CONFIG_X=y` only by built-in.
+    #[serde(default)]
+    pub options: Vec<String>,
+    /// Kernel modules loaded at boot, before any onboot step (when the kernel has them as
+    /// modules; a built-in one needs no loading).
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+/// One option a profile may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptionSpec {
+    /// What it changes.
+    pub description: String,
+    /// The value when the profile gives none; no default makes the option required.
+    #[serde(default)]
+    pub default: Option<OptionValue>,
+}
+
+/// An option value: YAML strings, numbers and booleans, kept as text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct OptionValue(pub String);
+
+impl<'de> Deserialize<'de> for OptionValue {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = OptionValue;
+            fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+                formatter.write_str("a string, number or boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<OptionValue, E> {
+                Ok(OptionValue(value.to_owned()))
+            }
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<OptionValue, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<OptionValue, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<OptionValue, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<OptionValue, E> {
+                Ok(OptionValue(value.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// A file the assembler makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Generator {
+    /// `/etc/ssl/certs/ca-certificates.crt`: every `/usr/share/ca-certificates/**/*.crt`
+    /// of the composed tree, sorted by path, concatenated (what `update-ca-certificates`
+    /// makes, without running a maintainer script).
+    CaBundle,
+    /// `/etc/os-release` with the build's identity (profile, architecture, kiln version,
+    /// `SOURCE_DATE_EPOCH`, the build key).
+    OsRelease,
 }
 
 impl ModuleSpec {
@@ -113,7 +283,7 @@ impl ModuleSpec {
     pub fn debian_packages(&self) -> impl Iterator<Item = &str> {
         self.sources.iter().flat_map(|source| match source {
             ModuleSource::Debian(names) => names.iter().map(String::as_str).collect::<Vec<_>>(),
-            ModuleSource::Tarball(_) => Vec::new(),
+            _ => Vec::new(),
         })
     }
 
@@ -121,17 +291,87 @@ impl ModuleSpec {
     pub fn tarballs(&self) -> impl Iterator<Item = &TarballSpec> {
         self.sources.iter().filter_map(|source| match source {
             ModuleSource::Tarball(tarball) => Some(tarball),
-            ModuleSource::Debian(_) => None,
+            _ => None,
         })
     }
 }
 
-/// `profiles/<name>.yaml`: which modules make an image, in order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `profiles/<name>.yaml`: which modules make an image, in order, and how it boots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSpec {
+    /// One sentence for listings.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// A profile whose settings this one starts from: its modules come first, its options
+    /// and command line are merged with this profile's (this profile wins).
+    #[serde(default)]
+    pub extends: Option<String>,
     /// Module names (directories under `modules/`), in the order their layers are composed.
+    #[serde(default)]
     pub modules: Vec<String>,
+    /// Modules of the extended profile this one leaves out (`minimal` without `sshd`).
+    #[serde(default)]
+    pub remove: Vec<String>,
+    /// Option values per module: `options: {sshd: {port: 2222}}`.
+    #[serde(default)]
+    pub options: BTreeMap<String, BTreeMap<String, OptionValue>>,
+    /// The kernel the image boots.
+    #[serde(default)]
+    pub kernel: Option<KernelChoice>,
+    /// Default kernel command line, for every architecture and per architecture.
+    #[serde(default)]
+    pub cmdline: CmdlineDefaults,
+    /// The name outputs carry (`hook` gives `hook_x86_64.tar.gz`); default the file's name.
+    #[serde(default)]
+    pub output_name: Option<String>,
+    /// Warn when the unpacked initramfs is larger than this many MiB (it lives in RAM).
+    #[serde(default)]
+    pub ram_budget_mib: Option<u64>,
+}
+
+/// `kernel:` of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelChoice {
+    /// A flavor of `kernel-configs/flavor/` (`virt`, `generic`), built from the pinned source.
+    pub flavor: String,
+}
+
+/// `cmdline:` of a profile: parameters for every architecture, then per architecture.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CmdlineDefaults {
+    /// For every architecture.
+    #[serde(default)]
+    pub all: Vec<String>,
+    /// x86_64 only (`console=ttyS0,115200`).
+    #[serde(default)]
+    pub x86_64: Vec<String>,
+    /// aarch64 only (`console=ttyAMA0`).
+    #[serde(default)]
+    pub aarch64: Vec<String>,
+}
+
+/// A profile with `extends:` applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedProfile {
+    /// The profile's name (its file's stem).
+    pub name: String,
+    /// Where outputs go and what they are called.
+    pub output_name: String,
+    /// Modules in composition order, without duplicates.
+    pub modules: Vec<String>,
+    /// Option values per module, the extending profile's winning.
+    pub options: BTreeMap<String, BTreeMap<String, OptionValue>>,
+    /// The kernel (default: flavor `virt`).
+    pub kernel: KernelChoice,
+    /// The command line defaults, the extended profile's first.
+    pub cmdline: CmdlineDefaults,
+    /// The RAM budget, if any.
+    pub ram_budget_mib: Option<u64>,
+    /// The profile files read, extended ones first.
+    pub files: Vec<PathBuf>,
 }
 
 /// A module or profile file that could not be read or parsed.
@@ -172,6 +412,23 @@ pub enum SpecError {
         directory: PathBuf,
         /// The file that is missing.
         expected_path: PathBuf,
+    },
+    /// `extends:` chains back to a profile already in the chain.
+    #[error("{path}: `extends` makes a cycle: {chain}; remove one of the `extends:`")]
+    ExtendsCycle {
+        /// The profile file where the cycle closes.
+        path: PathBuf,
+        /// `a -> b -> a`.
+        chain: String,
+    },
+    /// A profile sets an option of a module it does not have, or one the module does not
+    /// declare.
+    #[error("{path}: {message}")]
+    BadProfile {
+        /// The profile file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
     },
     /// A profile or command asked for a profile that does not exist.
     #[error("no profile `{profile}`: expected {expected_path}")]
@@ -329,6 +586,95 @@ impl Catalog {
     }
 
     /// The profile called `name`, or an error naming the file that was expected.
+    /// The profile `name` with `extends:` applied: modules of the extended profile first
+    /// (minus `remove:`), options and command lines merged, the extending profile winning.
+    pub fn resolve_profile(&self, name: &str) -> Result<ResolvedProfile, SpecError> {
+        let mut chain: Vec<String> = Vec::new();
+        let mut current = name.to_owned();
+        loop {
+            if chain.contains(&current) {
+                chain.push(current.clone());
+                return Err(SpecError::ExtendsCycle { path: self.profile_path(&chain[chain.len() - 2]), chain: chain.join(" -> ") });
+            }
+            let profile = self.profile(&current)?;
+            chain.push(current.clone());
+            match &profile.extends {
+                Some(parent) => current = parent.clone(),
+                None => break,
+            }
+        }
+        let mut resolved = ResolvedProfile {
+            name: name.to_owned(),
+            output_name: name.to_owned(),
+            modules: Vec::new(),
+            options: BTreeMap::new(),
+            kernel: KernelChoice { flavor: "virt".to_owned() },
+            cmdline: CmdlineDefaults::default(),
+            ram_budget_mib: None,
+            files: Vec::new(),
+        };
+        for profile_name in chain.iter().rev() {
+            let profile = &self.profiles[profile_name];
+            let path = self.profile_path(profile_name);
+            for removed in &profile.remove {
+                if !resolved.modules.contains(removed) {
+                    return Err(SpecError::BadProfile {
+                        path,
+                        message: format!("`remove: [{removed}]`, but the extended profile has no module `{removed}`"),
+                    });
+                }
+                resolved.modules.retain(|module| module != removed);
+                resolved.options.remove(removed);
+            }
+            for module in &profile.modules {
+                if !resolved.modules.contains(module) {
+                    resolved.modules.push(module.clone());
+                }
+            }
+            for (module, values) in &profile.options {
+                resolved.options.entry(module.clone()).or_default().extend(values.clone());
+            }
+            if let Some(kernel) = &profile.kernel {
+                resolved.kernel = kernel.clone();
+            }
+            resolved.cmdline.all.extend(profile.cmdline.all.iter().cloned());
+            resolved.cmdline.x86_64.extend(profile.cmdline.x86_64.iter().cloned());
+            resolved.cmdline.aarch64.extend(profile.cmdline.aarch64.iter().cloned());
+            if profile.ram_budget_mib.is_some() {
+                resolved.ram_budget_mib = profile.ram_budget_mib;
+            }
+            resolved.files.push(path);
+        }
+        if let Some(output_name) = &self.profiles[name].output_name {
+            resolved.output_name = output_name.clone();
+        }
+        let path = self.profile_path(name);
+        for (module, values) in &resolved.options {
+            let Some(spec) = self.modules.get(module) else {
+                return Err(SpecError::BadProfile { path, message: format!("sets options of module `{module}`, which does not exist") });
+            };
+            if !resolved.modules.contains(module) {
+                return Err(SpecError::BadProfile {
+                    path,
+                    message: format!("sets options of module `{module}`, which the profile does not include: add it to `modules:` or drop its options"),
+                });
+            }
+            for option in values.keys() {
+                if !spec.options.contains_key(option) {
+                    let known: Vec<&str> = spec.options.keys().map(String::as_str).collect();
+                    return Err(SpecError::BadProfile {
+                        path,
+                        message: format!(
+                            "module `{module}` has no option `{option}` (its options: {})",
+                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(resolved)
+    }
+
     pub fn profile(&self, name: &str) -> Result<&ProfileSpec, SpecError> {
         self.profiles
             .get(name)
@@ -383,7 +729,7 @@ mod tests {
     fn unknown_field_names_file_line_and_column() {
         check_module_error(
             "description: d\nkind: base\nsorces: []\n",
-            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`",
+            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`",
         );
     }
 

@@ -8,9 +8,17 @@ use std::time::{Duration, Instant};
 
 use kiln_kernel::{Arch, BuildRequest, Flavor, KernelSource};
 
-/// The epoch every test build uses (the same as `cargo xtask kernel` runs recorded in
-/// BENCHMARKS.md, so a test after such a run finds the artifact in the cache).
+/// The epoch every test build uses: kiln.lock's `source_date_epoch`, the one `cargo xtask
+/// kernel` and `cargo xtask image` use, so an image build after the tests (or the tests after
+/// an image build) finds the artifact in the cache. Test `the_test_epoch_is_the_lock_epoch`.
 pub const TEST_EPOCH: u64 = 1_700_000_000;
+
+/// kiln.lock's `source_date_epoch`.
+pub fn lock_epoch() -> u64 {
+    let text = std::fs::read_to_string(workspace_root().join("kiln.lock")).expect("read kiln.lock");
+    let lock: serde_json::Value = serde_json::from_str(&text).expect("kiln.lock is JSON");
+    lock["source_date_epoch"].as_u64().expect("kiln.lock has a numeric source_date_epoch")
+}
 
 /// LOCK SEAM: the kernel source the tests build. Once kiln.lock pins the tarball itself
 /// (today it pins the linux-source-6.1 .deb that installs it), take path and digest from there.

@@ -806,11 +806,197 @@ mod tests {
     fn the_repository_catalog_loads() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
         let catalog = Catalog::load(&root).unwrap();
-        assert_eq!(catalog.profile("debug").unwrap().modules, ["base", "sshd"]);
-        assert_eq!(catalog.profile("minimal").unwrap().modules, ["base"]);
+        for name in catalog.profiles.keys() {
+            let resolved = catalog
+                .resolve_profile(name)
+                .unwrap_or_else(|error| panic!("profile `{name}` does not resolve: {error}"));
+            for module in &resolved.modules {
+                let spec = &catalog.modules[module];
+                for required in &spec.requires {
+                    let (Some(before), Some(after)) = (
+                        resolved.modules.iter().position(|m| m == required),
+                        resolved.modules.iter().position(|m| m == module),
+                    ) else {
+                        panic!("profile `{name}`: module `{module}` requires `{required}`, which the profile lacks");
+                    };
+                    assert!(before < after, "profile `{name}`: `{required}` must come before `{module}`");
+                }
+                if matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown) {
+                    assert!(
+                        spec.command.first().is_some_and(|program| program.starts_with('/')),
+                        "module `{module}` runs no absolute command"
+                    );
+                }
+            }
+        }
+        let hook = catalog.resolve_profile("hook").unwrap();
+        assert!(hook.modules.iter().any(|m| m == "sshd"), "{:?}", hook.modules);
+        assert!(hook.modules.iter().any(|m| m == "getty"), "{:?}", hook.modules);
+        assert_eq!(hook.output_name, "hook");
+        let minimal = catalog.resolve_profile("minimal").unwrap();
+        assert!(!minimal.modules.iter().any(|m| m == "sshd" || m == "getty"), "{:?}", minimal.modules);
+        assert_eq!(minimal.modules[..2], ["init", "base"]);
+        // A flow list would split `console=ttyS0,115200` at the comma.
+        assert_eq!(minimal.cmdline.x86_64, ["console=ttyS0,115200"]);
+        let debug = catalog.resolve_profile("debug").unwrap();
+        assert_eq!(debug.modules, hook.modules);
+        assert!(debug.cmdline.all.iter().any(|parameter| parameter == "kiln.debug"));
         assert_eq!(catalog.modules["kernel-source"].kind, ModuleKind::Build);
         assert!(catalog.modules["base"]
             .debian_packages()
             .any(|name| name == "busybox-static"));
+        assert!(catalog.modules["ntp"].debian_packages().any(|name| name == "chrony"));
+        assert!(catalog.modules["sshd"].debian_packages().any(|name| name == "dropbear-bin"));
+    }
+
+    /// A catalog in a temporary directory: modules `base`, `sshd` (option `port`, default 22)
+    /// and `getty`, and the profiles given as (name, text).
+    fn catalog_with_profiles(profiles: &[(&str, &str)]) -> (tempfile::TempDir, Catalog) {
+        let root = tempfile::tempdir().unwrap();
+        let modules = [
+            ("base", "description: d\nkind: base\n"),
+            (
+                "sshd",
+                "description: d\nkind: service\ncommand: [/sshd, -p, \"${port}\"]\noptions:\n  port:\n    description: p\n    default: 22\n  banner:\n    description: b\n",
+            ),
+            ("getty", "description: d\nkind: service\ncommand: [/getty]\n"),
+        ];
+        for (name, text) in modules {
+            std::fs::create_dir_all(root.path().join("modules").join(name)).unwrap();
+            std::fs::write(root.path().join("modules").join(name).join("module.yaml"), text).unwrap();
+        }
+        std::fs::create_dir_all(root.path().join("profiles")).unwrap();
+        for (name, text) in profiles {
+            std::fs::write(root.path().join("profiles").join(format!("{name}.yaml")), text).unwrap();
+        }
+        let catalog = Catalog::load(root.path()).unwrap();
+        (root, catalog)
+    }
+
+    fn resolve_error(profiles: &[(&str, &str)], name: &str) -> String {
+        let (_root, catalog) = catalog_with_profiles(profiles);
+        catalog.resolve_profile(name).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn resolve_profile_puts_extended_modules_first_and_merges_in_order() {
+        let (root, catalog) = catalog_with_profiles(&[
+            (
+                "a",
+                "modules: [base, sshd]\nkernel: {flavor: generic}\ncmdline: {all: [a1], x86_64: [ax]}\nram_budget_mib: 100\n",
+            ),
+            ("b", "extends: a\nmodules: [getty, base]\ncmdline: {all: [b1]}\n"),
+            ("c", "extends: b\ncmdline: {all: [c1], aarch64: [ca]}\noutput_name: see\nram_budget_mib: 300\n"),
+        ]);
+        let c = catalog.resolve_profile("c").unwrap();
+        assert_eq!(c.name, "c");
+        assert_eq!(c.output_name, "see");
+        // The extended profile's modules first; a module named again is not repeated.
+        assert_eq!(c.modules, ["base", "sshd", "getty"]);
+        assert_eq!(c.cmdline.all, ["a1", "b1", "c1"]);
+        assert_eq!(c.cmdline.x86_64, ["ax"]);
+        assert_eq!(c.cmdline.aarch64, ["ca"]);
+        assert_eq!(c.kernel.flavor, "generic");
+        assert_eq!(c.ram_budget_mib, Some(300));
+        let profiles = root.path().join("profiles");
+        assert_eq!(c.files, [profiles.join("a.yaml"), profiles.join("b.yaml"), profiles.join("c.yaml")]);
+        // output_name is not inherited: b's outputs carry b's name.
+        let b = catalog.resolve_profile("b").unwrap();
+        assert_eq!(b.output_name, "b");
+        assert_eq!(b.ram_budget_mib, Some(100));
+        let a = catalog.resolve_profile("a").unwrap();
+        assert_eq!(a.modules, ["base", "sshd"]);
+        assert!(a.options.is_empty());
+    }
+
+    #[test]
+    fn resolve_profile_defaults_to_the_virt_kernel() {
+        let (_root, catalog) = catalog_with_profiles(&[("p", "modules: [base]\n")]);
+        let p = catalog.resolve_profile("p").unwrap();
+        assert_eq!(p.kernel.flavor, "virt");
+        assert_eq!(p.output_name, "p");
+        assert_eq!(p.ram_budget_mib, None);
+    }
+
+    #[test]
+    fn resolve_profile_remove_drops_an_extended_module_and_its_options() {
+        let (_root, catalog) = catalog_with_profiles(&[
+            ("full", "modules: [base, sshd, getty]\noptions: {sshd: {port: 2222}}\n"),
+            ("small", "extends: full\nremove: [sshd]\n"),
+            ("back", "extends: small\nmodules: [sshd]\n"),
+        ]);
+        let small = catalog.resolve_profile("small").unwrap();
+        assert_eq!(small.modules, ["base", "getty"]);
+        assert!(!small.options.contains_key("sshd"), "{:?}", small.options);
+        // Added again by a later profile: at the end, without the removed options.
+        let back = catalog.resolve_profile("back").unwrap();
+        assert_eq!(back.modules, ["base", "getty", "sshd"]);
+        assert!(back.options.is_empty(), "{:?}", back.options);
+    }
+
+    #[test]
+    fn resolve_profile_remove_of_a_module_the_extended_profile_lacks_is_an_error() {
+        let error = resolve_error(
+            &[("full", "modules: [base]\n"), ("small", "extends: full\nremove: [getty]\n")],
+            "small",
+        );
+        assert!(error.ends_with("profiles/small.yaml: `remove: [getty]`, but the extended profile has no module `getty`"), "{error}");
+    }
+
+    #[test]
+    fn resolve_profile_extending_profile_wins_option_values() {
+        let (_root, catalog) = catalog_with_profiles(&[
+            ("a", "modules: [base, sshd]\noptions: {sshd: {port: 2222, banner: hello}}\n"),
+            ("b", "extends: a\noptions: {sshd: {port: 2022}}\n"),
+        ]);
+        let b = catalog.resolve_profile("b").unwrap();
+        let sshd = &b.options["sshd"];
+        assert_eq!(sshd["port"], OptionValue("2022".to_owned()));
+        // Values the extending profile does not give are kept from the extended one.
+        assert_eq!(sshd["banner"], OptionValue("hello".to_owned()));
+        let a = catalog.resolve_profile("a").unwrap();
+        assert_eq!(a.options["sshd"]["port"], OptionValue("2222".to_owned()));
+    }
+
+    #[test]
+    fn resolve_profile_reports_an_extends_cycle_with_its_chain() {
+        let profiles = [
+            ("a", "extends: b\nmodules: [base]\n"),
+            ("b", "extends: c\n"),
+            ("c", "extends: a\n"),
+        ];
+        let error = resolve_error(&profiles, "a");
+        assert!(
+            error.ends_with("profiles/c.yaml: `extends` makes a cycle: a -> b -> c -> a; remove one of the `extends:`"),
+            "{error}"
+        );
+        let error = resolve_error(&[("self", "extends: self\n")], "self");
+        assert!(error.ends_with("profiles/self.yaml: `extends` makes a cycle: self -> self; remove one of the `extends:`"), "{error}");
+    }
+
+    #[test]
+    fn resolve_profile_extending_a_missing_profile_names_the_expected_file() {
+        let error = resolve_error(&[("a", "extends: nowhere\n")], "a");
+        assert!(error.starts_with("no profile `nowhere`: expected "), "{error}");
+        assert!(error.ends_with("profiles/nowhere.yaml"), "{error}");
+    }
+
+    #[test]
+    fn resolve_profile_rejects_options_of_a_module_not_in_the_profile() {
+        let error = resolve_error(&[("p", "modules: [base]\noptions: {sshd: {port: 2222}}\n")], "p");
+        assert!(
+            error.ends_with("profiles/p.yaml: sets options of module `sshd`, which the profile does not include: add it to `modules:` or drop its options"),
+            "{error}"
+        );
+        let error = resolve_error(&[("p", "modules: [base]\noptions: {ghost: {x: 1}}\n")], "p");
+        assert!(error.ends_with("profiles/p.yaml: sets options of module `ghost`, which does not exist"), "{error}");
+    }
+
+    #[test]
+    fn resolve_profile_rejects_an_option_the_module_does_not_declare() {
+        let error = resolve_error(&[("p", "modules: [base, sshd]\noptions: {sshd: {prot: 2222}}\n")], "p");
+        assert!(error.ends_with("profiles/p.yaml: module `sshd` has no option `prot` (its options: banner, port)"), "{error}");
+        let error = resolve_error(&[("p", "modules: [base, getty]\noptions: {getty: {baud: 9600}}\n")], "p");
+        assert!(error.ends_with("profiles/p.yaml: module `getty` has no option `baud` (its options: none)"), "{error}");
     }
 }

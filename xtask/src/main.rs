@@ -6,6 +6,7 @@
 
 mod bench;
 mod cache;
+mod catalog;
 mod diff;
 mod epoch;
 mod fetch;
@@ -58,6 +59,8 @@ enum Command {
     /// Drive the Nix flake: `build` an output, `check-pins` against kiln.lock, `seed` the Nix store.
     #[command(subcommand)]
     Nix(nix::Command),
+    /// Write modules/README.md (schema and module/profile reference); `--check` exits 1 if stale.
+    Catalog(catalog::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,6 +78,7 @@ fn main() -> std::process::ExitCode {
         Command::Push(args) => push::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Nix(command) => nix::run(command),
+        Command::Catalog(args) => catalog::run(args),
     };
     match result {
         Ok(code) => code,

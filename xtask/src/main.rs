@@ -11,6 +11,7 @@ mod diff;
 mod epoch;
 mod fetch;
 mod host;
+mod image;
 mod initramfs;
 mod inspect;
 mod kernel;
@@ -32,6 +33,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Build a provisioning image (kernel, initramfs, cmdline, boot.ipxe, tar.gz, manifest) for a profile.
+    Image(image::Args),
     /// Pack a directory into a deterministic newc cpio, compressed with zstd.
     Initramfs(initramfs::Args),
     /// List the entries of an initramfs (plain or zstd, concatenated archives too).
@@ -66,6 +69,7 @@ enum Command {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Image(args) => image::run(args),
         Command::Initramfs(args) => initramfs::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run(args),

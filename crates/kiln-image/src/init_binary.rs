@@ -15,9 +15,9 @@ use crate::ImageArch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitBuildError {
-    #[error("running cargo to build kiln-init for {target}: {source}")]
+    #[error("running cargo to build a binary for {target}: {source}")]
     Spawn { target: String, source: std::io::Error },
-    #[error("building kiln-init for {target} failed ({status}); last lines of cargo's output:\n{tail}\nif the target is missing: rustup target add {target}")]
+    #[error("building a binary for {target} failed ({status}); last lines of cargo's output:\n{tail}\nif the target is missing: rustup target add {target}")]
     Failed { target: String, status: String, tail: String },
     #[error("cargo finished but {path} is missing")]
     Missing { path: String },
@@ -33,6 +33,12 @@ pub fn musl_target(arch: ImageArch) -> &'static str {
 /// Builds `kiln-init` from the workspace at `workspace` into `target_dir`
 /// and returns the binary's path.
 pub fn build_init_binary(workspace: &Path, target_dir: &Path, arch: ImageArch) -> Result<PathBuf, InitBuildError> {
+    build_crate_binary(workspace, target_dir, arch, "kiln-init")
+}
+
+/// Builds the binary named like `package` (a workspace package) for `arch`, static musl,
+/// with the same reproducibility settings as kiln-init, and returns its path.
+pub fn build_crate_binary(workspace: &Path, target_dir: &Path, arch: ImageArch, package: &str) -> Result<PathBuf, InitBuildError> {
     let target = musl_target(arch);
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -54,7 +60,7 @@ pub fn build_init_binary(workspace: &Path, target_dir: &Path, arch: ImageArch) -
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "--package", "kiln-init", "--bin", "kiln-init", "--target", target])
+        .args(["build", "--release", "--package", package, "--bin", package, "--target", target])
         .arg("--target-dir")
         .arg(target_dir)
         // Separated by 0x1f so no flag is split on spaces in a path.
@@ -77,7 +83,7 @@ pub fn build_init_binary(workspace: &Path, target_dir: &Path, arch: ImageArch) -
             tail: lines[lines.len().saturating_sub(40)..].join("\n"),
         });
     }
-    let binary = target_dir.join(target).join("release/kiln-init");
+    let binary = target_dir.join(target).join("release").join(package);
     if !binary.is_file() {
         return Err(InitBuildError::Missing { path: binary.display().to_string() });
     }

@@ -87,6 +87,9 @@ pub struct ManifestInput {
 #[derive(Debug, Clone, Serialize)]
 pub struct Manifest<F: Serialize> {
     pub profile: String,
+    /// sha256 over every input of the build (lock, catalog files, kernel, init binary,
+    /// builder, settings): equal keys mean the outputs are already right.
+    pub build_key: String,
     pub arch: ImageArch,
     pub source_date_epoch: u32,
     pub kernel_cmdline: String,

@@ -10,6 +10,7 @@ use kiln_image::{boot_ipxe, write_outputs, ImageArch, Manifest, ManifestInput, O
 fn manifest() -> Manifest<serde_json::Value> {
     Manifest {
         profile: "hook".into(),
+        build_key: "11".repeat(32),
         arch: ImageArch::X86_64,
         source_date_epoch: 1_747_699_200,
         kernel_cmdline: "console=ttyS0".into(),

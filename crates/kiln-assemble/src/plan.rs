@@ -1,0 +1,335 @@
+//! From a profile to a plan: which modules, in which order, with which options, what
+//! kiln-init runs, and what the kernel must provide. Pure: no file is read here beyond the
+//! catalog already loaded, so every catalog mistake is found (and tested) before any input
+//! is fetched or anything is written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use kiln_compose::RequiredKernelOption;
+use kiln_image::ImageArch;
+use kiln_init::config::{BackoffSettings, InitConfig, RestartPolicy, ServiceEntry, StepEntry};
+use kiln_spec::{Catalog, ModuleKind, ModuleSpec, ResolvedProfile};
+
+/// Why a profile cannot become an image. Messages name the module, the file and what to do.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlanError {
+    /// A module needs another the profile lacks.
+    #[error("module `{module}` requires module `{required}`, which profile `{profile}` does not include: add `{required}` to `modules:` in {profile_path}")]
+    MissingRequirement { module: String, required: String, profile: String, profile_path: String },
+    /// `after:`/`requires:` name a module that does not exist at all (a typo).
+    #[error("{module_path}: `{field}` names module `{named}`, which does not exist (no modules/{named}/module.yaml)")]
+    UnknownModuleReference { module_path: String, field: &'static str, named: String },
+    /// The ordering constraints loop.
+    #[error("`after:`/`requires:` of profile `{profile}`'s modules make a cycle: {cycle}; remove one of these constraints")]
+    Cycle { profile: String, cycle: String },
+    /// A build-input module in an image profile.
+    #[error("profile `{profile}` includes module `{module}`, a build input (kind `build`) that never goes into an image: remove it from `modules:`")]
+    BuildModuleInProfile { profile: String, module: String },
+    /// An onboot, service or shutdown module without a command, or a base module with one.
+    #[error("{module_path}: {message}")]
+    BadModule { module_path: String, message: String },
+    /// An option with no default that the profile does not set.
+    #[error("module `{module}` needs option `{option}` ({description}): set it in profile `{profile}` as `options: {{{module}: {{{option}: ...}}}}`")]
+    MissingOption { module: String, option: String, description: String, profile: String },
+}
+
+/// One module of the plan, options applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedModule {
+    /// The module's name.
+    pub name: String,
+    /// Its directory (`modules/<name>`).
+    pub directory: PathBuf,
+    /// Its specification as written.
+    pub spec: ModuleSpec,
+    /// Option values: the profile's, else the defaults.
+    pub options: BTreeMap<String, String>,
+}
+
+/// What the image will be, before any input is read.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The profile, `extends:` applied.
+    pub profile: ResolvedProfile,
+    /// The target.
+    pub arch: ImageArch,
+    /// Modules in composition order (the profile's).
+    pub modules: Vec<PlannedModule>,
+    /// The kernel command line (the profile's, every architecture's first).
+    pub cmdline: String,
+    /// kiln-init's configuration, without kernel modules (those need the kernel).
+    pub init_config: InitConfig,
+    /// Kernel options the modules need.
+    pub kernel_options: Vec<RequiredKernelOption>,
+    /// Kernel modules to load at boot: (module asking, kernel module name).
+    pub kernel_modules: Vec<(String, String)>,
+}
+
+impl Plan {
+    /// The module named `name`.
+    pub fn module(&self, name: &str) -> Option<&PlannedModule> {
+        self.modules.iter().find(|module| module.name == name)
+    }
+}
+
+/// Makes the plan for `profile_name` on `arch`.
+pub fn plan(catalog: &Catalog, profile_name: &str, arch: ImageArch) -> Result<Plan, Box<dyn std::error::Error + Send + Sync>> {
+    let profile = catalog.resolve_profile(profile_name)?;
+    Ok(plan_resolved(catalog, profile, arch)?)
+}
+
+/// [`plan`] for a profile already resolved.
+pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArch) -> Result<Plan, PlanError> {
+    let profile_path = catalog.profile_path(&profile.name).display().to_string();
+    let mut modules = Vec::new();
+    for name in &profile.modules {
+        let spec = &catalog.modules[name];
+        let module_path = catalog.module_path(name).display().to_string();
+        if spec.kind == ModuleKind::Build {
+            return Err(PlanError::BuildModuleInProfile { profile: profile.name.clone(), module: name.clone() });
+        }
+        for (field, names) in [("after", &spec.after), ("requires", &spec.requires)] {
+            for named in names {
+                if !catalog.modules.contains_key(named) {
+                    return Err(PlanError::UnknownModuleReference { module_path: module_path.clone(), field, named: named.clone() });
+                }
+            }
+        }
+        for required in &spec.requires {
+            if !profile.modules.contains(required) {
+                return Err(PlanError::MissingRequirement {
+                    module: name.clone(),
+                    required: required.clone(),
+                    profile: profile.name.clone(),
+                    profile_path: profile_path.clone(),
+                });
+            }
+        }
+        let runs = matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown);
+        if runs && spec.command.is_empty() {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: format!("a module of kind `{}` needs `command:` (the argv kiln-init runs)", kind_name(spec.kind)),
+            });
+        }
+        if !runs && !spec.command.is_empty() {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: "a module of kind `base` runs nothing: remove `command:` or make it `onboot` or `service`".to_owned(),
+            });
+        }
+        if spec.restart.is_some() && spec.kind != ModuleKind::Service {
+            return Err(PlanError::BadModule { module_path, message: "`restart:` applies to services only".to_owned() });
+        }
+        if spec.timeout.is_some() && !matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Shutdown) {
+            return Err(PlanError::BadModule { module_path, message: "`timeout:` applies to onboot and shutdown steps only".to_owned() });
+        }
+        let mut options = BTreeMap::new();
+        let given = profile.options.get(name);
+        for (option, option_spec) in &spec.options {
+            let value = given
+                .and_then(|values| values.get(option))
+                .or(option_spec.default.as_ref())
+                .ok_or_else(|| PlanError::MissingOption {
+                    module: name.clone(),
+                    option: option.clone(),
+                    description: option_spec.description.clone(),
+                    profile: profile.name.clone(),
+                })?;
+            options.insert(option.clone(), value.0.clone());
+        }
+        modules.push(PlannedModule { name: name.clone(), directory: catalog.root.join("modules").join(name), spec: spec.clone(), options });
+    }
+
+    let order = run_order(&profile, &modules)?;
+    let mut init_config = InitConfig::default();
+    for index in order {
+        let module = &modules[index];
+        let module_path = catalog.module_path(&module.name).display().to_string();
+        let argv = module
+            .spec
+            .command
+            .iter()
+            .map(|argument| substitute(argument, module, &module_path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let env = module
+            .spec
+            .env
+            .iter()
+            .map(|(key, value)| Ok((key.clone(), substitute(value, module, &module_path)?)))
+            .collect::<Result<BTreeMap<_, _>, PlanError>>()?;
+        let working_directory = module.spec.working_dir.as_ref().map(PathBuf::from);
+        match module.spec.kind {
+            ModuleKind::Onboot | ModuleKind::Shutdown => {
+                let step = StepEntry {
+                    name: module.name.clone(),
+                    argv,
+                    env,
+                    working_directory,
+                    timeout_ms: module.spec.timeout.unwrap_or(60).saturating_mul(1000),
+                    fatal: module.spec.fatal,
+                };
+                if module.spec.kind == ModuleKind::Onboot {
+                    init_config.onboot.push(step);
+                } else {
+                    init_config.shutdown.push(step);
+                }
+            }
+            ModuleKind::Service => {
+                let services: BTreeSet<&str> =
+                    modules.iter().filter(|other| other.spec.kind == ModuleKind::Service).map(|other| other.name.as_str()).collect();
+                let mut after: Vec<String> = module
+                    .spec
+                    .after
+                    .iter()
+                    .chain(&module.spec.requires)
+                    .filter(|name| services.contains(name.as_str()))
+                    .cloned()
+                    .collect();
+                after.sort();
+                after.dedup();
+                let mut backoff = BackoffSettings::default();
+                if let Some(given) = module.spec.backoff {
+                    backoff.initial_ms = given.initial_ms;
+                    backoff.max_ms = given.max_ms;
+                }
+                init_config.services.push(ServiceEntry {
+                    name: module.name.clone(),
+                    argv,
+                    env,
+                    working_directory,
+                    user: module.spec.user.clone(),
+                    uid: None,
+                    gid: None,
+                    restart: match module.spec.restart {
+                        None | Some(kiln_spec::RestartPolicy::Always) => RestartPolicy::Always,
+                        Some(kiln_spec::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
+                        Some(kiln_spec::RestartPolicy::Never) => RestartPolicy::Never,
+                    },
+                    backoff,
+                    after,
+                });
+            }
+            ModuleKind::Base | ModuleKind::Build => {}
+        }
+    }
+
+    let mut kernel_options = Vec::new();
+    let mut kernel_modules = Vec::new();
+    for module in &modules {
+        let module_path = catalog.module_path(&module.name).display().to_string();
+        for option in &module.spec.kernel.options {
+            let (name, built_in) = match option.split_once('=') {
+                None => (option.as_str(), false),
+                Some((name, "y")) => (name, true),
+                Some(_) => {
+                    return Err(PlanError::BadModule {
+                        module_path,
+                        message: format!("kernel option `{option}`: write `CONFIG_NAME` (built in or a module) or `CONFIG_NAME=y` (built in)"),
+                    })
+                }
+            };
+            if !name.starts_with("CONFIG_") || name.len() == "CONFIG_".len() {
+                return Err(PlanError::BadModule { module_path, message: format!("kernel option `{option}` does not start with `CONFIG_`") });
+            }
+            kernel_options.push(RequiredKernelOption { module: module.name.clone(), option: name.to_owned(), module_allowed: !built_in });
+        }
+        for kernel_module in &module.spec.kernel.modules {
+            kernel_modules.push((module.name.clone(), kernel_module.clone()));
+        }
+    }
+
+    let mut cmdline: Vec<&str> = profile.cmdline.all.iter().map(String::as_str).collect();
+    cmdline.extend(
+        match arch {
+            ImageArch::X86_64 => &profile.cmdline.x86_64,
+            ImageArch::Aarch64 => &profile.cmdline.aarch64,
+        }
+        .iter()
+        .map(String::as_str),
+    );
+    let cmdline = cmdline.join(" ");
+    Ok(Plan { profile, arch, modules, cmdline, init_config, kernel_options, kernel_modules })
+}
+
+fn kind_name(kind: ModuleKind) -> &'static str {
+    match kind {
+        ModuleKind::Base => "base",
+        ModuleKind::Onboot => "onboot",
+        ModuleKind::Service => "service",
+        ModuleKind::Shutdown => "shutdown",
+        ModuleKind::Build => "build",
+    }
+}
+
+/// Replaces every `${name}` by the module's option `name`.
+fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<String, PlanError> {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            return Err(PlanError::BadModule { module_path: module_path.to_owned(), message: format!("`{text}`: `${{` without a closing `}}`") });
+        };
+        let name = &after[..end];
+        let Some(value) = module.options.get(name) else {
+            return Err(PlanError::BadModule {
+                module_path: module_path.to_owned(),
+                message: format!("`{text}` uses `${{{name}}}`, but the module declares no option `{name}` under `options:`"),
+            });
+        };
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Indexes of `modules` in run order: every `after`/`requires` module of the profile first,
+/// otherwise the profile's order. A cycle is an error naming it.
+fn run_order(profile: &ResolvedProfile, modules: &[PlannedModule]) -> Result<Vec<usize>, PlanError> {
+    let index_of: BTreeMap<&str, usize> = modules.iter().enumerate().map(|(index, module)| (module.name.as_str(), index)).collect();
+    // before[i] = the modules that must come before module i.
+    let before: Vec<BTreeSet<usize>> = modules
+        .iter()
+        .map(|module| module.spec.after.iter().chain(&module.spec.requires).filter_map(|name| index_of.get(name.as_str()).copied()).collect())
+        .collect();
+    let mut done = vec![false; modules.len()];
+    let mut order = Vec::new();
+    while order.len() < modules.len() {
+        let next = (0..modules.len()).find(|&index| !done[index] && before[index].iter().all(|&earlier| done[earlier]));
+        match next {
+            Some(index) => {
+                done[index] = true;
+                order.push(index);
+            }
+            None => {
+                let start = (0..modules.len()).find(|&index| !done[index]).unwrap_or(0);
+                return Err(PlanError::Cycle { profile: profile.name.clone(), cycle: describe_cycle(start, &before, &done, modules) });
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Walks unfinished predecessors from `start` until a module repeats: `a -> b -> a`
+/// (read "a runs after b, which runs after a").
+fn describe_cycle(start: usize, before: &[BTreeSet<usize>], done: &[bool], modules: &[PlannedModule]) -> String {
+    let mut path = vec![start];
+    let mut current = start;
+    loop {
+        let Some(&next) = before[current].iter().find(|&&earlier| !done[earlier]) else {
+            break;
+        };
+        if let Some(position) = path.iter().position(|&seen| seen == next) {
+            let mut cycle: Vec<&str> = path[position..].iter().map(|&index| modules[index].name.as_str()).collect();
+            cycle.push(modules[next].name.as_str());
+            return cycle.join(" after ");
+        }
+        path.push(next);
+        current = next;
+    }
+    path.iter().map(|&index| modules[index].name.as_str()).collect::<Vec<_>>().join(" after ")
+}

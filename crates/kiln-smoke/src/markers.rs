@@ -1,0 +1,365 @@
+//! Ordered console markers: what a boot must print, stage by stage.
+//!
+//! A [`MarkerPlan`] is a list of stages; every marker of a stage must appear (in any order
+//! among themselves: services start in `after` order, which the plan does not model) after
+//! every marker of the stage before. A marker matches a console line that contains its
+//! needle: step output reaches the console prefixed (`[dhcp] dhcp: lease …`), and under TCG a
+//! kernel message can share a line with a user-space one.
+//!
+//! Pure data in, data out: the checker is fed lines, it never reads a console itself.
+
+use std::time::Duration;
+
+use crate::image::BootPlan;
+
+/// One expected console line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Marker {
+    /// What it shows, for progress and failure messages (`onboot dhcp finished`).
+    pub label: String,
+    /// A substring of the console line.
+    pub needle: String,
+}
+
+impl Marker {
+    pub fn new(label: impl Into<String>, needle: impl Into<String>) -> Marker {
+        Marker { label: label.into(), needle: needle.into() }
+    }
+
+    pub fn kernel_started() -> Marker {
+        Marker::new("kernel started", "Linux version ")
+    }
+
+    pub fn init_started() -> Marker {
+        Marker::new("kiln-init started", "kiln: kiln-init ")
+    }
+
+    pub fn onboot_finished(name: &str) -> Marker {
+        Marker::new(format!("onboot {name} finished"), format!("kiln: onboot {name} finished ("))
+    }
+
+    pub fn onboot_timed_out(name: &str) -> Marker {
+        Marker::new(format!("onboot {name} timed out"), format!("kiln: onboot {name} timed out after "))
+    }
+
+    pub fn service_started(name: &str) -> Marker {
+        Marker::new(format!("service {name} started"), format!("kiln: service {name} started (pid "))
+    }
+
+    pub fn ready() -> Marker {
+        Marker::new("ready", "kiln: ready")
+    }
+
+    pub fn powering_off() -> Marker {
+        Marker::new("powering off", "kiln: powering off")
+    }
+}
+
+/// What the `dhcp` onboot step must say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetworkExpectation {
+    /// A lease from QEMU's user-mode DHCP server (`dhcp: lease A/N on eth0 via GW`).
+    Lease,
+    /// No NIC at all (`-nic none`): the step gives up and says why.
+    NoLink,
+}
+
+impl NetworkExpectation {
+    pub fn marker(self) -> Marker {
+        match self {
+            NetworkExpectation::Lease => Marker::new("DHCP lease", "dhcp: lease "),
+            NetworkExpectation::NoLink => Marker::new("dhcp gave up (no link)", "dhcp: no network link found, continuing"),
+        }
+    }
+}
+
+/// Console lines that end a boot early: nothing expected can follow them.
+pub const FATAL_NEEDLES: &[&str] = &["Kernel panic - not syncing", "kiln: error: "];
+
+/// Stages of expected markers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MarkerPlan {
+    pub stages: Vec<Vec<Marker>>,
+}
+
+impl MarkerPlan {
+    /// A stage of one marker.
+    pub fn then(mut self, marker: Marker) -> MarkerPlan {
+        self.stages.push(vec![marker]);
+        self
+    }
+
+    /// A stage whose markers may appear in any order among themselves.
+    pub fn then_all(mut self, markers: Vec<Marker>) -> MarkerPlan {
+        if !markers.is_empty() {
+            self.stages.push(markers);
+        }
+        self
+    }
+
+    /// The boot of an image up to `kiln: ready`: kernel, kiln-init, each onboot step in
+    /// order (the DHCP line before the `dhcp` step's end), every service, ready. Steps and
+    /// services named in `disabled` (given with `kiln.onboot.disable=`/`kiln.services.disable=`)
+    /// are expected to say so instead.
+    pub fn boot_to_ready(plan: &BootPlan, network: NetworkExpectation, disabled: &[&str]) -> MarkerPlan {
+        let mut markers = MarkerPlan::default().then(Marker::kernel_started()).then(Marker::init_started());
+        for step in &plan.onboot {
+            if disabled.contains(&step.as_str()) {
+                markers = markers.then(Marker::new(
+                    format!("onboot {step} disabled"),
+                    format!("kiln: onboot {step} disabled by kernel command line"),
+                ));
+                continue;
+            }
+            if step == "dhcp" {
+                markers = markers.then(network.marker());
+            }
+            markers = markers.then(Marker::onboot_finished(step));
+        }
+        let services = plan
+            .services
+            .iter()
+            .map(|service| {
+                if disabled.contains(&service.as_str()) {
+                    Marker::new(
+                        format!("service {service} disabled"),
+                        format!("kiln: service {service} disabled by kernel command line"),
+                    )
+                } else {
+                    Marker::service_started(service)
+                }
+            })
+            .collect();
+        markers.then_all(services).then(Marker::ready())
+    }
+
+    pub fn marker_count(&self) -> usize {
+        self.stages.iter().map(Vec::len).sum()
+    }
+}
+
+/// A marker seen on the console.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FoundMarker {
+    pub label: String,
+    pub line: String,
+    /// Since QEMU started.
+    pub at: Duration,
+}
+
+/// What feeding one line changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Feed {
+    Nothing,
+    Found(FoundMarker),
+    /// The last marker of the plan was found.
+    Complete(FoundMarker),
+    /// A line of [`FATAL_NEEDLES`].
+    Fatal(String),
+}
+
+/// The first stage not yet complete, for failure messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingMarkers {
+    /// Labels of the markers of that stage not seen yet.
+    pub missing: Vec<Marker>,
+    /// The last marker seen before it, if any.
+    pub after: Option<String>,
+    /// Markers of later stages that did appear, too early (out of order).
+    pub seen_early: Vec<String>,
+}
+
+impl std::fmt::Display for MissingMarkers {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<String> = self.missing.iter().map(|marker| format!("{} (`{}`)", marker.label, marker.needle)).collect();
+        write!(formatter, "missing marker: {}", names.join(", "))?;
+        match &self.after {
+            Some(after) => write!(formatter, "; last marker seen: {after}")?,
+            None => write!(formatter, "; no marker was seen")?,
+        }
+        if !self.seen_early.is_empty() {
+            write!(formatter, "; seen before it, out of order: {}", self.seen_early.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
+/// Walks a [`MarkerPlan`] as console lines arrive.
+#[derive(Debug, Clone)]
+pub struct MarkerChecker {
+    plan: MarkerPlan,
+    stage: usize,
+    seen_in_stage: Vec<bool>,
+    found: Vec<FoundMarker>,
+    seen_early: Vec<String>,
+}
+
+impl MarkerChecker {
+    pub fn new(plan: MarkerPlan) -> MarkerChecker {
+        let first_stage_length = plan.stages.first().map_or(0, Vec::len);
+        MarkerChecker { plan, stage: 0, seen_in_stage: vec![false; first_stage_length], found: Vec::new(), seen_early: Vec::new() }
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.stage >= self.plan.stages.len()
+    }
+
+    /// Every marker found so far, in the order found.
+    pub fn found(&self) -> &[FoundMarker] {
+        &self.found
+    }
+
+    pub fn feed(&mut self, line: &str, at: Duration) -> Feed {
+        if FATAL_NEEDLES.iter().any(|needle| line.contains(needle)) {
+            return Feed::Fatal(line.to_string());
+        }
+        if self.is_complete() {
+            return Feed::Nothing;
+        }
+        let stage = &self.plan.stages[self.stage];
+        let matched = stage.iter().enumerate().find(|(index, marker)| !self.seen_in_stage[*index] && line.contains(&marker.needle));
+        let Some((index, marker)) = matched else {
+            for later in self.plan.stages.iter().skip(self.stage + 1).flatten() {
+                if line.contains(&later.needle) && !self.seen_early.contains(&later.label) {
+                    self.seen_early.push(later.label.clone());
+                }
+            }
+            return Feed::Nothing;
+        };
+        let found = FoundMarker { label: marker.label.clone(), line: line.to_string(), at };
+        self.seen_in_stage[index] = true;
+        self.found.push(found.clone());
+        if self.seen_in_stage.iter().all(|seen| *seen) {
+            self.stage += 1;
+            self.seen_in_stage = vec![false; self.plan.stages.get(self.stage).map_or(0, Vec::len)];
+            if self.is_complete() {
+                return Feed::Complete(found);
+            }
+        }
+        Feed::Found(found)
+    }
+
+    /// What is still missing, or `None` when the plan is complete.
+    pub fn missing(&self) -> Option<MissingMarkers> {
+        let stage = self.plan.stages.get(self.stage)?;
+        let missing = stage.iter().zip(&self.seen_in_stage).filter(|(_, seen)| !**seen).map(|(marker, _)| marker.clone()).collect();
+        Some(MissingMarkers {
+            missing,
+            after: self.found.last().map(|found| found.label.clone()),
+            seen_early: self.seen_early.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PlanSource;
+
+    fn hook_plan() -> BootPlan {
+        BootPlan {
+            onboot: vec!["base".into(), "rngd".into(), "kmod".into(), "dhcp".into()],
+            services: vec!["syslog".into(), "getty".into(), "sshd".into()],
+            source: PlanSource::InitramfsConfig,
+        }
+    }
+
+    /// Feeds `console` line by line; returns the labels found and the final verdict.
+    fn check(plan: MarkerPlan, console: &str) -> String {
+        let mut checker = MarkerChecker::new(plan);
+        let mut report = String::new();
+        for (number, line) in console.lines().enumerate() {
+            match checker.feed(line, Duration::from_secs(u64::try_from(number).unwrap())) {
+                Feed::Nothing => {}
+                Feed::Found(found) => report.push_str(&format!("found {} at {}s\n", found.label, found.at.as_secs())),
+                Feed::Complete(found) => report.push_str(&format!("complete with {}\n", found.label)),
+                Feed::Fatal(line) => {
+                    report.push_str(&format!("fatal: {line}\n"));
+                    break;
+                }
+            }
+        }
+        if let Some(missing) = checker.missing() {
+            report.push_str(&format!("{missing}\n"));
+        }
+        report
+    }
+
+    const GOOD_BOOT: &str = "\
+[    0.000000] Linux version 6.1.192-kiln (kiln@kiln) #1 SMP
+kiln: kiln-init 0.1.0 starting
+kiln: onboot base finished (exit 0, 0.1s)
+kiln: onboot rngd finished (exit 0, 0.3s)
+kiln: onboot kmod finished (exit 0, 1.0s)
+[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2
+kiln: onboot dhcp finished (exit 0, 2.1s)
+kiln: service syslog started (pid 80)
+kiln: service sshd started (pid 82)
+kiln: service getty started (pid 81)
+kiln: ready
+";
+
+    #[test]
+    fn a_good_boot_completes_with_services_in_any_order() {
+        let plan = MarkerPlan::boot_to_ready(&hook_plan(), NetworkExpectation::Lease, &[]);
+        assert_eq!(plan.marker_count(), 11);
+        insta::assert_snapshot!(check(plan, GOOD_BOOT), @r"
+        found kernel started at 0s
+        found kiln-init started at 1s
+        found onboot base finished at 2s
+        found onboot rngd finished at 3s
+        found onboot kmod finished at 4s
+        found DHCP lease at 5s
+        found onboot dhcp finished at 6s
+        found service syslog started at 7s
+        found service sshd started at 8s
+        found service getty started at 9s
+        complete with ready
+        ");
+    }
+
+    #[test]
+    fn a_missing_lease_names_the_marker_and_the_last_one_seen() {
+        let console = GOOD_BOOT.replace("[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2\n", "[dhcp] dhcp: no lease on eth0 after 30s, continuing\n");
+        let plan = MarkerPlan::boot_to_ready(&hook_plan(), NetworkExpectation::Lease, &[]);
+        insta::assert_snapshot!(check(plan, &console), @r"
+        found kernel started at 0s
+        found kiln-init started at 1s
+        found onboot base finished at 2s
+        found onboot rngd finished at 3s
+        found onboot kmod finished at 4s
+        missing marker: DHCP lease (`dhcp: lease `); last marker seen: onboot kmod finished; seen before it, out of order: onboot dhcp finished, service syslog started, service sshd started, service getty started, ready
+        ");
+    }
+
+    #[test]
+    fn a_kernel_panic_ends_the_check_and_disabled_services_are_expected_to_say_so() {
+        let plan = MarkerPlan::boot_to_ready(&hook_plan(), NetworkExpectation::NoLink, &["sshd"]);
+        let console = "Linux version 6.1\nkiln: kiln-init 0.1.0 starting\nKernel panic - not syncing: Attempted to kill init!\n";
+        insta::assert_snapshot!(check(plan.clone(), console), @r"
+        found kernel started at 0s
+        found kiln-init started at 1s
+        fatal: Kernel panic - not syncing: Attempted to kill init!
+        missing marker: onboot base finished (`kiln: onboot base finished (`); last marker seen: kiln-init started
+        ");
+        let last_stages: Vec<Vec<String>> = plan.stages[plan.stages.len() - 3..]
+            .iter()
+            .map(|stage| stage.iter().map(|marker| marker.needle.clone()).collect())
+            .collect();
+        insta::assert_debug_snapshot!(last_stages, @r#"
+        [
+            [
+                "kiln: onboot dhcp finished (",
+            ],
+            [
+                "kiln: service syslog started (pid ",
+                "kiln: service getty started (pid ",
+                "kiln: service sshd disabled by kernel command line",
+            ],
+            [
+                "kiln: ready",
+            ],
+        ]
+        "#);
+    }
+}

@@ -20,6 +20,7 @@ mod nix;
 mod progress;
 mod pull;
 mod push;
+mod smoke;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -62,6 +63,9 @@ enum Command {
     /// Drive the Nix flake: `build` an output, `check-pins` against kiln.lock, `seed` the Nix store.
     #[command(subcommand)]
     Nix(nix::Command),
+    /// Boot an image in QEMU and check it end to end: markers, DHCP lease, SSH, power-off.
+    #[command(subcommand)]
+    Smoke(smoke::Command),
     /// Write modules/README.md (schema and module/profile reference); `--check` exits 1 if stale.
     Catalog(catalog::Args),
 }
@@ -82,6 +86,7 @@ fn main() -> std::process::ExitCode {
         Command::Push(args) => push::run(args),
         Command::Pull(args) => pull::run(args),
         Command::Nix(command) => nix::run(command),
+        Command::Smoke(command) => smoke::run(command),
         Command::Catalog(args) => catalog::run(args),
     };
     match result {

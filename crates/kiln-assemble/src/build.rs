@@ -8,7 +8,7 @@
 //! kernel .config ◄─ every module's kernel options (checked before writing)  kiln-compose
 //! layers in profile order + files + crates + modules.tar + generated files  kiln-compose
 //! tree ─► newc + zstd initramfs                                            kiln-archive
-//! out/<name>/: vmlinuz, initramfs, cmdline, boot.ipxe, tar.gz, manifest, SHA256SUMS  kiln-image
+//! out/<name>/<arch>/: vmlinuz, initramfs, cmdline, boot.ipxe, tar.gz, manifest, SHA256SUMS
 //! ```
 //!
 //! A build whose every input (the build key) equals the one recorded in the output's
@@ -32,6 +32,10 @@ use sha2::{Digest, Sha256};
 
 use crate::plan::{plan_resolved, Plan};
 
+/// The initramfs's zstd level unless asked otherwise: measured on the hook image (55 MB of
+/// cpio), level 12 gives 20.8 MB in 5.5 s, level 19 18.6 MB in 35 s (zstd CLI, 2 threads).
+pub const DEFAULT_IMAGE_ZSTD_LEVEL: i32 = 12;
+
 /// The kernel source package the kernel is built from (a `build` module pins it).
 pub const KERNEL_SOURCE_PACKAGE: &str = "linux-source-6.1";
 /// The tarball inside it.
@@ -46,7 +50,8 @@ pub struct ImageRequest {
     pub profile: String,
     /// The target.
     pub arch: ImageArch,
-    /// Outputs go to `out_root/<output name>/`.
+    /// Outputs go to `out_root/<output name>/<arch>/` (each architecture's directory is
+    /// replaced as a whole, so building one never disturbs the other's).
     pub out_root: PathBuf,
     /// Store only, never the network.
     pub offline: bool,
@@ -77,7 +82,7 @@ pub trait ImageObserver {
 /// What a build did.
 #[derive(Debug, Clone)]
 pub struct ImageReport {
-    /// `out_root/<output name>`.
+    /// `out_root/<output name>/<arch>`.
     pub directory: PathBuf,
     /// File name → sha256 (the `SHA256SUMS`).
     pub sha256sums: BTreeMap<String, String>,
@@ -161,9 +166,7 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
     observer.stage(3, STAGES, "kernel");
     let kernel = kernel_artifact(request, &plan, &lock, &store, epoch, observer)?;
     let kernel_config = fs::read_to_string(kernel.config_path()).map_err(io_error("reading", &kernel.config_path()))?;
-    if let Err(missing) = check_kernel_options(&plan.kernel_options, &kernel_config) {
-        return Err(ImageError::KernelOptions { release: kernel.release.clone(), origin: kernel_origin(&kernel), missing });
-    }
+    check_kernel_config(&plan, &kernel_config, &kernel.release, &kernel_origin(&kernel))?;
 
     observer.stage(4, STAGES, "build workspace crates for the target");
     let mut crate_binaries: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -179,7 +182,7 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
     }
 
     let build_key = build_key(request, &plan, &lock_path, &kernel, &crate_binaries, &catalog)?;
-    let output_dir = request.out_root.join(&plan.profile.output_name);
+    let output_dir = request.out_root.join(&plan.profile.output_name).join(request.arch.name());
     if let Some(report) = up_to_date(&output_dir, &build_key, &plan)? {
         observer.note(&format!("{} is up to date (build key {})", output_dir.display(), &build_key[..16]));
         return Ok(report);
@@ -328,6 +331,12 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         ram_budget_mib: plan.profile.ram_budget_mib,
         build_key,
     })
+}
+
+/// Every kernel option the plan's modules need, against the kernel's `.config` text.
+pub fn check_kernel_config(plan: &Plan, kernel_config: &str, release: &str, origin: &str) -> Result<(), ImageError> {
+    check_kernel_options(&plan.kernel_options, kernel_config)
+        .map_err(|missing| ImageError::KernelOptions { release: release.to_owned(), origin: origin.to_owned(), missing })
 }
 
 /// The lock's name for an image architecture.
@@ -485,7 +494,7 @@ fn add_generated(tree: &mut ComposedTree, module: &str, path: &str, permissions:
 /// A module's `files:` directory into the tree: owners 0:0, directories 0755, files 0755
 /// when the checkout marks them executable and 0644 otherwise (what git records), so the
 /// checkout's umask and user never reach the image.
-fn add_files(tree: &mut ComposedTree, module: &str, directory: &Path) -> Result<(), ImageError> {
+pub fn add_files(tree: &mut ComposedTree, module: &str, directory: &Path) -> Result<(), ImageError> {
     if !directory.is_dir() {
         return Err(ImageError::Other(format!("module `{module}`: `files: ` names {}, which is not a directory", directory.display())));
     }

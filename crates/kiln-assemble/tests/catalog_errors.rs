@@ -1,0 +1,173 @@
+//! Bad catalog input, each with its exact message: what is wrong, where, and what to do.
+//! Every case goes through the same functions `cargo xtask image` calls, on a small
+//! catalog written into a temporary directory (printed as `<root>`).
+
+use std::fs;
+use std::path::Path;
+
+use kiln_assemble::build::{add_files, check_kernel_config};
+use kiln_compose::ComposedTree;
+use kiln_image::ImageArch;
+use kiln_spec::Catalog;
+
+struct Fixture {
+    root: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let fixture = Fixture { root: tempfile::tempdir().unwrap() };
+        fixture.module("base", "description: d\nkind: base\n");
+        fixture
+    }
+
+    fn module(&self, name: &str, text: &str) -> &Self {
+        let directory = self.root.path().join("modules").join(name);
+        fs::create_dir_all(&directory).unwrap();
+        fs::write(directory.join("module.yaml"), text).unwrap();
+        self
+    }
+
+    fn file(&self, module: &str, path: &str, contents: &str) -> &Self {
+        let path = self.root.path().join("modules").join(module).join("files").join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, contents).unwrap();
+        self
+    }
+
+    fn profile(&self, name: &str, text: &str) -> &Self {
+        fs::create_dir_all(self.root.path().join("profiles")).unwrap();
+        fs::write(self.root.path().join("profiles").join(format!("{name}.yaml")), text).unwrap();
+        self
+    }
+
+    fn path(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// The error of loading the catalog and planning `profile`, with the root redacted.
+    fn plan_error(&self, profile: &str) -> String {
+        let error = match Catalog::load(self.path()) {
+            Err(error) => error.to_string(),
+            Ok(catalog) => match kiln_assemble::plan(&catalog, profile, ImageArch::X86_64) {
+                Err(error) => error.to_string(),
+                Ok(_) => panic!("profile `{profile}` planned without an error"),
+            },
+        };
+        self.redact(&error)
+    }
+
+    fn redact(&self, text: &str) -> String {
+        text.replace(&self.path().display().to_string(), "<root>")
+    }
+}
+
+#[test]
+fn unknown_key_names_file_line_and_column() {
+    let fixture = Fixture::new();
+    fixture.module("dhcp", "description: d\nkind: onboot\ncomand: [/bin/true]\n").profile("p", "modules: [base, dhcp]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`");
+}
+
+#[test]
+fn unknown_profile_key_names_file_line_and_column() {
+    let fixture = Fixture::new();
+    fixture.profile("p", "modules: [base]\nkernal: {flavor: virt}\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml:2:1: unknown field `kernal`, expected one of `description`, `extends`, `modules`, `remove`, `options`, `kernel`, `cmdline`, `output_name`, `ram_budget_mib`");
+}
+
+#[test]
+fn missing_module_names_the_profile_and_the_expected_file() {
+    let fixture = Fixture::new();
+    fixture.profile("p", "modules: [base, sshd]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml: profile `p` names module `sshd`, but <root>/modules/sshd/module.yaml does not exist: add the module or remove it from the profile");
+}
+
+#[test]
+fn dependency_cycle_is_named_in_order() {
+    let fixture = Fixture::new();
+    fixture
+        .module("a", "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [c]\n")
+        .module("b", "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [a]\n")
+        .module("c", "description: d\nkind: onboot\ncommand: [/bin/true]\nrequires: [b]\n")
+        .profile("p", "modules: [base, a, b, c]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"`after:`/`requires:` of profile `p`'s modules make a cycle: a after c after b after a; remove one of these constraints");
+}
+
+#[test]
+fn missing_requirement_says_which_profile_to_fix() {
+    let fixture = Fixture::new();
+    fixture.module("sshd", "description: d\nkind: service\ncommand: [/bin/sshd]\nrequires: [base, syslog]\n").module("syslog", "description: d\nkind: service\ncommand: [/bin/syslogd]\n").profile("p", "modules: [base, sshd]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"module `sshd` requires module `syslog`, which profile `p` does not include: add `syslog` to `modules:` in <root>/profiles/p.yaml");
+}
+
+#[test]
+fn extends_cycle_is_an_error() {
+    let fixture = Fixture::new();
+    fixture.profile("a", "extends: b\nmodules: [base]\n").profile("b", "extends: a\n");
+    insta::assert_snapshot!(fixture.plan_error("a"), @"<root>/profiles/b.yaml: `extends` makes a cycle: a -> b -> a; remove one of the `extends:`");
+}
+
+#[test]
+fn required_option_without_value() {
+    let fixture = Fixture::new();
+    fixture
+        .module("agent", "description: d\nkind: service\ncommand: [/bin/agent, --server, '${server}']\noptions:\n  server: {description: the provisioning server}\n")
+        .profile("p", "modules: [base, agent]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"module `agent` needs option `server` (the provisioning server): set it in profile `p` as `options: {agent: {server: ...}}`");
+}
+
+#[test]
+fn options_are_substituted_into_the_init_config() {
+    let fixture = Fixture::new();
+    fixture
+        .module("agent", "description: d\nkind: service\ncommand: [/bin/agent, --port, '${port}']\nenv: {AGENT_PORT: '${port}'}\noptions:\n  port: {description: where it listens, default: 42}\n")
+        .profile("p", "modules: [base, agent]\noptions: {agent: {port: 4242}}\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    let service = &plan.init_config.services[0];
+    assert_eq!(service.argv, ["/bin/agent", "--port", "4242"]);
+    assert_eq!(service.env["AGENT_PORT"], "4242");
+}
+
+#[test]
+fn path_conflict_names_both_modules_and_the_path() {
+    let fixture = Fixture::new();
+    fixture.file("base", "etc/motd", "hello\n").file("branding", "etc/motd", "welcome\n");
+    let mut tree = ComposedTree::new();
+    add_files(&mut tree, "base", &fixture.path().join("modules/base/files")).unwrap();
+    let error = add_files(&mut tree, "branding", &fixture.path().join("modules/branding/files")).unwrap_err();
+    insta::assert_snapshot!(fixture.redact(&error.to_string()), @"modules `base` and `branding` both provide `etc/motd` with different contents; remove it from one of them, or whiteout it in `branding`");
+}
+
+#[test]
+fn missing_kernel_option_names_module_option_and_kernel() {
+    let fixture = Fixture::new();
+    fixture
+        .module("dhcp", "description: d\nkind: onboot\ncommand: [/bin/dhcp]\nkernel:\n  options: [CONFIG_PACKET, CONFIG_VLAN_8021Q, CONFIG_UNIX=y]\n")
+        .profile("p", "modules: [base, dhcp]\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    let config = "CONFIG_PACKET=m\n# CONFIG_VLAN_8021Q is not set\nCONFIG_UNIX=m\n";
+    let error = check_kernel_config(&plan, config, "6.1.192-kiln", "flavor virt").unwrap_err();
+    insta::assert_snapshot!(error.to_string(), @r"
+    the kernel 6.1.192-kiln (flavor virt) lacks what the profile's modules need:
+      module `dhcp` needs CONFIG_VLAN_8021Q=y or m but the kernel has it unset
+      module `dhcp` needs CONFIG_UNIX=y but the kernel has CONFIG_UNIX=m
+    add the options to a fragment under kernel-configs/ (then `cargo xtask kernel` rebuilds), or drop the module
+    ");
+}
+
+#[test]
+fn onboot_order_follows_after_and_keeps_profile_order_otherwise() {
+    let fixture = Fixture::new();
+    fixture
+        .module("dhcp", "description: d\nkind: onboot\ncommand: [/bin/dhcp]\nafter: [kmod]\n")
+        .module("kmod", "description: d\nkind: onboot\ncommand: [/bin/kmod]\n")
+        .module("sysctl", "description: d\nkind: onboot\ncommand: [/bin/sysctl]\n")
+        .profile("p", "modules: [base, dhcp, sysctl, kmod]\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    let names: Vec<&str> = plan.init_config.onboot.iter().map(|step| step.name.as_str()).collect();
+    assert_eq!(names, ["sysctl", "kmod", "dhcp"]);
+}

@@ -57,6 +57,10 @@ pub struct Args {
     /// zstd level of the initramfs (19 is ~11% smaller and ~6x slower to build).
     #[arg(long, default_value_t = kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL)]
     level: i32,
+    /// The repository to build from (catalog, kiln.lock, kernel-configs, crates). Default:
+    /// the one this xtask was built from.
+    #[arg(long)]
+    root: Option<PathBuf>,
     /// Skip installing host packages and rustup targets (they must be there).
     #[arg(long)]
     no_setup: bool,
@@ -76,7 +80,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         crate::host::ensure_debian_packages(IMAGE_PACKAGES)?;
         ensure_rust_targets()?;
     }
-    let workspace = crate::epoch::workspace_root();
+    let workspace = match &args.root {
+        Some(root) => root.canonicalize().with_context(|| format!("--root {}", root.display()))?,
+        None => crate::epoch::workspace_root(),
+    };
     let out_root = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
     let store_root = Store::default_root()?;
     let kernel_cache = KernelCache::from_environment().context("no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE")?;

@@ -60,7 +60,7 @@ pkgs.runCommand "kiln-image-${profile}-${arch}"
     }
     ${builtins.concatStringsSep "" (map placeBlob fetched)}
     cd "$KILN_ROOT"
-    kiln image --arch ${arch} --profile ${profile} --offline \
+    kiln image --arch ${arch} --profile ${profile} --offline --no-setup \
       --kernel-artifact ${kernel} --out "$TMPDIR/out"
     mkdir -p $out
     cp -r "$TMPDIR/out"/. $out/

@@ -28,7 +28,7 @@ fn copy_checkout(to: &Path) {
 
 /// The x86_64 virt kernel artifact (built into the default cache if it is not there yet).
 fn kernel_artifact() -> PathBuf {
-    let output = run(xtask(&["kernel", "--arch", "x86_64", "--flavor", "virt"])).unwrap();
+    let output = run(&mut xtask(&["kernel", "--arch", "x86_64", "--flavor", "virt"])).unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     let line = stdout.lines().find_map(|line| line.strip_prefix("artifact: ")).unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
     PathBuf::from(line.trim())

@@ -58,7 +58,7 @@ pub struct Args {
     #[arg(long, default_value_t = kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL)]
     level: i32,
     /// The repository to build from (catalog, kiln.lock, kernel-configs, crates). Default:
-    /// the one this xtask was built from.
+    /// $KILN_ROOT (how the Nix derivation runs it), else the one this xtask was built from.
     #[arg(long)]
     root: Option<PathBuf>,
     /// Skip installing host packages and rustup targets (they must be there).
@@ -82,7 +82,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let workspace = match &args.root {
         Some(root) => root.canonicalize().with_context(|| format!("--root {}", root.display()))?,
-        None => crate::epoch::workspace_root(),
+        None => match std::env::var_os("KILN_ROOT") {
+            Some(root) => PathBuf::from(root),
+            None => crate::epoch::workspace_root(),
+        },
     };
     let out_root = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
     let store_root = Store::default_root()?;
@@ -143,7 +146,7 @@ fn format_bytes(bytes: u64) -> String {
 
 /// Adds the musl targets when rustup lacks them (rust-toolchain.toml lists them, but a
 /// toolchain installed before that file does not get them by itself).
-fn ensure_rust_targets() -> anyhow::Result<()> {
+pub fn ensure_rust_targets() -> anyhow::Result<()> {
     let Ok(output) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
         return Ok(()); // no rustup: the toolchain is managed elsewhere (Nix); cargo will say what is missing
     };

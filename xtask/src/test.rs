@@ -17,7 +17,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::host::ensure_debian_packages(crate::host::TEST_PACKAGES)?;
+    let packages: Vec<(&str, &str)> = crate::host::TEST_PACKAGES.iter().chain(crate::image::IMAGE_PACKAGES).copied().collect();
+    crate::host::ensure_debian_packages(&packages)?;
+    crate::image::ensure_rust_targets()?;
     crate::host::ensure_cargo_nextest()?;
     let mut command = Command::new("cargo");
     command.current_dir(crate::epoch::workspace_root());

@@ -112,7 +112,7 @@ pub enum ImageError {
     #[error(transparent)]
     Store(#[from] kiln_store::StoreError),
     #[error(transparent)]
-    Fetch(#[from] kiln_fetch::FetchError),
+    Fetch(Box<kiln_fetch::FetchError>),
     #[error("turning {package} into an OCI image: {source}")]
     Oci { package: String, source: Box<dyn std::error::Error + Send + Sync> },
     #[error("the kernel: {0}")]
@@ -133,6 +133,12 @@ pub enum ImageError {
     Io { action: &'static str, path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Other(String),
+}
+
+impl From<kiln_fetch::FetchError> for ImageError {
+    fn from(error: kiln_fetch::FetchError) -> Self {
+        ImageError::Fetch(Box::new(error))
+    }
 }
 
 fn io_error<'path>(action: &'static str, path: &'path Path) -> impl FnOnce(std::io::Error) -> ImageError + 'path {

@@ -319,10 +319,7 @@ fn run_order(profile: &ResolvedProfile, modules: &[PlannedModule]) -> Result<Vec
 fn describe_cycle(start: usize, before: &[BTreeSet<usize>], done: &[bool], modules: &[PlannedModule]) -> String {
     let mut path = vec![start];
     let mut current = start;
-    loop {
-        let Some(&next) = before[current].iter().find(|&&earlier| !done[earlier]) else {
-            break;
-        };
+    while let Some(&next) = before[current].iter().find(|&&earlier| !done[earlier]) {
         if let Some(position) = path.iter().position(|&seen| seen == next) {
             let mut cycle: Vec<&str> = path[position..].iter().map(|&index| modules[index].name.as_str()).collect();
             cycle.push(modules[next].name.as_str());

@@ -38,10 +38,10 @@ pub struct QemuArgs {
     /// direct (QEMU loads kernel and initramfs) or ipxe (netboot through iPXE and TFTP).
     #[arg(long, default_value = "direct", value_parser = parse_boot)]
     boot: BootMethod,
-    /// Where images are (OUT/<profile output name>/).
+    /// Where images are (OUT/<profile output name>/<arch>/).
     #[arg(long, default_value = "out")]
     out: PathBuf,
-    /// Boot this image directory instead of OUT/<profile output name>/ (never built).
+    /// Boot this image directory instead of OUT/<profile output name>/<arch>/ (never built).
     #[arg(long)]
     image: Option<PathBuf>,
     /// Console log, QEMU's stderr, the run's key (default: target/smoke/NAME-ARCH-BOOT/).
@@ -115,7 +115,7 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
         None => {
             let name = output_name(&workspace, &args.profile)?;
             let out = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
-            let directory = out.join(&name);
+            let directory = out.join(&name).join(args.arch.name());
             if ImageDirectory::open(&directory, args.arch).is_ok() {
                 announce(&format!("image: {} (exists; rebuild with `cargo xtask image --arch {} --profile {}`)", directory.display(), args.arch.name(), args.profile));
             } else {

@@ -43,6 +43,12 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
     if let Some(choice) = verdict.as_ref() {
         return choice.clone();
     }
+    // Other processes (one per test under nextest) reuse a verdict made since the last host boot.
+    let cache = verdict_cache_path();
+    if let Some(choice) = cache.as_ref().and_then(|path| read_cached_verdict(path)) {
+        *verdict = Some(choice.clone());
+        return choice;
+    }
     let choice = match probe_kvm(arch, kernel) {
         Ok(elapsed) => AcceleratorChoice {
             accelerator: Accelerator::Kvm,
@@ -50,8 +56,30 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
         },
         Err(why) => AcceleratorChoice { accelerator: Accelerator::Tcg, reason: format!("KVM unusable ({why}), TCG") },
     };
+    if let Some(path) = cache {
+        let text = format!("{}\n{}\n", choice.accelerator.name(), choice.reason);
+        let _ = std::fs::write(&path, text);
+    }
     *verdict = Some(choice.clone());
     choice
+}
+
+/// `$TMPDIR/kiln-smoke-accel-BOOT_ID`: the host's KVM does not change until it reboots.
+fn verdict_cache_path() -> Option<std::path::PathBuf> {
+    let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(std::env::temp_dir().join(format!("kiln-smoke-accel-{}", boot_id.trim())))
+}
+
+fn read_cached_verdict(path: &Path) -> Option<AcceleratorChoice> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut lines = text.lines();
+    let accelerator = match lines.next()? {
+        "kvm" => Accelerator::Kvm,
+        "tcg" => Accelerator::Tcg,
+        _ => return None,
+    };
+    let reason = format!("{} (probed earlier since this host booted: {})", lines.next().unwrap_or_default(), path.display());
+    Some(AcceleratorChoice { accelerator, reason })
 }
 
 fn host_arch() -> ImageArch {

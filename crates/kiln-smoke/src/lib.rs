@@ -56,6 +56,8 @@ pub mod vm;
 use std::path::PathBuf;
 
 pub use kiln_image::ImageArch;
+/// The `/etc/kiln/init.json` schema, for tests that inject a replacement config.
+pub use kiln_init::config as init_config;
 
 /// Everything that can stop a smoke run before a verdict on the image.
 #[derive(Debug, thiserror::Error)]

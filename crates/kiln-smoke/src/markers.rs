@@ -17,13 +17,27 @@ use crate::image::BootPlan;
 pub struct Marker {
     /// What it shows, for progress and failure messages (`onboot dhcp finished`).
     pub label: String,
-    /// A substring of the console line.
-    pub needle: String,
+    /// Substrings of the console line: any one of them matches.
+    pub needles: Vec<String>,
 }
 
 impl Marker {
     pub fn new(label: impl Into<String>, needle: impl Into<String>) -> Marker {
-        Marker { label: label.into(), needle: needle.into() }
+        Marker { label: label.into(), needles: vec![needle.into()] }
+    }
+
+    /// A marker that any of several lines satisfies.
+    pub fn any_of(label: impl Into<String>, needles: &[&str]) -> Marker {
+        Marker { label: label.into(), needles: needles.iter().map(|needle| needle.to_string()).collect() }
+    }
+
+    pub fn matches(&self, line: &str) -> bool {
+        self.needles.iter().any(|needle| line.contains(needle.as_str()))
+    }
+
+    /// The needles as `a` or `b`, for messages.
+    pub fn needle_text(&self) -> String {
+        self.needles.iter().map(|needle| format!("`{needle}`")).collect::<Vec<_>>().join(" or ")
     }
 
     pub fn kernel_started() -> Marker {
@@ -60,7 +74,8 @@ impl Marker {
 pub enum NetworkExpectation {
     /// A lease from QEMU's user-mode DHCP server (`dhcp: lease A/N on eth0 via GW`).
     Lease,
-    /// No NIC at all (`-nic none`): the step gives up and says why.
+    /// No NIC at all (`-nic none`): the step gives up and says why (`dhcp: no network link
+    /// found, continuing`, or `dhcp: no lease on LINK after Ns, continuing`).
     NoLink,
 }
 
@@ -68,7 +83,11 @@ impl NetworkExpectation {
     pub fn marker(self) -> Marker {
         match self {
             NetworkExpectation::Lease => Marker::new("DHCP lease", "dhcp: lease "),
-            NetworkExpectation::NoLink => Marker::new("dhcp gave up (no link)", "dhcp: no network link found, continuing"),
+            // Either line says why; the dhcp module also counts the kernel's `sit0` tunnel
+            // as a link, and then gives up on it after kiln.dhcp.timeout instead.
+            NetworkExpectation::NoLink => {
+                Marker::any_of("dhcp gave up", &["dhcp: no network link found, continuing", "dhcp: no lease on "])
+            }
         }
     }
 }
@@ -133,6 +152,24 @@ impl MarkerPlan {
         markers.then_all(services).then(Marker::ready())
     }
 
+    /// iPXE's own console lines of a netboot from QEMU's TFTP server: it started, fetched the
+    /// script, then the kernel and initramfs the script names (relative to the script).
+    pub fn ipxe_netboot(arch: crate::ImageArch, bootfile: &str) -> MarkerPlan {
+        let kernel = kiln_image::kernel_file_name(arch);
+        let initramfs = kiln_image::initramfs_file_name(arch);
+        MarkerPlan::default()
+            .then(Marker::new("iPXE started", "iPXE initialising devices"))
+            .then(Marker::new(format!("iPXE fetched {bootfile}"), format!("tftp://10.0.2.2/{bootfile}... ok")))
+            .then(Marker::new(format!("iPXE fetched {kernel}"), format!("{kernel}... ok")))
+            .then(Marker::new(format!("iPXE fetched {initramfs}"), format!("{initramfs}... ok")))
+    }
+
+    /// This plan's stages, then `next`'s.
+    pub fn followed_by(mut self, next: MarkerPlan) -> MarkerPlan {
+        self.stages.extend(next.stages);
+        self
+    }
+
     pub fn marker_count(&self) -> usize {
         self.stages.iter().map(Vec::len).sum()
     }
@@ -171,7 +208,7 @@ pub struct MissingMarkers {
 
 impl std::fmt::Display for MissingMarkers {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.missing.iter().map(|marker| format!("{} (`{}`)", marker.label, marker.needle)).collect();
+        let names: Vec<String> = self.missing.iter().map(|marker| format!("{} ({})", marker.label, marker.needle_text())).collect();
         write!(formatter, "missing marker: {}", names.join(", "))?;
         match &self.after {
             Some(after) => write!(formatter, "; last marker seen: {after}")?,
@@ -217,10 +254,10 @@ impl MarkerChecker {
             return Feed::Nothing;
         }
         let stage = &self.plan.stages[self.stage];
-        let matched = stage.iter().enumerate().find(|(index, marker)| !self.seen_in_stage[*index] && line.contains(&marker.needle));
+        let matched = stage.iter().enumerate().find(|(index, marker)| !self.seen_in_stage[*index] && marker.matches(line));
         let Some((index, marker)) = matched else {
             for later in self.plan.stages.iter().skip(self.stage + 1).flatten() {
-                if line.contains(&later.needle) && !self.seen_early.contains(&later.label) {
+                if later.matches(line) && !self.seen_early.contains(&later.label) {
                     self.seen_early.push(later.label.clone());
                 }
             }
@@ -344,20 +381,20 @@ kiln: ready
         ");
         let last_stages: Vec<Vec<String>> = plan.stages[plan.stages.len() - 3..]
             .iter()
-            .map(|stage| stage.iter().map(|marker| marker.needle.clone()).collect())
+            .map(|stage| stage.iter().map(Marker::needle_text).collect())
             .collect();
         insta::assert_debug_snapshot!(last_stages, @r#"
         [
             [
-                "kiln: onboot dhcp finished (",
+                "`kiln: onboot dhcp finished (`",
             ],
             [
-                "kiln: service syslog started (pid ",
-                "kiln: service getty started (pid ",
-                "kiln: service sshd disabled by kernel command line",
+                "`kiln: service syslog started (pid `",
+                "`kiln: service getty started (pid `",
+                "`kiln: service sshd disabled by kernel command line`",
             ],
             [
-                "kiln: ready",
+                "`kiln: ready`",
             ],
         ]
         "#);

@@ -29,6 +29,9 @@ impl BootMethod {
     }
 }
 
+/// The name the image's iPXE script is served under (QEMU's DHCP hands it out as bootfile).
+pub const IPXE_BOOTFILE: &str = "boot.ipxe";
+
 /// Console lines kept in a failure message.
 pub const TAIL_LINES: usize = 60;
 
@@ -249,6 +252,16 @@ pub fn concatenate_initramfs(image_initramfs: &Path, extra: &Path, destination: 
     fs::write(destination, bytes).map_err(SmokeError::io("writing", destination))
 }
 
+/// The steps and services of the image's initramfs followed by `extra` (later files win).
+pub fn effective_boot_plan(image: &ImageDirectory, extra: &Path) -> Result<BootPlan, SmokeError> {
+    let mut bytes = fs::read(&image.initramfs).map_err(SmokeError::io("reading", &image.initramfs))?;
+    bytes.resize(bytes.len().next_multiple_of(4), 0);
+    bytes.extend(fs::read(extra).map_err(SmokeError::io("reading", extra))?);
+    let config = crate::image::init_config_from_initramfs(&bytes)
+        .map_err(|problem| SmokeError::BadImage { path: extra.to_path_buf(), problem })?;
+    Ok(BootPlan::from_config(&config, crate::image::PlanSource::InitramfsConfig))
+}
+
 /// The TFTP root: the image's kernel and initramfs under their own names, and its
 /// `boot.ipxe` with `cmdline`'s additions on the `kernel` line.
 fn prepare_tftp_directory(image: &ImageDirectory, initramfs: &Path, cmdline: &str, directory: &Path) -> Result<TftpBoot, SmokeError> {
@@ -263,14 +276,23 @@ fn prepare_tftp_directory(image: &ImageDirectory, initramfs: &Path, cmdline: &st
     let additions = cmdline.strip_prefix(image.cmdline.as_str()).unwrap_or(cmdline).trim();
     let script = ipxe_script_with_extra_arguments(&script, additions)
         .map_err(|problem| SmokeError::BadImage { path: image.boot_ipxe.clone(), problem })?;
-    let script_path = directory.join("boot.ipxe");
+    let script_path = directory.join(IPXE_BOOTFILE);
     fs::write(&script_path, script).map_err(SmokeError::io("writing", &script_path))?;
-    Ok(TftpBoot { directory: directory.to_path_buf(), bootfile: "boot.ipxe".to_string() })
+    Ok(TftpBoot { directory: directory.to_path_buf(), bootfile: IPXE_BOOTFILE.to_string() })
 }
 
 /// Boot, markers, SSH, power-off. `events` sees progress.
 pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dyn FnMut(SmokeEvent<'_>)) -> Result<SmokeReport, SmokeRunError> {
-    let plan = image.boot_plan()?;
+    if options.boot == BootMethod::Ipxe {
+        if let Some(reason) = qemu::ipxe_unavailable_reason(image.arch) {
+            return Err(SmokeError::Unsupported(reason.to_string()).into());
+        }
+    }
+    let plan = match &options.extra_initramfs {
+        None => image.boot_plan()?,
+        // The extra segment may replace /etc/kiln/init.json: expect what the kernel will unpack.
+        Some(extra) => effective_boot_plan(image, extra)?,
+    };
     let mut notes = Vec::new();
     let has_sshd = plan.has_service("sshd");
     let use_ssh = options.ssh && options.network && has_sshd;
@@ -296,7 +318,10 @@ pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dy
     let network = if options.network { NetworkExpectation::Lease } else { NetworkExpectation::NoLink };
     let disabled = disabled_names(&options.extra_cmdline);
     let disabled: Vec<&str> = disabled.iter().map(String::as_str).collect();
-    let marker_plan = MarkerPlan::boot_to_ready(&plan, network, &disabled);
+    let mut marker_plan = MarkerPlan::boot_to_ready(&plan, network, &disabled);
+    if options.boot == BootMethod::Ipxe {
+        marker_plan = MarkerPlan::ipxe_netboot(image.arch, IPXE_BOOTFILE).followed_by(marker_plan);
+    }
     events(SmokeEvent::Step(&format!("waiting for {} markers up to `kiln: ready`", marker_plan.marker_count())));
     let mut checker = MarkerChecker::new(marker_plan);
     let outcome = vm.expect(&mut checker, options.boot_timeout, &mut |found| events(SmokeEvent::Marker(found)));

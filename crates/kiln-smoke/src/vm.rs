@@ -159,6 +159,13 @@ impl Vm {
         }
     }
 
+    /// Makes the next [`Vm::expect`] read the console from its first line again: for a plan
+    /// whose markers interleave with those of a plan already checked (a crashing service's
+    /// restarts begin before `kiln: ready`).
+    pub fn rewind(&mut self) {
+        self.cursor = 0;
+    }
+
     /// Whether any console line so far contains `needle`.
     pub fn console_contains(&self, needle: &str) -> bool {
         self.console.state.lock().expect("console lock").lines.iter().any(|(_, line)| line.contains(needle))

@@ -25,7 +25,7 @@ use kiln_smoke::vm::WaitOutcome;
 use kiln_smoke::ImageArch;
 use kiln_tests::{test_cache_dir, xtask};
 
-/// `out/hook/` for `arch`, built by the real xtask into the test cache. Tests run in
+/// `out/hook/ARCH/` for `arch`, built by the real xtask into the test cache. Tests run in
 /// parallel processes: an flock on a file per architecture keeps two builds from writing
 /// the same directory at once.
 fn hook_image(arch: ImageArch) -> ImageDirectory {
@@ -48,7 +48,7 @@ fn hook_image(arch: ImageArch) -> ImageDirectory {
         String::from_utf8_lossy(&output.stderr)
     );
     drop(lock);
-    ImageDirectory::open(&root.join("hook"), arch).expect("the image directory is complete")
+    ImageDirectory::open(&root.join("hook").join(arch.name()), arch).expect("the image directory is complete")
 }
 
 /// A fresh work directory (console log, key, TFTP root) kept after the test.

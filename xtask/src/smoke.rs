@@ -23,7 +23,7 @@ pub const SMOKE_PACKAGES: &[(&str, &str)] = &[
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Boot out/<profile>/ in QEMU: markers up to `kiln: ready`, DHCP lease, SSH, power-off.
+    /// Boot out/<profile>/<arch>/ in QEMU: markers up to `kiln: ready`, DHCP lease, SSH, power-off.
     Qemu(QemuArgs),
 }
 

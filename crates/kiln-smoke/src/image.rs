@@ -7,7 +7,7 @@ use kiln_init::config::InitConfig;
 
 use crate::{ImageArch, SmokeError};
 
-/// The files of `out/<name>/` a smoke run uses.
+/// The files of `out/<name>/<arch>/` a smoke run uses.
 #[derive(Debug, Clone)]
 pub struct ImageDirectory {
     pub directory: PathBuf,

@@ -4,7 +4,7 @@
 //! login through a forwarded port runs a command, and `poweroff` over SSH ends QEMU.
 //!
 //! ```text
-//! out/<name>/ (vmlinuz-ARCH, initramfs-ARCH, cmdline, boot.ipxe, manifest.json)
+//! out/<name>/<arch>/ (vmlinuz-ARCH, initramfs-ARCH, cmdline, boot.ipxe, manifest.json)
 //!   │ image::ImageDirectory::open        which files, which steps and services to expect
 //!   ▼
 //! qemu::QemuConfig → qemu::qemu_command  x86_64: q35, serial on stdio; aarch64: virt, cortex-a57

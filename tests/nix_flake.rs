@@ -153,6 +153,9 @@ fn copy_flake_inputs(destination: &Path) {
         let target = destination.join(entry.path().strip_prefix(&root).unwrap());
         if entry.file_type().is_dir() {
             std::fs::create_dir_all(&target).unwrap();
+        } else if entry.file_type().is_symlink() {
+            // modules/base/files/bin/sh -> busybox: a link into the image, dangling here.
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path()).unwrap(), &target).unwrap();
         } else {
             std::fs::copy(entry.path(), &target).unwrap();
         }

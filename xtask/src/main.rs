@@ -20,6 +20,7 @@ mod nix;
 mod progress;
 mod pull;
 mod push;
+mod repro;
 mod smoke;
 mod test;
 
@@ -34,6 +35,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reproducibility gate: build an image twice in different conditions, compare every output.
+    Repro(repro::Args),
     /// Build a provisioning image (kernel, initramfs, cmdline, boot.ipxe, tar.gz, manifest) for a profile.
     Image(image::Args),
     /// Pack a directory into a deterministic newc cpio, compressed with zstd.
@@ -74,6 +77,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Image(args) => image::run(args),
+        Command::Repro(args) => repro::run(args),
         Command::Initramfs(args) => initramfs::run(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Diff(args) => diff::run(args),

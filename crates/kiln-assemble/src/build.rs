@@ -232,6 +232,17 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
 
     let mut init_config = plan.init_config.clone();
     init_config.kernel_modules = kernel_modules_to_load(&plan, &kernel)?;
+    // The image's /etc/hostname (base ships `kiln`) until DHCP or ipam= names the machine.
+    if let Some(EntryKind::File(content)) = tree.get(&archive_path("etc/hostname")?).map(|composed| &composed.entry.kind) {
+        let bytes = match content {
+            Content::Bytes(bytes) => bytes.to_vec(),
+            Content::File { path, .. } => fs::read(path).map_err(io_error("reading", path))?,
+        };
+        let name = String::from_utf8_lossy(&bytes).trim().to_owned();
+        if !name.is_empty() {
+            init_config.hostname = Some(name);
+        }
+    }
     let init_json = serde_json::to_vec_pretty(&init_config).map_err(|error| ImageError::Other(format!("serializing init.json: {error}")))?;
     add_generated(&mut tree, "init", "etc/kiln/init.json", 0o644, init_json)?;
     for directory in ["dev", "proc", "sys", "run", "tmp", "var", "var/log", "etc/kiln"] {

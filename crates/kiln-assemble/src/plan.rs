@@ -144,6 +144,7 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
 
     let order = run_order(&profile, &modules)?;
     let mut init_config = InitConfig::default();
+    init_config.root.move_off_rootfs = modules.iter().any(|module| module.spec.needs_pivot_root);
     for index in order {
         let module = &modules[index];
         let module_path = catalog.module_path(&module.name).display().to_string();

@@ -66,7 +66,7 @@ impl Fixture {
 fn unknown_key_names_file_line_and_column() {
     let fixture = Fixture::new();
     fixture.module("dhcp", "description: d\nkind: onboot\ncomand: [/bin/true]\n").profile("p", "modules: [base, dhcp]\n");
-    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`");
 }
 
 #[test]
@@ -170,4 +170,13 @@ fn onboot_order_follows_after_and_keeps_profile_order_otherwise() {
     let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
     let names: Vec<&str> = plan.init_config.onboot.iter().map(|step| step.name.as_str()).collect();
     assert_eq!(names, ["sysctl", "kmod", "dhcp"]);
+}
+
+#[test]
+fn a_module_needing_pivot_root_moves_the_root_off_rootfs() {
+    let fixture = Fixture::new();
+    fixture.module("runtime", "description: d\nkind: service\ncommand: [/bin/containerd]\nneeds_pivot_root: true\n").profile("with", "modules: [base, runtime]\n").profile("without", "modules: [base]\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    assert!(kiln_assemble::plan(&catalog, "with", ImageArch::X86_64).unwrap().init_config.root.move_off_rootfs);
+    assert!(!kiln_assemble::plan(&catalog, "without", ImageArch::X86_64).unwrap().init_config.root.move_off_rootfs);
 }

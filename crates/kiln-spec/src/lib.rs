@@ -173,6 +173,11 @@ pub struct ModuleSpec {
     /// Files the assembler derives from the composed tree or the build's identity.
     #[serde(default)]
     pub generate: Vec<Generator>,
+    /// The module calls `pivot_root(2)` (a container runtime does): kiln-init then moves
+    /// `/` off the initramfs's rootfs onto a tmpfs before anything runs, since rootfs
+    /// cannot be pivoted away from.
+    #[serde(default)]
+    pub needs_pivot_root: bool,
 }
 
 /// `restart:` of a service.
@@ -729,7 +734,7 @@ mod tests {
     fn unknown_field_names_file_line_and_column() {
         check_module_error(
             "description: d\nkind: base\nsorces: []\n",
-            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`",
+            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`",
         );
     }
 

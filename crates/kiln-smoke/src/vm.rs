@@ -230,8 +230,34 @@ impl Drop for Vm {
     }
 }
 
+/// The line as a terminal would show it: a backspace erases the character before it
+/// (iPXE draws download percentages that way: `initramfs-x86_64... 68%^H^H^H^H    ^H^H^H^H ok`),
+/// carriage returns are dropped.
 fn take_line(partial: &mut Vec<u8>) -> String {
     let bytes = std::mem::take(partial);
-    let text = String::from_utf8_lossy(&bytes);
-    text.trim_end_matches('\r').replace('\r', "")
+    let mut rendered = String::with_capacity(bytes.len());
+    for character in String::from_utf8_lossy(&bytes).chars() {
+        match character {
+            '\u{8}' => {
+                rendered.pop();
+            }
+            '\r' => {}
+            other => rendered.push(other),
+        }
+    }
+    rendered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_rendered_like_a_terminal_would_show_them() {
+        let mut raw = b"initramfs-x86_64... 68%\x08\x08\x08\x08    \x08\x08\x08\x08 ok\r".to_vec();
+        assert_eq!(take_line(&mut raw), "initramfs-x86_64... ok");
+        assert!(raw.is_empty());
+        let mut raw = b"kiln: ready\r".to_vec();
+        assert_eq!(take_line(&mut raw), "kiln: ready");
+    }
 }

@@ -148,7 +148,7 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
             println!("smoke qemu {} {} ({} boot): passed in {:.1} s", name, args.arch.name(), args.boot.name(), started.elapsed().as_secs_f64());
             println!("  accelerator:   {} ({})", report.accelerator.accelerator.name(), report.accelerator.reason);
             println!("  firmware:      {}", report.firmware);
-            println!("  time to ready: {:.1} s from QEMU start ({} markers)", report.time_to_ready.as_secs_f64(), report.markers.len());
+            println!("  time to ready: {:.1} s from QEMU start ({} markers seen in order)", report.time_to_ready.as_secs_f64(), report.markers.len());
             if let Some(uname) = &report.remote_uname {
                 println!("  ssh uname -a:  {uname}");
             }

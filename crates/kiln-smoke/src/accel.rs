@@ -54,7 +54,7 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
             accelerator: Accelerator::Kvm,
             reason: format!("a probe boot under KVM reached the kernel in {:.1}s", elapsed.as_secs_f64()),
         },
-        Err(why) => AcceleratorChoice { accelerator: Accelerator::Tcg, reason: format!("KVM unusable ({why}), TCG") },
+        Err(why) => AcceleratorChoice { accelerator: Accelerator::Tcg, reason: format!("KVM unusable: {why}") },
     };
     if let Some(path) = cache {
         let text = format!("{}\n{}\n", choice.accelerator.name(), choice.reason);
@@ -78,7 +78,7 @@ fn read_cached_verdict(path: &Path) -> Option<AcceleratorChoice> {
         "tcg" => Accelerator::Tcg,
         _ => return None,
     };
-    let reason = format!("{} (probed earlier since this host booted: {})", lines.next().unwrap_or_default(), path.display());
+    let reason = format!("{}; verdict reused from {}", lines.next().unwrap_or_default(), path.display());
     Some(AcceleratorChoice { accelerator, reason })
 }
 

@@ -11,6 +11,9 @@ use kiln_image::ImageArch;
 use kiln_init::config::{BackoffSettings, InitConfig, RestartPolicy, ServiceEntry, StepEntry};
 use kiln_spec::{Catalog, ModuleKind, ModuleSpec, ResolvedProfile};
 
+/// How long kiln-init waits between SIGTERM and SIGKILL (kiln-init's own default).
+pub const STOP_GRACE_MS: u64 = 5_000;
+
 /// Why a profile cannot become an image. Messages name the module, the file and what to do.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PlanError {
@@ -143,7 +146,9 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
     }
 
     let order = run_order(&profile, &modules)?;
-    let mut init_config = InitConfig::default();
+    // `InitConfig::default()` has a zero grace (its serde default is 5 s): services would be
+    // SIGKILLed at once at shutdown.
+    let mut init_config = InitConfig { stop_grace_ms: STOP_GRACE_MS, ..InitConfig::default() };
     init_config.root.move_off_rootfs = modules.iter().any(|module| module.spec.needs_pivot_root);
     for index in order {
         let module = &modules[index];

@@ -128,6 +128,7 @@ fn options_are_substituted_into_the_init_config() {
     let service = &plan.init_config.services[0];
     assert_eq!(service.argv, ["/bin/agent", "--port", "4242"]);
     assert_eq!(service.env["AGENT_PORT"], "4242");
+    assert_eq!(plan.init_config.stop_grace_ms, 5_000, "services get a graceful stop at shutdown");
 }
 
 #[test]

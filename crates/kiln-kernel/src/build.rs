@@ -373,6 +373,17 @@ pub fn build_kernel(request: &BuildRequest, cache: &KernelCache, observer: &mut 
     if destination.join(artifact::METADATA).is_file() {
         return Ok(KernelArtifact::load(&destination)?);
     }
+    // One build at a time per cache: two processes asking for the same kernel (an image build
+    // and a test, or two tests) build it once, the second finding it when the lock is free;
+    // builds of different kernels share the unpacked source and the machine's cores anyway.
+    // Released when `build_lock` is dropped, at the end of this function.
+    std::fs::create_dir_all(cache.root()).map_err(io_error(cache.root()))?;
+    let lock_path = cache.root().join("build.lock");
+    let build_lock = std::fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_error(&lock_path))?;
+    build_lock.lock().map_err(io_error(&lock_path))?;
+    if destination.join(artifact::METADATA).is_file() {
+        return Ok(KernelArtifact::load(&destination)?);
+    }
     let configured = configure_with(request, cache, inputs, observer)?;
     let make = &configured.make;
     let log_path = &configured.log_path;

@@ -15,6 +15,8 @@ use kiln_archive::{ArchiveTree, Compression, InitramfsOptions, ZstdSettings};
 pub enum Command {
     /// Our archiver against `find | sort | cpio | zstd`, with `zstd` alone as the floor.
     Archive(ArchiveArgs),
+    /// Time to `kiln: ready` in QEMU against the same kernel booting a bare busybox /init.
+    Boot(crate::bench_boot::BootArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -36,6 +38,7 @@ pub struct ArchiveArgs {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Archive(args) => archive(args),
+        Command::Boot(args) => crate::bench_boot::run(args),
     }
 }
 

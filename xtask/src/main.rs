@@ -5,6 +5,7 @@
 //! testing on its own belongs in a crate, not here.
 
 mod bench;
+mod bench_boot;
 mod cache;
 mod catalog;
 mod diff;

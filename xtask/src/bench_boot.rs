@@ -19,8 +19,8 @@ const FLOOR_MARKER: &str = "KILN-FLOOR-READY";
 #[derive(Debug, clap::Args)]
 pub struct BootArgs {
     /// x86_64 or aarch64.
-    #[arg(long)]
-    arch: String,
+    #[arg(long, value_parser = ImageArch::parse)]
+    arch: ImageArch,
     /// The profile whose image to time (built first if it is not up to date).
     #[arg(long, default_value = "hook")]
     profile: String,
@@ -33,11 +33,7 @@ pub struct BootArgs {
 }
 
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
-    let arch = match args.arch.as_str() {
-        "x86_64" => ImageArch::X86_64,
-        "aarch64" => ImageArch::Aarch64,
-        other => bail!("unknown architecture `{other}`: use x86_64 or aarch64"),
-    };
+    let arch = args.arch;
     let executable = std::env::current_exe()?;
     let out = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
     eprintln!("[1/3] image: cargo xtask image --arch {} --profile {}", arch.name(), args.profile);

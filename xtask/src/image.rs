@@ -39,7 +39,7 @@ pub const RUST_TARGETS: &[&str] = &["x86_64-unknown-linux-musl", "aarch64-unknow
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Target architecture: x86_64 or aarch64.
-    #[arg(long, value_parser = parse_arch)]
+    #[arg(long, value_parser = ImageArch::parse)]
     arch: ImageArch,
     /// The profile (profiles/<NAME>.yaml).
     #[arg(long, default_value = "hook")]
@@ -66,13 +66,6 @@ pub struct Args {
     no_setup: bool,
 }
 
-fn parse_arch(text: &str) -> Result<ImageArch, String> {
-    match text {
-        "x86_64" | "amd64" => Ok(ImageArch::X86_64),
-        "aarch64" | "arm64" => Ok(ImageArch::Aarch64),
-        other => Err(format!("unknown architecture `{other}`: use x86_64 or aarch64")),
-    }
-}
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();

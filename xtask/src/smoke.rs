@@ -30,7 +30,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct QemuArgs {
     /// x86_64 or aarch64.
-    #[arg(long, value_parser = parse_arch)]
+    #[arg(long, value_parser = ImageArch::parse)]
     arch: ImageArch,
     /// The profile whose image to boot (built first with `cargo xtask image` when missing).
     #[arg(long, default_value = "hook")]
@@ -64,13 +64,6 @@ pub struct QemuArgs {
     no_setup: bool,
 }
 
-fn parse_arch(text: &str) -> Result<ImageArch, String> {
-    match text {
-        "x86_64" | "amd64" => Ok(ImageArch::X86_64),
-        "aarch64" | "arm64" => Ok(ImageArch::Aarch64),
-        other => Err(format!("unknown architecture `{other}`: use x86_64 or aarch64")),
-    }
-}
 
 fn parse_boot(text: &str) -> Result<BootMethod, String> {
     match text {

@@ -113,7 +113,7 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
         if runs && spec.command.is_empty() {
             return Err(PlanError::BadModule {
                 module_path,
-                message: format!("a module of kind `{}` needs `command:` (the argv kiln-init runs)", kind_name(spec.kind)),
+                message: format!("a module of kind `{}` needs `command:` (the argv kiln-init runs)", spec.kind.name()),
             });
         }
         if !runs && !spec.command.is_empty() {
@@ -259,15 +259,6 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
     Ok(Plan { profile, arch, modules, cmdline, init_config, kernel_options, kernel_modules })
 }
 
-fn kind_name(kind: ModuleKind) -> &'static str {
-    match kind {
-        ModuleKind::Base => "base",
-        ModuleKind::Onboot => "onboot",
-        ModuleKind::Service => "service",
-        ModuleKind::Shutdown => "shutdown",
-        ModuleKind::Build => "build",
-    }
-}
 
 /// Replaces every `${name}` by the module's option `name`.
 fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<String, PlanError> {

@@ -49,6 +49,15 @@ pub enum ImageArch {
 }
 
 impl ImageArch {
+    /// `x86_64`/`amd64` or `aarch64`/`arm64`, as a command line gives it.
+    pub fn parse(text: &str) -> Result<ImageArch, String> {
+        match text {
+            "x86_64" | "amd64" => Ok(ImageArch::X86_64),
+            "aarch64" | "arm64" => Ok(ImageArch::Aarch64),
+            other => Err(format!("unknown architecture `{other}`: use x86_64 or aarch64")),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ImageArch::X86_64 => "x86_64",

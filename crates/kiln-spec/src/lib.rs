@@ -59,6 +59,17 @@ pub enum ModuleKind {
 }
 
 impl ModuleKind {
+    /// The name written in `kind:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModuleKind::Base => "base",
+            ModuleKind::Onboot => "onboot",
+            ModuleKind::Service => "service",
+            ModuleKind::Shutdown => "shutdown",
+            ModuleKind::Build => "build",
+        }
+    }
+
     /// Whether the Debian packages this module names get their `Depends`/`Pre-Depends`
     /// closure resolved (true for everything that goes into an image).
     pub fn resolves_debian_dependencies(self) -> bool {

@@ -114,6 +114,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  {module:<12} {:>10}", format_bytes(*bytes));
     }
     println!("  {:<12} {:>10}", "total", format_bytes(report.unpacked_bytes));
+    if report.pruned_bytes > 0 {
+        println!("  (`prune:` removed {})", format_bytes(report.pruned_bytes));
+    }
     println!("initramfs (zstd): {}", format_bytes(report.initramfs_bytes));
     if let Some(budget) = report.ram_budget_mib {
         let budget_bytes = budget * 1024 * 1024;

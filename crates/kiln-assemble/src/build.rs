@@ -98,6 +98,8 @@ pub struct ImageReport {
     pub ram_budget_mib: Option<u64>,
     /// The build key.
     pub build_key: String,
+    /// Bytes of file data the profile's `prune:` removed (0 for a no-op build).
+    pub pruned_bytes: u64,
 }
 
 /// Why a build failed.
@@ -268,6 +270,11 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         }
     }
 
+    let mut pruned_bytes = 0;
+    for path in &plan.profile.prune {
+        pruned_bytes += tree.prune(&archive_path(path)?);
+    }
+
     observer.stage(7, STAGES, &format!("initramfs (zstd level {})", request.zstd.level));
     let mut archive_tree = tree.to_archive_tree();
     archive_tree.complete()?;
@@ -347,6 +354,7 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         initramfs_bytes: summary.output_bytes,
         ram_budget_mib: plan.profile.ram_budget_mib,
         build_key,
+        pruned_bytes,
     })
 }
 
@@ -760,5 +768,6 @@ fn up_to_date(directory: &Path, build_key: &str, plan: &Plan) -> Result<Option<I
         initramfs_bytes,
         ram_budget_mib: plan.profile.ram_budget_mib,
         build_key: build_key.to_owned(),
+        pruned_bytes: 0,
     }))
 }

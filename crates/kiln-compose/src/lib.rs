@@ -262,6 +262,15 @@ impl ComposedTree {
         Ok(())
     }
 
+    /// Removes `path` and everything below it (a profile's `prune:`, e.g. `usr/share/doc`)
+    /// and returns how many bytes of file data left the tree.
+    pub fn prune(&mut self, path: &ArchivePath) -> u64 {
+        let total = |tree: &ComposedTree| tree.bytes_by_module().values().sum::<u64>();
+        let before = total(self);
+        self.remove_subtree(path);
+        before - total(self)
+    }
+
     fn remove_subtree(&mut self, path: &ArchivePath) {
         let mut prefix = path.as_bytes().to_vec();
         prefix.push(b'/');

@@ -161,3 +161,24 @@ fn missing_kernel_options_name_the_module_that_needs_them() {
     module `docker` needs CONFIG_OVERLAY_FS=y but the kernel has CONFIG_OVERLAY_FS=m
     ");
 }
+
+#[test]
+fn prune_removes_a_subtree_and_counts_its_bytes() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer(
+        "base",
+        &layer(&[
+            Item::Dir("usr/"),
+            Item::Dir("usr/share/"),
+            Item::Dir("usr/share/doc/"),
+            Item::File("usr/share/doc/copyright", "twelve bytes", 0o644),
+            Item::Dir("usr/share/docs-are-not-doc/"),
+            Item::File("usr/share/docs-are-not-doc/keep", "kept", 0o644),
+        ])[..],
+    )
+    .unwrap();
+    assert_eq!(tree.prune(&path("usr/share/doc")), 12);
+    let left: Vec<String> = tree.entries().map(|composed| composed.entry.path.display()).collect();
+    assert_eq!(left, ["usr", "usr/share", "usr/share/docs-are-not-doc", "usr/share/docs-are-not-doc/keep"]);
+    assert_eq!(tree.prune(&path("usr/share/doc")), 0, "pruning what is not there removes nothing");
+}

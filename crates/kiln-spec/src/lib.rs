@@ -344,6 +344,11 @@ pub struct ProfileSpec {
     /// Warn when the unpacked initramfs is larger than this many MiB (it lives in RAM).
     #[serde(default)]
     pub ram_budget_mib: Option<u64>,
+    /// Paths removed from the composed tree, with everything below them (`usr/share/doc`):
+    /// what packages ship for people, which an image in RAM does not need. Extending
+    /// profiles add to the list.
+    #[serde(default)]
+    pub prune: Vec<String>,
 }
 
 /// `kernel:` of a profile.
@@ -386,6 +391,8 @@ pub struct ResolvedProfile {
     pub cmdline: CmdlineDefaults,
     /// The RAM budget, if any.
     pub ram_budget_mib: Option<u64>,
+    /// Paths pruned from the tree, the extended profile's first.
+    pub prune: Vec<String>,
     /// The profile files read, extended ones first.
     pub files: Vec<PathBuf>,
 }
@@ -627,6 +634,7 @@ impl Catalog {
             kernel: KernelChoice { flavor: "virt".to_owned() },
             cmdline: CmdlineDefaults::default(),
             ram_budget_mib: None,
+            prune: Vec::new(),
             files: Vec::new(),
         };
         for profile_name in chain.iter().rev() {
@@ -656,6 +664,11 @@ impl Catalog {
             resolved.cmdline.all.extend(profile.cmdline.all.iter().cloned());
             resolved.cmdline.x86_64.extend(profile.cmdline.x86_64.iter().cloned());
             resolved.cmdline.aarch64.extend(profile.cmdline.aarch64.iter().cloned());
+            for path in &profile.prune {
+                if !resolved.prune.contains(path) {
+                    resolved.prune.push(path.clone());
+                }
+            }
             if profile.ram_budget_mib.is_some() {
                 resolved.ram_budget_mib = profile.ram_budget_mib;
             }

@@ -13,7 +13,8 @@ fn kernel_runs_init_from_our_zstd_initramfs() {
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
     std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static is installed (/bin/busybox)");
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static is installed (/bin/busybox)");
     std::os::unix::fs::symlink("busybox", root.join("bin/sh")).unwrap();
     // A hard link and an early (uncompressed) segment, so the boot also
     // proves the kernel accepts both.
@@ -43,8 +44,14 @@ fn kernel_runs_init_from_our_zstd_initramfs() {
     .env("SOURCE_DATE_EPOCH", "1747699200"))
     .unwrap();
 
-    let log = qemu::boot_x86_64(&kernel, &image, "console=ttyS0 panic=-1", "KILN-INIT-RAN pid=1 links=2", Duration::from_secs(180))
-        .unwrap();
+    let log = qemu::boot_x86_64(
+        &kernel,
+        &image,
+        "console=ttyS0 panic=-1",
+        "KILN-INIT-RAN pid=1 links=2",
+        Duration::from_secs(180),
+    )
+    .unwrap();
     assert!(
         log.marker_seen,
         "the kernel did not run our /init as PID 1 within 180 s; last console lines:\n{}",

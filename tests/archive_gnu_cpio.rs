@@ -25,13 +25,24 @@ fn gnu_cpio_extracts_the_same_tree() {
     make_fixture_tree(&source, false).unwrap();
 
     let plain = work.path().join("plain.cpio");
-    run(xtask(&["initramfs", "--root", source.to_str().unwrap(), "--out", plain.to_str().unwrap(), "--no-compress"])
-        .env("SOURCE_DATE_EPOCH", EPOCH))
+    run(xtask(&[
+        "initramfs",
+        "--root",
+        source.to_str().unwrap(),
+        "--out",
+        plain.to_str().unwrap(),
+        "--no-compress",
+    ])
+    .env("SOURCE_DATE_EPOCH", EPOCH))
     .unwrap();
     let extracted = work.path().join("extracted");
     extract_with_gnu_cpio(&plain, &extracted);
     let differences = compare_trees(&source, &extracted, Some(EPOCH.parse().unwrap())).unwrap();
-    assert!(differences.is_empty(), "GNU cpio extracted a different tree:\n{}", differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "GNU cpio extracted a different tree:\n{}",
+        differences.join("\n")
+    );
 }
 
 #[test]
@@ -42,13 +53,29 @@ fn gnu_cpio_extracts_the_zstd_archive_after_the_zstd_cli_decompresses_it() {
     make_fixture_tree(&source, false).unwrap();
 
     let compressed = work.path().join("initramfs.zst");
-    run(xtask(&["initramfs", "--root", source.to_str().unwrap(), "--out", compressed.to_str().unwrap(), "--level", "9"])
-        .env("SOURCE_DATE_EPOCH", EPOCH))
+    run(xtask(&[
+        "initramfs",
+        "--root",
+        source.to_str().unwrap(),
+        "--out",
+        compressed.to_str().unwrap(),
+        "--level",
+        "9",
+    ])
+    .env("SOURCE_DATE_EPOCH", EPOCH))
     .unwrap();
     let plain = work.path().join("decompressed.cpio");
-    run(Command::new("zstd").args(["-q", "-d", "-o"]).arg(&plain).arg(&compressed)).unwrap();
+    run(Command::new("zstd")
+        .args(["-q", "-d", "-o"])
+        .arg(&plain)
+        .arg(&compressed))
+    .unwrap();
     let extracted = work.path().join("extracted");
     extract_with_gnu_cpio(&plain, &extracted);
     let differences = compare_trees(&source, &extracted, Some(EPOCH.parse().unwrap())).unwrap();
-    assert!(differences.is_empty(), "GNU cpio extracted a different tree:\n{}", differences.join("\n"));
+    assert!(
+        differences.is_empty(),
+        "GNU cpio extracted a different tree:\n{}",
+        differences.join("\n")
+    );
 }

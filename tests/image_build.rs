@@ -9,8 +9,21 @@ use std::process::Command;
 use kiln_tests::{run, workspace_root, xtask};
 
 fn copy_checkout(to: &Path) {
-    let files = run(Command::new("git").args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]).current_dir(workspace_root())).unwrap();
-    for name in files.stdout.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
+    let files = run(Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(workspace_root()))
+    .unwrap();
+    for name in files
+        .stdout
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+    {
         let name = std::str::from_utf8(name).unwrap();
         let source = workspace_root().join(name);
         let metadata = std::fs::symlink_metadata(&source);
@@ -28,15 +41,34 @@ fn copy_checkout(to: &Path) {
 
 /// The x86_64 virt kernel artifact (built into the default cache if it is not there yet).
 fn kernel_artifact() -> PathBuf {
-    let output = run(&mut xtask(&["kernel", "--arch", "x86_64", "--flavor", "virt"])).unwrap();
+    let output = run(&mut xtask(&[
+        "kernel", "--arch", "x86_64", "--flavor", "virt",
+    ]))
+    .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout.lines().find_map(|line| line.strip_prefix("artifact: ")).unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("artifact: "))
+        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
     PathBuf::from(line.trim())
 }
 
 fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
-    let mut command = xtask(&["image", "--arch", "x86_64", "--profile", "hook", "--no-setup"]);
-    command.arg("--root").arg(root).arg("--out").arg(out).arg("--kernel-artifact").arg(kernel);
+    let mut command = xtask(&[
+        "image",
+        "--arch",
+        "x86_64",
+        "--profile",
+        "hook",
+        "--no-setup",
+    ]);
+    command
+        .arg("--root")
+        .arg(root)
+        .arg("--out")
+        .arg(out)
+        .arg("--kernel-artifact")
+        .arg(kernel);
     command
 }
 
@@ -53,7 +85,11 @@ fn same_sha256sums_from_two_checkouts_cold_and_warm() {
     let cold_target = work.path().join("cold-target");
     let cold_out = work.path().join("cold-out");
     let mut cold = image(&second_checkout, &cold_out, &kernel);
-    cold.env("KILN_CACHE", &cold_cache).env("CARGO_TARGET_DIR", &cold_target).env("TZ", "Pacific/Chatham").env("LC_ALL", "C.UTF-8").env("LANG", "de_DE.UTF-8");
+    cold.env("KILN_CACHE", &cold_cache)
+        .env("CARGO_TARGET_DIR", &cold_target)
+        .env("TZ", "Pacific/Chatham")
+        .env("LC_ALL", "C.UTF-8")
+        .env("LANG", "de_DE.UTF-8");
     // SAFETY: umask(2) is async-signal-safe and cannot fail.
     unsafe {
         cold.pre_exec(|| {
@@ -86,10 +122,23 @@ fn same_sha256sums_from_two_checkouts_cold_and_warm() {
             .arg(warm_out.join("hook/x86_64/initramfs-x86_64"))
             .output()
             .unwrap();
-        panic!("SHA256SUMS differ:\ncold:\n{cold_sums}\nwarm:\n{warm_sums}\ninitramfs diff:\n{}", String::from_utf8_lossy(&diff.stdout));
+        panic!(
+            "SHA256SUMS differ:\ncold:\n{cold_sums}\nwarm:\n{warm_sums}\ninitramfs diff:\n{}",
+            String::from_utf8_lossy(&diff.stdout)
+        );
     }
-    for name in ["vmlinuz-x86_64", "initramfs-x86_64", "cmdline", "boot.ipxe", "hook_x86_64.tar.gz", "manifest.json"] {
-        assert!(cold_sums.contains(&format!("  {name}\n")), "{name} missing from SHA256SUMS:\n{cold_sums}");
+    for name in [
+        "vmlinuz-x86_64",
+        "initramfs-x86_64",
+        "cmdline",
+        "boot.ipxe",
+        "hook_x86_64.tar.gz",
+        "manifest.json",
+    ] {
+        assert!(
+            cold_sums.contains(&format!("  {name}\n")),
+            "{name} missing from SHA256SUMS:\n{cold_sums}"
+        );
     }
 
     // Again, unchanged: nothing to do.

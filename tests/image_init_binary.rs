@@ -10,8 +10,21 @@ use kiln_tests::{run, workspace_root};
 fn copy_checkout(to: &Path) {
     // A second checkout of the same sources at another path: the tracked
     // files as they are in the work tree (so uncommitted edits count too).
-    let files = run(Command::new("git").args(["ls-files", "-z", "--cached", "--others", "--exclude-standard"]).current_dir(workspace_root())).unwrap();
-    for name in files.stdout.split(|byte| *byte == 0).filter(|name| !name.is_empty()) {
+    let files = run(Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(workspace_root()))
+    .unwrap();
+    for name in files
+        .stdout
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+    {
         let name = std::str::from_utf8(name).unwrap();
         let source = workspace_root().join(name);
         if !source.is_file() {
@@ -36,16 +49,33 @@ fn init_binary_is_identical_from_two_checkouts() {
         let first_target = tempfile::tempdir().unwrap();
         let second_target = tempfile::tempdir().unwrap();
         let first = build_init_binary(&workspace_root(), first_target.path(), arch).unwrap();
-        let second = build_init_binary(&second_checkout, &second_target.path().join("deeper"), arch).unwrap();
-        let (first_bytes, second_bytes) = (std::fs::read(&first).unwrap(), std::fs::read(&second).unwrap());
-        assert!(first_bytes == second_bytes, "kiln-init for {} differs between checkouts", arch.name());
+        let second =
+            build_init_binary(&second_checkout, &second_target.path().join("deeper"), arch)
+                .unwrap();
+        let (first_bytes, second_bytes) = (
+            std::fs::read(&first).unwrap(),
+            std::fs::read(&second).unwrap(),
+        );
+        assert!(
+            first_bytes == second_bytes,
+            "kiln-init for {} differs between checkouts",
+            arch.name()
+        );
         // A static ELF for the right machine.
-        let file = run(Command::new("file").arg(&first)).map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
+        let file = run(Command::new("file").arg(&first))
+            .map(|output| String::from_utf8_lossy(&output.stdout).into_owned());
         if let Ok(description) = file {
-            assert!(description.contains("statically linked") || description.contains("static-pie"), "{description}");
+            assert!(
+                description.contains("statically linked") || description.contains("static-pie"),
+                "{description}"
+            );
         }
         let machine = u16::from_le_bytes([first_bytes[18], first_bytes[19]]);
-        assert_eq!(machine, if arch == ImageArch::X86_64 { 62 } else { 183 }, "ELF e_machine");
+        assert_eq!(
+            machine,
+            if arch == ImageArch::X86_64 { 62 } else { 183 },
+            "ELF e_machine"
+        );
         eprintln!("kiln-init {}: {} bytes", arch.name(), first_bytes.len());
     }
 }

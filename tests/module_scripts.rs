@@ -40,7 +40,11 @@ fn iproute2() -> PathBuf {
 }
 
 fn module_script(module: &str, name: &str) -> PathBuf {
-    workspace_root().join("modules").join(module).join("files/usr/libexec/kiln").join(name)
+    workspace_root()
+        .join("modules")
+        .join(module)
+        .join("files/usr/libexec/kiln")
+        .join(name)
 }
 
 /// Every file under `modules/*/files` that starts with `#!`.
@@ -55,7 +59,8 @@ fn all_scripts() -> Vec<PathBuf> {
             .components()
             .nth(1)
             .is_some_and(|component| component.as_os_str() == "files");
-        if under_files && entry.file_type().is_file() && fs::read(path).unwrap().starts_with(b"#!") {
+        if under_files && entry.file_type().is_file() && fs::read(path).unwrap().starts_with(b"#!")
+        {
             scripts.push(path.to_path_buf());
         }
     }
@@ -72,7 +77,11 @@ fn busybox_bin(directory: &Path) -> PathBuf {
 
 fn unique(tag: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!("kiln-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "kiln-{tag}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn needs_root(test: &str) -> bool {
@@ -98,7 +107,11 @@ impl Netns {
 
     /// `ip -n NAME ARGS`, which must succeed; returns stdout.
     fn ip(&self, arguments: &[&str]) -> String {
-        let output = run(Command::new(iproute2()).arg("-n").arg(&self.name).args(arguments)).unwrap();
+        let output = run(Command::new(iproute2())
+            .arg("-n")
+            .arg(&self.name)
+            .args(arguments))
+        .unwrap();
         String::from_utf8(output.stdout).unwrap()
     }
 
@@ -112,7 +125,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new(iproute2()).args(["netns", "del", &self.name]).status();
+        let _ = Command::new(iproute2())
+            .args(["netns", "del", &self.name])
+            .status();
     }
 }
 
@@ -130,16 +145,42 @@ impl Drop for Background {
 fn veth_pair() -> (Netns, Netns) {
     let client = Netns::new("c");
     let server = Netns::new("s");
-    client.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "srv0", "netns", &server.name]);
+    client.ip(&[
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "srv0",
+        "netns",
+        &server.name,
+    ]);
     server.ip(&["link", "set", "srv0", "up"]);
     (client, server)
 }
 
 fn vlan_supported() -> bool {
     let probe = Netns::new("vlanprobe");
-    probe.ip(&["link", "add", "probe0", "type", "veth", "peer", "name", "probe1"]);
+    probe.ip(&[
+        "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+    ]);
     Command::new(iproute2())
-        .args(["-n", &probe.name, "link", "add", "link", "probe0", "name", "probe0.5", "type", "vlan", "id", "5"])
+        .args([
+            "-n",
+            &probe.name,
+            "link",
+            "add",
+            "link",
+            "probe0",
+            "name",
+            "probe0.5",
+            "type",
+            "vlan",
+            "id",
+            "5",
+        ])
         .stderr(Stdio::null())
         .status()
         .unwrap()
@@ -186,11 +227,23 @@ fn isolated_busybox_shell(prefix: Option<&Netns>, limit_seconds: u32, script: &s
     };
     command
         .args(["-s", "KILL", &limit_seconds.to_string()])
-        .args(["/usr/bin/unshare", "--pid", "--fork", "--kill-child", "--mount", "--mount-proc", "--uts", "--ipc"])
+        .args([
+            "/usr/bin/unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount",
+            "--mount-proc",
+            "--uts",
+            "--ipc",
+        ])
         .arg(busybox())
         .arg("sh")
         .arg("-c")
-        .arg(format!("mount --bind {} /bin/sh || exit 99\n{script}", busybox().display()));
+        .arg(format!(
+            "mount --bind {} /bin/sh || exit 99\n{script}",
+            busybox().display()
+        ));
     command
 }
 
@@ -200,7 +253,8 @@ fn run_dhcp(client: &Netns, root: &Path, cmdline: &str) -> (Output, Duration) {
     let bin = busybox_bin(root.parent().unwrap());
     let cmdline_file = root.parent().unwrap().join("cmdline");
     fs::write(&cmdline_file, format!("{cmdline}\n")).unwrap();
-    let mut command = isolated_busybox_shell(Some(client), 60, "exec /bin/sh \"$KILN_TEST_SCRIPT\"");
+    let mut command =
+        isolated_busybox_shell(Some(client), 60, "exec /bin/sh \"$KILN_TEST_SCRIPT\"");
     command
         .env("PATH", &bin)
         .env("KILN_ROOT", root)
@@ -212,7 +266,11 @@ fn run_dhcp(client: &Netns, root: &Path, cmdline: &str) -> (Output, Duration) {
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
 }
 
 fn read(path: impl AsRef<Path>) -> String {
@@ -225,7 +283,9 @@ fn every_script_passes_sh_n_under_busybox_and_dash() {
     let scripts = all_scripts();
     for module in ["dhcp", "ntp", "getty", "sshd", "syslog", "rngd", "kmod"] {
         assert!(
-            scripts.iter().any(|path| path.starts_with(workspace_root().join("modules").join(module))),
+            scripts
+                .iter()
+                .any(|path| path.starts_with(workspace_root().join("modules").join(module))),
             "no script for module {module} in {scripts:?}"
         );
     }
@@ -233,7 +293,12 @@ fn every_script_passes_sh_n_under_busybox_and_dash() {
         let first_line = read(script).lines().next().unwrap_or_default().to_string();
         assert_eq!(first_line, "#!/bin/sh", "{}", script.display());
         let mode = fs::metadata(script).unwrap().permissions().mode();
-        assert_eq!(mode & 0o111, 0o111, "{} is not executable (mode {mode:o})", script.display());
+        assert_eq!(
+            mode & 0o111,
+            0o111,
+            "{} is not executable (mode {mode:o})",
+            script.display()
+        );
         run(Command::new(busybox()).arg("sh").arg("-n").arg(script)).unwrap();
         if Path::new("/bin/dash").exists() {
             run(Command::new("/bin/dash").arg("-n").arg(script)).unwrap();
@@ -255,18 +320,42 @@ fn dhcp_gets_a_lease_from_udhcpd_and_applies_it() {
     let (output, elapsed) = run_dhcp(&client, &root, "console=ttyS0 kiln.dhcp.timeout=20");
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    let lease_line = log.lines().find(|line| line.starts_with("dhcp: lease ")).unwrap_or_else(|| panic!("{log}"));
+    let lease_line = log
+        .lines()
+        .find(|line| line.starts_with("dhcp: lease "))
+        .unwrap_or_else(|| panic!("{log}"));
     // dhcp: lease 192.0.2.1NN/24 on eth0 via 192.0.2.1
-    let address = lease_line.strip_prefix("dhcp: lease ").unwrap().split('/').next().unwrap().to_string();
-    assert!(address.starts_with("192.0.2.1") && address.len() == 11, "{lease_line}");
-    assert_eq!(lease_line, format!("dhcp: lease {address}/24 on eth0 via 192.0.2.1"));
+    let address = lease_line
+        .strip_prefix("dhcp: lease ")
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        address.starts_with("192.0.2.1") && address.len() == 11,
+        "{lease_line}"
+    );
+    assert_eq!(
+        lease_line,
+        format!("dhcp: lease {address}/24 on eth0 via 192.0.2.1")
+    );
     assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}: {log}");
 
     let addresses = client.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
-    assert!(addresses.contains(&format!("inet {address}/24")), "{addresses}");
+    assert!(
+        addresses.contains(&format!("inet {address}/24")),
+        "{addresses}"
+    );
     let routes = client.ip(&["-4", "route", "show", "default"]);
-    assert!(routes.contains("default via 192.0.2.1 dev eth0"), "{routes}");
-    assert_eq!(read(root.join("etc/resolv.conf")), "search kiln.test\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n");
+    assert!(
+        routes.contains("default via 192.0.2.1 dev eth0"),
+        "{routes}"
+    );
+    assert_eq!(
+        read(root.join("etc/resolv.conf")),
+        "search kiln.test\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n"
+    );
     assert_eq!(read(root.join("run/kiln/ntp-servers")), "192.0.2.123\n");
     assert_eq!(read(root.join("etc/hostname")), "kiln-lease-test\n");
 }
@@ -283,9 +372,15 @@ fn dhcp_without_a_server_gives_up_after_the_timeout_and_succeeds() {
     let (output, elapsed) = run_dhcp(&client, &root, "kiln.dhcp.timeout=3");
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("dhcp: no lease on eth0 after 3s, continuing"), "{log}");
+    assert!(
+        log.contains("dhcp: no lease on eth0 after 3s, continuing"),
+        "{log}"
+    );
     assert!(!log.contains("dhcp: lease "), "{log}");
-    assert!(elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(8), "took {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_secs(3) && elapsed < Duration::from_secs(8),
+        "took {elapsed:?}"
+    );
     assert!(!root.join("etc/resolv.conf").exists());
 }
 
@@ -302,26 +397,43 @@ fn dhcp_ipam_sets_static_addressing_without_dhcp() {
     let _udhcpd = start_udhcpd(&server, "srv0", directory.path());
     // Hook writes the MAC with hyphens; upper case must match too.
     let link = client.ip(&["-o", "link", "show", "dev", "eth0"]);
-    let mac = link.split("link/ether ").nth(1).unwrap().split(' ').next().unwrap().to_ascii_uppercase().replace(':', "-");
+    let mac = link
+        .split("link/ether ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_ascii_uppercase()
+        .replace(':', "-");
     let cmdline = format!(
         "console=ttyS0 ipam={mac}::192.0.2.50:255.255.255.0:192.0.2.1:kiln-static:192.0.2.53,192.0.2.54:kiln.test,example.test:192.0.2.123,192.0.2.124 kiln.dhcp.timeout=20"
     );
     let (output, elapsed) = run_dhcp(&client, &root, &cmdline);
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("dhcp: static 192.0.2.50/24 on eth0 via 192.0.2.1 (ipam=)"), "{log}");
+    assert!(
+        log.contains("dhcp: static 192.0.2.50/24 on eth0 via 192.0.2.1 (ipam=)"),
+        "{log}"
+    );
     assert!(!log.contains("dhcp: lease"), "{log}");
     assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}: {log}");
     let addresses = client.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]);
     assert!(addresses.contains("inet 192.0.2.50/24"), "{addresses}");
     assert_eq!(addresses.lines().count(), 1, "{addresses}");
     let routes = client.ip(&["-4", "route", "show", "default"]);
-    assert!(routes.contains("default via 192.0.2.1 dev eth0"), "{routes}");
+    assert!(
+        routes.contains("default via 192.0.2.1 dev eth0"),
+        "{routes}"
+    );
     assert_eq!(
         read(root.join("etc/resolv.conf")),
         "search kiln.test example.test\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n"
     );
-    assert_eq!(read(root.join("run/kiln/ntp-servers")), "192.0.2.123\n192.0.2.124\n");
+    assert_eq!(
+        read(root.join("run/kiln/ntp-servers")),
+        "192.0.2.123\n192.0.2.124\n"
+    );
     assert_eq!(read(root.join("etc/hostname")), "kiln-static\n");
 }
 
@@ -345,7 +457,9 @@ fn dhcp_vlan_id_runs_dhcp_on_the_vlan_link() {
         return;
     }
     // The server answers only tagged frames: udhcpd listens on srv0.100.
-    server.ip(&["link", "add", "link", "srv0", "name", "srv0.100", "type", "vlan", "id", "100"]);
+    server.ip(&[
+        "link", "add", "link", "srv0", "name", "srv0.100", "type", "vlan", "id", "100",
+    ]);
     server.ip(&["addr", "add", "192.0.2.1/24", "dev", "srv0.100"]);
     server.ip(&["link", "set", "srv0.100", "up"]);
     let _udhcpd = start_udhcpd(&server, "srv0.100", directory.path());
@@ -355,8 +469,12 @@ fn dhcp_vlan_id_runs_dhcp_on_the_vlan_link() {
     assert!(log.contains(" on eth0.100 via 192.0.2.1"), "{log}");
     let addresses = client.ip(&["-4", "-o", "addr", "show", "dev", "eth0.100"]);
     assert!(addresses.contains("inet 192.0.2.1"), "{addresses}");
-    assert!(client.ip(&["-4", "-o", "addr", "show", "dev", "eth0"]).is_empty());
-    assert!(client.ip(&["-d", "link", "show", "eth0.100"]).contains("vlan protocol 802.1Q id 100"));
+    assert!(client
+        .ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+        .is_empty());
+    assert!(client
+        .ip(&["-d", "link", "show", "eth0.100"])
+        .contains("vlan protocol 802.1Q id 100"));
 }
 
 #[test]
@@ -366,10 +484,16 @@ fn syslog_forwards_to_syslog_host() {
     }
     let directory = tempfile::tempdir().unwrap();
     let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
-    receiver.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    receiver
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let port = receiver.local_addr().unwrap().port();
     let cmdline = directory.path().join("cmdline");
-    fs::write(&cmdline, format!("console=ttyS0 syslog_host=127.0.0.1:{port}\n")).unwrap();
+    fs::write(
+        &cmdline,
+        format!("console=ttyS0 syslog_host=127.0.0.1:{port}\n"),
+    )
+    .unwrap();
     let bin = busybox_bin(directory.path());
     let nonce = unique("line");
     // A private /dev (syslogd creates /dev/log) and IPC namespace (-C's shared memory).
@@ -392,7 +516,9 @@ fn syslog_forwards_to_syslog_host() {
         .unwrap();
     let mut buffer = [0u8; 2048];
     let received = loop {
-        let (length, _) = receiver.recv_from(&mut buffer).expect("a syslog datagram within 10 s");
+        let (length, _) = receiver
+            .recv_from(&mut buffer)
+            .expect("a syslog datagram within 10 s");
         let message = String::from_utf8_lossy(&buffer[..length]).to_string();
         if message.contains(&nonce) {
             break message;
@@ -400,15 +526,26 @@ fn syslog_forwards_to_syslog_host() {
     };
     let output = child.wait_with_output().unwrap();
     let log = text(&output);
-    assert!(received.contains(&format!("kiln-test: {nonce}")), "{received}");
-    assert!(log.contains(&format!("syslog: forwarding to 127.0.0.1:{port} (syslog_host=)")), "{log}");
+    assert!(
+        received.contains(&format!("kiln-test: {nonce}")),
+        "{received}"
+    );
+    assert!(
+        log.contains(&format!(
+            "syslog: forwarding to 127.0.0.1:{port} (syslog_host=)"
+        )),
+        "{log}"
+    );
     assert!(log.contains("local copy kept"), "{log}");
     assert!(log.contains("launcher status 0"), "{log}");
 }
 
 /// The public half of a fresh dropbear ed25519 key at `path`.
 fn client_key(path: &Path) -> String {
-    run(Command::new("dropbearkey").args(["-t", "ed25519", "-f"]).arg(path)).unwrap();
+    run(Command::new("dropbearkey")
+        .args(["-t", "ed25519", "-f"])
+        .arg(path))
+    .unwrap();
     let output = run(Command::new("dropbearkey").arg("-y").arg("-f").arg(path)).unwrap();
     String::from_utf8(output.stdout)
         .unwrap()
@@ -420,8 +557,15 @@ fn client_key(path: &Path) -> String {
 
 /// URL-safe base64 without padding, as `sshd.authorized_key=` takes it.
 fn url_safe_base64(text: &str) -> String {
-    let output = run(Command::new(busybox()).args(["sh", "-c", "printf %s \"$0\" | base64 -w 0", text])).unwrap();
-    String::from_utf8(output.stdout).unwrap().trim().replace('+', "-").replace('/', "_").replace('=', "")
+    let output =
+        run(Command::new(busybox()).args(["sh", "-c", "printf %s \"$0\" | base64 -w 0", text]))
+            .unwrap();
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .trim()
+        .replace('+', "-")
+        .replace('/', "_")
+        .replace('=', "")
 }
 
 #[test]
@@ -439,8 +583,16 @@ fn sshd_writes_authorized_keys_from_the_cmdline_and_a_url() {
     let served = directory.path().join("www");
     fs::create_dir_all(&served).unwrap();
     // No final newline: the next key must still start on a line of its own.
-    fs::write(served.join("keys"), "# comment\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFromUrl from-url@kiln").unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    fs::write(
+        served.join("keys"),
+        "# comment\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFromUrl from-url@kiln",
+    )
+    .unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let _httpd = Background(
         Command::new(busybox())
             .args(["httpd", "-f", "-p", &format!("127.0.0.1:{port}"), "-h"])
@@ -480,8 +632,14 @@ fn sshd_writes_authorized_keys_from_the_cmdline_and_a_url() {
     let output = output.unwrap();
     let log = text(&output);
     assert!(output.status.success(), "{log}");
-    assert!(log.contains("sshd: ignoring sshd.authorized_key=%%%: not URL-safe base64"), "{log}");
-    assert!(log.contains("sshd: 3 authorized key(s) in /root/.ssh/authorized_keys"), "{log}");
+    assert!(
+        log.contains("sshd: ignoring sshd.authorized_key=%%%: not URL-safe base64"),
+        "{log}"
+    );
+    assert!(
+        log.contains("sshd: 3 authorized key(s) in /root/.ssh/authorized_keys"),
+        "{log}"
+    );
     let keys = root.join("root/.ssh/authorized_keys");
     assert_eq!(
         read(&keys),
@@ -510,11 +668,18 @@ fn sshd_runs_dropbear_and_accepts_the_cmdline_key() {
     fs::create_dir_all(&home).unwrap();
     let key = directory.path().join("client_key");
     let public = client_key(&key);
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cmdline = directory.path().join("cmdline");
     fs::write(
         &cmdline,
-        format!("console=ttyS0 sshd.authorized_key={} kiln.sshd.port=127.0.0.1:{port}\n", url_safe_base64(&public)),
+        format!(
+            "console=ttyS0 sshd.authorized_key={} kiln.sshd.port=127.0.0.1:{port}\n",
+            url_safe_base64(&public)
+        ),
     )
     .unwrap();
     // dropbear reads root's keys from root's home: in this mount namespace /root is the
@@ -535,16 +700,25 @@ fn sshd_runs_dropbear_and_accepts_the_cmdline_key() {
         key = key.display(),
     );
     let output = isolated_busybox_shell(None, 40, &script)
-        .env("PATH", format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()))
+        .env(
+            "PATH",
+            format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display()),
+        )
         .env("KILN_ROOT", &root)
         .env("KILN_CMDLINE_FILE", &cmdline)
         .output()
         .unwrap();
     let log = text(&output);
     assert!(log.contains("logged in as 0"), "{log}");
-    assert!(log.contains(&format!("sshd: listening on 127.0.0.1:{port}")), "{log}");
+    assert!(
+        log.contains(&format!("sshd: listening on 127.0.0.1:{port}")),
+        "{log}"
+    );
     for host_key in ["dropbear_ed25519_host_key", "dropbear_ecdsa_host_key"] {
-        assert!(root.join("etc/dropbear").join(host_key).is_file(), "{host_key} missing: {log}");
+        assert!(
+            root.join("etc/dropbear").join(host_key).is_file(),
+            "{host_key} missing: {log}"
+        );
     }
 }
 
@@ -572,19 +746,42 @@ fn ntp_without_servers_exits_zero_and_picks_servers_in_order() {
     };
     let output = run_ntp("console=ttyS0\n");
     assert!(output.status.success(), "{}", text(&output));
-    assert!(text(&output).starts_with("ntp: no NTP server known"), "{}", text(&output));
+    assert!(
+        text(&output).starts_with("ntp: no NTP server known"),
+        "{}",
+        text(&output)
+    );
 
     fs::create_dir_all(root.join("etc/kiln")).unwrap();
-    fs::write(root.join("etc/kiln/ntp-servers"), "# image default\n192.0.2.200\n").unwrap();
-    assert!(text(&run_ntp("quiet\n")).contains("ntp: servers 192.0.2.200 (from /etc/kiln/ntp-servers)"));
+    fs::write(
+        root.join("etc/kiln/ntp-servers"),
+        "# image default\n192.0.2.200\n",
+    )
+    .unwrap();
+    assert!(
+        text(&run_ntp("quiet\n")).contains("ntp: servers 192.0.2.200 (from /etc/kiln/ntp-servers)")
+    );
     fs::create_dir_all(root.join("run/kiln")).unwrap();
-    fs::write(root.join("run/kiln/ntp-servers"), "192.0.2.123\n192.0.2.124\n").unwrap();
-    assert!(text(&run_ntp("quiet\n")).contains("ntp: servers 192.0.2.123 192.0.2.124 (from /run/kiln/ntp-servers)"));
+    fs::write(
+        root.join("run/kiln/ntp-servers"),
+        "192.0.2.123\n192.0.2.124\n",
+    )
+    .unwrap();
+    assert!(text(&run_ntp("quiet\n"))
+        .contains("ntp: servers 192.0.2.123 192.0.2.124 (from /run/kiln/ntp-servers)"));
     let output = run_ntp("kiln.ntp=192.0.2.7,192.0.2.8\n");
-    assert!(text(&output).contains("ntp: servers 192.0.2.7 192.0.2.8 (from kiln.ntp=)"), "{}", text(&output));
+    assert!(
+        text(&output).contains("ntp: servers 192.0.2.7 192.0.2.8 (from kiln.ntp=)"),
+        "{}",
+        text(&output)
+    );
     if !bin.join("ntpd").exists() {
         assert_eq!(output.status.code(), Some(1));
-        assert!(text(&output).contains("ntp: no NTP client in this image"), "{}", text(&output));
+        assert!(
+            text(&output).contains("ntp: no NTP client in this image"),
+            "{}",
+            text(&output)
+        );
     }
 }
 
@@ -600,7 +797,10 @@ fn open_pty() -> (fs::File, PathBuf) {
         assert_eq!(libc::unlockpt(master), 0);
         let mut name = [0 as libc::c_char; 128];
         assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
-        let path = std::ffi::CStr::from_ptr(name.as_ptr()).to_str().unwrap().to_string();
+        let path = std::ffi::CStr::from_ptr(name.as_ptr())
+            .to_str()
+            .unwrap()
+            .to_string();
         (fs::File::from_raw_fd(master), PathBuf::from(path))
     }
 }
@@ -616,7 +816,11 @@ fn getty_starts_one_respawning_getty_per_console_and_stops_on_term() {
     // this test reads, so the login prompt is seen as a person on the console would see it.
     let (master, slave) = open_pty();
     // Held open so the master never reads EIO in the gap between two gettys.
-    let _slave_holder = fs::OpenOptions::new().read(true).write(true).open(&slave).unwrap();
+    let _slave_holder = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave)
+        .unwrap();
     let dev = directory.path().join("dev");
     fs::create_dir_all(&dev).unwrap();
     std::os::unix::fs::symlink(&slave, dev.join("ttyS0")).unwrap();
@@ -631,12 +835,19 @@ fn getty_starts_one_respawning_getty_per_console_and_stops_on_term() {
                 if length == 0 {
                     break;
                 }
-                screen.lock().unwrap().push_str(&String::from_utf8_lossy(&buffer[..length]));
+                screen
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buffer[..length]));
             }
         })
     };
     let cmdline = directory.path().join("cmdline");
-    fs::write(&cmdline, "console=tty0 console=ttyS0,115200n8 console=ttyS0 console=hvc0 quiet\n").unwrap();
+    fs::write(
+        &cmdline,
+        "console=tty0 console=ttyS0,115200n8 console=ttyS0 console=hvc0 quiet\n",
+    )
+    .unwrap();
     // getty is killed once (a logout, as far as the launcher can tell) and must come back.
     let script = format!(
         "/bin/sh {} & launcher=$!\nsleep 1.5\necho \"gettys: $(pidof getty | wc -w)\"\n\
@@ -655,19 +866,42 @@ fn getty_starts_one_respawning_getty_per_console_and_stops_on_term() {
     let screen = screen.lock().unwrap().clone();
     drop(master);
     drop(reader);
-    assert!(log.contains(&format!("getty: console tty1: no {}/tty1, skipped", dev.display())), "{log}");
-    assert!(log.contains(&format!("getty: console hvc0: no {}/hvc0, skipped", dev.display())), "{log}");
-    assert_eq!(log.matches("getty: login prompt on ttyS0 (baud 115200)").count(), 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "getty: console tty1: no {}/tty1, skipped",
+            dev.display()
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "getty: console hvc0: no {}/hvc0, skipped",
+            dev.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("getty: login prompt on ttyS0 (baud 115200)")
+            .count(),
+        1,
+        "{log}"
+    );
     assert!(log.contains("gettys: 1\n"), "{log}");
     assert!(
-        log.lines().any(|line| line.starts_with("getty: getty on ttyS0 exited after ")
-            && line.ends_with("s (status 143), restarting in 1s")),
+        log.lines().any(
+            |line| line.starts_with("getty: getty on ttyS0 exited after ")
+                && line.ends_with("s (status 143), restarting in 1s")
+        ),
         "{log}"
     );
     assert!(log.contains("gettys after kill: 1\n"), "{log}");
     assert!(log.contains("launcher status 0"), "{log}");
     assert!(log.contains("gettys left: 0"), "{log}");
-    assert_eq!(screen.matches(" login: ").count(), 2, "the console showed: {screen:?}");
+    assert_eq!(
+        screen.matches(" login: ").count(),
+        2,
+        "the console showed: {screen:?}"
+    );
 }
 
 #[test]
@@ -690,11 +924,17 @@ fn rngd_mixes_a_seed_quickly_and_writes_a_new_one() {
     let log = text(&output);
     assert!(output.status.success(), "{log}");
     assert!(elapsed < Duration::from_millis(900), "took {elapsed:?}");
-    assert!(log.contains("rngd: mixed ") && log.contains(" seed"), "{log}");
+    assert!(
+        log.contains("rngd: mixed ") && log.contains(" seed"),
+        "{log}"
+    );
     let new_seed = fs::read(root.join("var/lib/kiln/random-seed")).unwrap();
     assert_eq!(new_seed.len(), 512);
     assert_ne!(new_seed, old_seed);
-    let mode = fs::metadata(root.join("var/lib/kiln/random-seed")).unwrap().permissions().mode();
+    let mode = fs::metadata(root.join("var/lib/kiln/random-seed"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
 
@@ -706,12 +946,19 @@ fn kmod_matches_modaliases_and_survives_modules_that_do_not_load() {
     let modules = root.join("lib/modules").join(release.trim());
     fs::create_dir_all(&modules).unwrap();
     for (device, alias) in [
-        ("pci/devices/0000:00:03.0", "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00"),
+        (
+            "pci/devices/0000:00:03.0",
+            "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00",
+        ),
         ("virtio/devices/virtio1", "virtio:d00000001v00001AF4"),
         ("platform/devices/serial8250", "platform:serial8250"),
     ] {
         fs::create_dir_all(root.join("sys/bus").join(device)).unwrap();
-        fs::write(root.join("sys/bus").join(device).join("modalias"), format!("{alias}\n")).unwrap();
+        fs::write(
+            root.join("sys/bus").join(device).join("modalias"),
+            format!("{alias}\n"),
+        )
+        .unwrap();
     }
     // Module names that exist nowhere, so the host's kernel is never touched.
     fs::write(
@@ -739,8 +986,15 @@ fn kmod_matches_modaliases_and_survives_modules_that_do_not_load() {
         .filter_map(|line| line.strip_prefix("kmod: cannot load "))
         .map(|rest| rest.split(':').next().unwrap())
         .collect();
-    assert_eq!(failed, ["kiln_test_virtio_net", "kiln_test_any_ethernet"], "{log}");
-    assert!(log.contains("kmod: loaded 0 module(s) for the detected hardware, 2 failed"), "{log}");
+    assert_eq!(
+        failed,
+        ["kiln_test_virtio_net", "kiln_test_any_ethernet"],
+        "{log}"
+    );
+    assert!(
+        log.contains("kmod: loaded 0 module(s) for the detected hardware, 2 failed"),
+        "{log}"
+    );
 }
 
 /// Debian's x86_64 kernel package (the version `linux-image-amd64` depends on, from the
@@ -749,18 +1003,33 @@ fn kmod_matches_modaliases_and_survives_modules_that_do_not_load() {
 /// Returns (unpacked root, kernel release).
 fn debian_kernel_tree() -> (PathBuf, String) {
     let cache = kiln_tests::test_cache_dir("module-scripts-kernel");
-    let depends = String::from_utf8(run(Command::new("apt-cache").args(["depends", "linux-image-amd64"])).unwrap().stdout).unwrap();
+    let depends = String::from_utf8(
+        run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
     let package = depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))
         .find(|name| name.starts_with("linux-image-") && name.ends_with("-amd64"))
-        .unwrap_or_else(|| panic!("no versioned linux-image in `apt-cache depends linux-image-amd64`:\n{depends}"))
+        .unwrap_or_else(|| {
+            panic!("no versioned linux-image in `apt-cache depends linux-image-amd64`:\n{depends}")
+        })
         .to_string();
     let release = package.strip_prefix("linux-image-").unwrap().to_string();
     let tree = cache.join(&package);
-    if !tree.join("lib/modules").join(&release).join("modules.alias").exists() {
+    if !tree
+        .join("lib/modules")
+        .join(&release)
+        .join("modules.alias")
+        .exists()
+    {
         let download = tempfile::tempdir_in(&cache).unwrap();
-        run(Command::new("apt-get").current_dir(download.path()).args(["download", &package])).unwrap();
+        run(Command::new("apt-get")
+            .current_dir(download.path())
+            .args(["download", &package]))
+        .unwrap();
         let deb = fs::read_dir(download.path())
             .unwrap()
             .map(|item| item.unwrap().path())
@@ -768,7 +1037,12 @@ fn debian_kernel_tree() -> (PathBuf, String) {
             .expect("apt-get download left a .deb");
         let partial = download.path().join("root");
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&partial)).unwrap();
-        run(Command::new(busybox()).arg("depmod").arg("-b").arg(&partial).arg(&release)).unwrap();
+        run(Command::new(busybox())
+            .arg("depmod")
+            .arg("-b")
+            .arg(&partial)
+            .arg(&release))
+        .unwrap();
         let _ = fs::remove_dir_all(&tree);
         fs::rename(&partial, &tree).unwrap();
     }
@@ -788,11 +1062,22 @@ fn dhcp_vlan_and_kmod_in_qemu_with_debians_kernel() {
     let (tree, release) = debian_kernel_tree();
     let work = tempfile::tempdir().unwrap();
     let root = work.path().join("root");
-    for directory in ["bin", "sbin", "proc", "sys", "dev", "run", "tmp", "etc", "usr/libexec/kiln"] {
+    for directory in [
+        "bin",
+        "sbin",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "etc",
+        "usr/libexec/kiln",
+    ] {
         fs::create_dir_all(root.join(directory)).unwrap();
     }
     fs::copy(busybox(), root.join("bin/busybox")).unwrap();
-    let applets = String::from_utf8(run(Command::new(busybox()).arg("--list")).unwrap().stdout).unwrap();
+    let applets =
+        String::from_utf8(run(Command::new(busybox()).arg("--list")).unwrap().stdout).unwrap();
     for applet in applets.lines().filter(|applet| *applet != "busybox") {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
@@ -806,14 +1091,26 @@ fn dhcp_vlan_and_kmod_in_qemu_with_debians_kernel() {
     let modules = Path::new("lib/modules").join(&release);
     fs::create_dir_all(root.join(&modules)).unwrap();
     for file in ["modules.alias", "modules.dep"] {
-        fs::copy(tree.join(&modules).join(file), root.join(&modules).join(file)).unwrap();
+        fs::copy(
+            tree.join(&modules).join(file),
+            root.join(&modules).join(file),
+        )
+        .unwrap();
     }
-    for directory in ["kernel/drivers/virtio", "kernel/drivers/net", "kernel/net/core", "kernel/net/8021q", "kernel/net/802", "kernel/net/llc"] {
+    for directory in [
+        "kernel/drivers/virtio",
+        "kernel/drivers/net",
+        "kernel/net/core",
+        "kernel/net/8021q",
+        "kernel/net/802",
+        "kernel/net/llc",
+    ] {
         fs::create_dir_all(root.join(&modules).join(directory)).unwrap();
         for entry in fs::read_dir(tree.join(&modules).join(directory)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().to_string();
-            let wanted = directory != "kernel/drivers/net" || ["virtio_net.ko", "net_failover.ko"].contains(&name.as_str());
+            let wanted = directory != "kernel/drivers/net"
+                || ["virtio_net.ko", "net_failover.ko"].contains(&name.as_str());
             if wanted && name.ends_with(".ko") {
                 fs::copy(&path, root.join(&modules).join(directory).join(&name)).unwrap();
             }
@@ -879,19 +1176,65 @@ poweroff -f
         .output()
         .expect("qemu-system-x86_64 (apt-get install qemu-system-x86)");
     let console = String::from_utf8_lossy(&output.stdout).replace('\r', "");
-    let tail: String = console.lines().filter(|line| line.contains("KILN") || line.contains("dhcp:") || line.contains("kmod:")).collect::<Vec<_>>().join("\n");
-    eprintln!("booted and ran in {:.1}s:\n{tail}", started.elapsed().as_secs_f64());
-    assert!(console.contains("KILN-VM-DONE"), "{}", String::from_utf8_lossy(&output.stderr));
-    let loaded = console.lines().find(|line| line.starts_with("kmod: loaded ")).unwrap_or_else(|| panic!("{tail}"));
-    assert!(!console.contains("kmod: cannot load virtio_net") && !console.contains("kmod: cannot load virtio_pci"), "{tail}");
+    let tail: String = console
+        .lines()
+        .filter(|line| line.contains("KILN") || line.contains("dhcp:") || line.contains("kmod:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    eprintln!(
+        "booted and ran in {:.1}s:\n{tail}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        console.contains("KILN-VM-DONE"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let loaded = console
+        .lines()
+        .find(|line| line.starts_with("kmod: loaded "))
+        .unwrap_or_else(|| panic!("{tail}"));
+    assert!(
+        !console.contains("kmod: cannot load virtio_net")
+            && !console.contains("kmod: cannot load virtio_pci"),
+        "{tail}"
+    );
     assert!(loaded.starts_with("kmod: loaded 2 module(s)"), "{tail}");
     assert!(console.contains("KILN-VM: server link eth1"), "{tail}");
-    let lease = console.lines().find(|line| line.starts_with("dhcp: lease ")).unwrap_or_else(|| panic!("{tail}"));
-    assert!(lease.starts_with("dhcp: lease 192.0.2.1") && lease.ends_with("/24 on eth0.100 via 192.0.2.1"), "{tail}");
+    let lease = console
+        .lines()
+        .find(|line| line.starts_with("dhcp: lease "))
+        .unwrap_or_else(|| panic!("{tail}"));
+    assert!(
+        lease.starts_with("dhcp: lease 192.0.2.1")
+            && lease.ends_with("/24 on eth0.100 via 192.0.2.1"),
+        "{tail}"
+    );
     assert!(console.contains("KILN-VM: dhcp status 0"), "{tail}");
-    assert!(console.lines().any(|line| line.starts_with("KILN-VM: addr ") && line.contains("eth0.100") && line.contains("inet 192.0.2.1")), "{tail}");
-    assert!(!console.lines().any(|line| line.starts_with("KILN-VM: addr ") && line.contains(" eth0 ")), "{tail}");
-    assert!(console.contains("KILN-VM: route default via 192.0.2.1 dev eth0.100"), "{tail}");
-    assert!(console.contains("KILN-VM: resolv.conf nameserver 192.0.2.53"), "{tail}");
-    assert!(console.contains("KILN-VM: ntp-servers 192.0.2.123"), "{tail}");
+    assert!(
+        console
+            .lines()
+            .any(|line| line.starts_with("KILN-VM: addr ")
+                && line.contains("eth0.100")
+                && line.contains("inet 192.0.2.1")),
+        "{tail}"
+    );
+    assert!(
+        !console
+            .lines()
+            .any(|line| line.starts_with("KILN-VM: addr ") && line.contains(" eth0 ")),
+        "{tail}"
+    );
+    assert!(
+        console.contains("KILN-VM: route default via 192.0.2.1 dev eth0.100"),
+        "{tail}"
+    );
+    assert!(
+        console.contains("KILN-VM: resolv.conf nameserver 192.0.2.53"),
+        "{tail}"
+    );
+    assert!(
+        console.contains("KILN-VM: ntp-servers 192.0.2.123"),
+        "{tail}"
+    );
 }

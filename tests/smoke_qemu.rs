@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use kiln_archive::{ArchivePath, ArchiveTree, Compression, Content, Entry, InitramfsOptions};
 use kiln_smoke::image::{BootPlan, ImageDirectory, PlanSource};
-use kiln_smoke::init_config::{BackoffSettings, InitConfig, RestartPolicy, ServiceEntry, StepEntry};
+use kiln_smoke::init_config::{
+    BackoffSettings, InitConfig, RestartPolicy, ServiceEntry, StepEntry,
+};
 use kiln_smoke::markers::{Marker, MarkerChecker, MarkerPlan, NetworkExpectation};
 use kiln_smoke::smoke::{self, BootFailure, BootMethod, SmokeOptions, SmokeReport};
 use kiln_smoke::vm::WaitOutcome;
@@ -35,7 +37,13 @@ fn hook_image(arch: ImageArch) -> ImageDirectory {
     // SAFETY: flock on a file descriptor this function owns for the whole call; it is
     // released when `lock` is dropped (closed) at the end.
     let locked = unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(locked, 0, "flock {}: {}", root.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        locked,
+        0,
+        "flock {}: {}",
+        root.display(),
+        std::io::Error::last_os_error()
+    );
     let output = xtask(&["image", "--arch", arch.name(), "--profile", "hook", "--out"])
         .arg(&root)
         .output()
@@ -48,7 +56,8 @@ fn hook_image(arch: ImageArch) -> ImageDirectory {
         String::from_utf8_lossy(&output.stderr)
     );
     drop(lock);
-    ImageDirectory::open(&root.join("hook").join(arch.name()), arch).expect("the image directory is complete")
+    ImageDirectory::open(&root.join("hook").join(arch.name()), arch)
+        .expect("the image directory is complete")
 }
 
 /// A fresh work directory (console log, key, TFTP root) kept after the test.
@@ -79,10 +88,23 @@ fn run(image: &ImageDirectory, options: &SmokeOptions) -> SmokeReport {
 }
 
 fn check_full_run(report: &SmokeReport, arch: ImageArch) {
-    let uname = report.remote_uname.as_deref().expect("the hook image has sshd: the run logged in");
-    assert!(uname.starts_with("Linux ") && uname.contains(arch.name()), "{uname}");
-    assert!(report.powered_off_at.is_some(), "QEMU exited after poweroff");
-    assert!(report.plan.has_service("sshd") && report.plan.onboot.iter().any(|step| step == "dhcp"), "{:?}", report.plan);
+    let uname = report
+        .remote_uname
+        .as_deref()
+        .expect("the hook image has sshd: the run logged in");
+    assert!(
+        uname.starts_with("Linux ") && uname.contains(arch.name()),
+        "{uname}"
+    );
+    assert!(
+        report.powered_off_at.is_some(),
+        "QEMU exited after poweroff"
+    );
+    assert!(
+        report.plan.has_service("sshd") && report.plan.onboot.iter().any(|step| step == "dhcp"),
+        "{:?}",
+        report.plan
+    );
 }
 
 #[test]
@@ -101,7 +123,11 @@ fn hook_aarch64_boots_directly_to_ready_with_a_lease_ssh_and_power_off() {
     let options = SmokeOptions::new(work_directory("aarch64-direct"));
     let report = run(&image, &options);
     check_full_run(&report, ImageArch::Aarch64);
-    assert!(report.firmware.contains("no EFI stub") || report.firmware.starts_with("UEFI"), "{}", report.firmware);
+    assert!(
+        report.firmware.contains("no EFI stub") || report.firmware.starts_with("UEFI"),
+        "{}",
+        report.firmware
+    );
 }
 
 #[test]
@@ -112,7 +138,11 @@ fn hook_x86_64_netboots_through_ipxe_and_tftp() {
     options.boot = BootMethod::Ipxe;
     let report = run(&image, &options);
     check_full_run(&report, ImageArch::X86_64);
-    let labels: Vec<&str> = report.markers.iter().map(|found| found.label.as_str()).collect();
+    let labels: Vec<&str> = report
+        .markers
+        .iter()
+        .map(|found| found.label.as_str())
+        .collect();
     assert_eq!(
         labels[..5],
         ["iPXE started", "iPXE fetched boot.ipxe", "iPXE fetched vmlinuz-x86_64", "iPXE fetched initramfs-x86_64", "kernel started"],
@@ -123,18 +153,35 @@ fn hook_x86_64_netboots_through_ipxe_and_tftp() {
 #[test]
 fn aarch64_ipxe_is_refused_with_the_reason() {
     let directory = tempfile::tempdir().unwrap();
-    for name in ["vmlinuz-aarch64", "initramfs-aarch64", "cmdline", "boot.ipxe"] {
+    for name in [
+        "vmlinuz-aarch64",
+        "initramfs-aarch64",
+        "cmdline",
+        "boot.ipxe",
+    ] {
         fs::write(directory.path().join(name), "").unwrap();
     }
-    let output = xtask(&["smoke", "qemu", "--arch", "aarch64", "--boot", "ipxe", "--no-setup", "--image"])
-        .arg(directory.path())
-        .arg("--work-dir")
-        .arg(directory.path().join("work"))
-        .output()
-        .unwrap();
+    let output = xtask(&[
+        "smoke",
+        "qemu",
+        "--arch",
+        "aarch64",
+        "--boot",
+        "ipxe",
+        "--no-setup",
+        "--image",
+    ])
+    .arg(directory.path())
+    .arg("--work-dir")
+    .arg(directory.path().join("work"))
+    .output()
+    .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
-    assert!(stderr.contains("no arm64 iPXE build") && stderr.contains("use --boot direct"), "{stderr}");
+    assert!(
+        stderr.contains("no arm64 iPXE build") && stderr.contains("use --boot direct"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -144,7 +191,11 @@ fn without_a_nic_dhcp_gives_up_and_the_boot_still_reaches_ready() {
     let mut options = SmokeOptions::new(work_directory("x86_64-no-nic"));
     options.network = false;
     let report = run(&image, &options);
-    let gave_up = report.markers.iter().find(|found| found.label == "dhcp gave up").expect("the dhcp step said why it gave up");
+    let gave_up = report
+        .markers
+        .iter()
+        .find(|found| found.label == "dhcp gave up")
+        .expect("the dhcp step said why it gave up");
     assert!(gave_up.line.contains("continuing"), "{}", gave_up.line);
     assert_eq!(report.markers.last().unwrap().label, "ready");
     assert!(report.remote_uname.is_none());
@@ -156,11 +207,19 @@ fn config_segment(config: &InitConfig, directory: &Path) -> PathBuf {
     let tree = ArchiveTree::from_entries([
         Entry::directory(ArchivePath::new("etc").unwrap(), 0o755),
         Entry::directory(ArchivePath::new("etc/kiln").unwrap(), 0o755),
-        Entry::file(ArchivePath::new("etc/kiln/init.json").unwrap(), 0o644, Content::Bytes(text.into())),
+        Entry::file(
+            ArchivePath::new("etc/kiln/init.json").unwrap(),
+            0o644,
+            Content::Bytes(text.into()),
+        ),
     ])
     .unwrap();
     let path = directory.join("extra-init-json.cpio");
-    let options = InitramfsOptions { mtime: 1_700_000_000, compression: Compression::None, early: None };
+    let options = InitramfsOptions {
+        mtime: 1_700_000_000,
+        compression: Compression::None,
+        early: None,
+    };
     kiln_archive::write_initramfs_file(&tree, &options, &path, &mut |_| {}).unwrap();
     path
 }
@@ -170,8 +229,14 @@ fn image_config(image: &ImageDirectory) -> InitConfig {
 }
 
 fn fail(vm: &kiln_smoke::vm::Vm, checker: &MarkerChecker, outcome: &WaitOutcome) -> ! {
-    let missing = checker.missing().map(|missing| missing.to_string()).unwrap_or_default();
-    panic!("{}", BootFailure::from_vm(vm, format!("{}; {missing}", smoke::describe(outcome))));
+    let missing = checker
+        .missing()
+        .map(|missing| missing.to_string())
+        .unwrap_or_default();
+    panic!(
+        "{}",
+        BootFailure::from_vm(vm, format!("{}; {missing}", smoke::describe(outcome)))
+    );
 }
 
 #[test]
@@ -182,14 +247,25 @@ fn a_crashing_service_is_restarted_with_growing_backoff() {
     let mut config = image_config(&image);
     config.services.push(ServiceEntry {
         name: "crasher".to_string(),
-        argv: ["/bin/busybox", "sh", "-c", "echo crashing on purpose; exit 3"].map(String::from).to_vec(),
+        argv: [
+            "/bin/busybox",
+            "sh",
+            "-c",
+            "echo crashing on purpose; exit 3",
+        ]
+        .map(String::from)
+        .to_vec(),
         env: Default::default(),
         working_directory: None,
         user: None,
         uid: None,
         gid: None,
         restart: RestartPolicy::Always,
-        backoff: BackoffSettings { initial_ms: 1_000, max_ms: 4_000, reset_after_ms: 60_000 },
+        backoff: BackoffSettings {
+            initial_ms: 1_000,
+            max_ms: 4_000,
+            reset_after_ms: 60_000,
+        },
         after: Vec::new(),
     });
     let mut options = SmokeOptions::new(work.clone());
@@ -197,14 +273,27 @@ fn a_crashing_service_is_restarted_with_growing_backoff() {
     options.extra_initramfs = Some(config_segment(&config, &work));
     let mut started = smoke::start_boot(&image, &options, false).unwrap();
     let plan = BootPlan::from_config(&config, PlanSource::InitramfsConfig);
-    let mut boot = MarkerChecker::new(MarkerPlan::boot_to_ready(&plan, NetworkExpectation::NoLink, &[]));
-    let outcome = started.vm.expect(&mut boot, options.boot_timeout, &mut |found| eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label));
+    let mut boot = MarkerChecker::new(MarkerPlan::boot_to_ready(
+        &plan,
+        NetworkExpectation::NoLink,
+        &[],
+    ));
+    let outcome = started
+        .vm
+        .expect(&mut boot, options.boot_timeout, &mut |found| {
+            eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label)
+        });
     if outcome != WaitOutcome::Complete {
         fail(&started.vm, &boot, &outcome);
     }
     // The restarts begin before `kiln: ready`: read the console from its start again.
     started.vm.rewind();
-    let exited = |delay: &str| Marker::new(format!("crasher exited, restart in {delay}"), format!("kiln: service crasher exited (status 3), restarting in {delay}"));
+    let exited = |delay: &str| {
+        Marker::new(
+            format!("crasher exited, restart in {delay}"),
+            format!("kiln: service crasher exited (status 3), restarting in {delay}"),
+        )
+    };
     let restarts = MarkerPlan::default()
         .then(Marker::service_started("crasher"))
         .then(exited("1s"))
@@ -216,15 +305,25 @@ fn a_crashing_service_is_restarted_with_growing_backoff() {
         .then(exited("4s"))
         .then(Marker::service_started("crasher"));
     let mut checker = MarkerChecker::new(restarts);
-    let outcome = started.vm.expect(&mut checker, Duration::from_secs(300), &mut |found| eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label));
+    let outcome = started
+        .vm
+        .expect(&mut checker, Duration::from_secs(300), &mut |found| {
+            eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label)
+        });
     if outcome != WaitOutcome::Complete {
         fail(&started.vm, &checker, &outcome);
     }
     // The waits are real: each restart comes at least its announced delay after the exit.
     let found = checker.found();
     for (exit, restart, delay) in [(1, 2, 1.0), (3, 4, 2.0), (5, 6, 4.0), (7, 8, 4.0)] {
-        let waited = found[restart].at.saturating_sub(found[exit].at).as_secs_f64();
-        assert!(waited >= delay - 0.3, "restart {restart} came {waited:.2}s after the exit, announced {delay}s");
+        let waited = found[restart]
+            .at
+            .saturating_sub(found[exit].at)
+            .as_secs_f64();
+        assert!(
+            waited >= delay - 0.3,
+            "restart {restart} came {waited:.2}s after the exit, announced {delay}s"
+        );
     }
     eprintln!("console log: {}", started.vm.console_log.display());
 }
@@ -236,7 +335,11 @@ fn a_hanging_onboot_step_is_killed_at_its_timeout_and_the_boot_goes_on() {
     let work = work_directory("x86_64-hanging-step");
     let mut config = image_config(&image);
     // After `base` (which makes busybox's applet links), before the others.
-    let position = config.onboot.iter().position(|step| step.name == "base").map_or(0, |index| index + 1);
+    let position = config
+        .onboot
+        .iter()
+        .position(|step| step.name == "base")
+        .map_or(0, |index| index + 1);
     config.onboot.insert(
         position,
         StepEntry {
@@ -253,25 +356,55 @@ fn a_hanging_onboot_step_is_killed_at_its_timeout_and_the_boot_goes_on() {
     options.extra_initramfs = Some(config_segment(&config, &work));
     let mut started = smoke::start_boot(&image, &options, false).unwrap();
     // The image's own plan with the hanging step's timeout where it runs.
-    let mut markers = MarkerPlan::default().then(Marker::kernel_started()).then(Marker::init_started());
+    let mut markers = MarkerPlan::default()
+        .then(Marker::kernel_started())
+        .then(Marker::init_started());
     for step in &config.onboot {
         markers = match step.name.as_str() {
             "hang" => markers.then(Marker::onboot_timed_out("hang")),
-            "dhcp" => markers.then(NetworkExpectation::NoLink.marker()).then(Marker::onboot_finished("dhcp")),
+            "dhcp" => markers
+                .then(NetworkExpectation::NoLink.marker())
+                .then(Marker::onboot_finished("dhcp")),
             name => markers.then(Marker::onboot_finished(name)),
         };
     }
-    let markers = markers.then_all(config.services.iter().map(|service| Marker::service_started(&service.name)).collect()).then(Marker::ready());
+    let markers = markers
+        .then_all(
+            config
+                .services
+                .iter()
+                .map(|service| Marker::service_started(&service.name))
+                .collect(),
+        )
+        .then(Marker::ready());
     let mut checker = MarkerChecker::new(markers);
-    let outcome = started.vm.expect(&mut checker, options.boot_timeout, &mut |found| eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label));
+    let outcome = started
+        .vm
+        .expect(&mut checker, options.boot_timeout, &mut |found| {
+            eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label)
+        });
     if outcome != WaitOutcome::Complete {
         fail(&started.vm, &checker, &outcome);
     }
     let found = checker.found();
-    let timed_out = found.iter().find(|found| found.label == "onboot hang timed out").unwrap();
-    assert!(timed_out.line.contains("timed out after 3s"), "{}", timed_out.line);
-    let before = &found[found.iter().position(|found| found.label == "onboot hang timed out").unwrap() - 1];
+    let timed_out = found
+        .iter()
+        .find(|found| found.label == "onboot hang timed out")
+        .unwrap();
+    assert!(
+        timed_out.line.contains("timed out after 3s"),
+        "{}",
+        timed_out.line
+    );
+    let before = &found[found
+        .iter()
+        .position(|found| found.label == "onboot hang timed out")
+        .unwrap()
+        - 1];
     let ran = timed_out.at.saturating_sub(before.at).as_secs_f64();
-    assert!((2.7..60.0).contains(&ran), "the step was stopped {ran:.1}s after the step before it finished (timeout 3s)");
+    assert!(
+        (2.7..60.0).contains(&ran),
+        "the step was stopped {ran:.1}s after the step before it finished (timeout 3s)"
+    );
     eprintln!("console log: {}", started.vm.console_log.display());
 }

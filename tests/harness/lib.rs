@@ -18,7 +18,10 @@ use sha2::{Digest, Sha256};
 
 /// The repository root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A directory under the target dir for downloads and builds that tests
@@ -40,15 +43,33 @@ pub fn xtask_binary() -> &'static Path {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
         let output = Command::new(cargo)
             .current_dir(workspace_root())
-            .args(["build", "--quiet", "--package", "xtask", "--message-format=json"])
+            .args([
+                "build",
+                "--quiet",
+                "--package",
+                "xtask",
+                "--message-format=json",
+            ])
             .output()
             .expect("running cargo build for xtask");
-        assert!(output.status.success(), "building xtask failed:\n{}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "building xtask failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         let executable = stdout
             .lines()
-            .filter(|line| line.contains("\"executable\":\"") && line.contains("\"name\":\"xtask\""))
-            .filter_map(|line| line.split("\"executable\":\"").nth(1)?.split('"').next().map(PathBuf::from))
+            .filter(|line| {
+                line.contains("\"executable\":\"") && line.contains("\"name\":\"xtask\"")
+            })
+            .filter_map(|line| {
+                line.split("\"executable\":\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(PathBuf::from)
+            })
             .last()
             .expect("cargo reported the xtask executable");
         executable
@@ -62,7 +83,10 @@ pub fn xtask(arguments: &[&str]) -> Command {
     command.args(arguments);
     command.env_clear();
     command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
-    command.env("HOME", std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
+    command.env(
+        "HOME",
+        std::env::var_os("HOME").unwrap_or_else(|| "/root".into()),
+    );
     command
 }
 
@@ -90,7 +114,14 @@ pub fn make_fixture_tree(root: &Path, reverse: bool) -> anyhow::Result<()> {
         Box::new(|root| make_file(root, "etc/hostname", b"kiln\n", 0o644)),
         Box::new(|root| make_file(root, "etc/shadow", b"root:*:19000:0:99999:7:::\n", 0o640)),
         Box::new(|root| make_file(root, "etc/empty.conf", b"", 0o600)),
-        Box::new(|root| make_file(root, "etc/ssl/certs/ca.pem", &pseudo_random_bytes(3, 5_000), 0o444)),
+        Box::new(|root| {
+            make_file(
+                root,
+                "etc/ssl/certs/ca.pem",
+                &pseudo_random_bytes(3, 5_000),
+                0o444,
+            )
+        }),
         Box::new(|root| make_file(root, "root/.profile", b"export PS1='# '\n", 0o600)),
         Box::new(|root| make_file(root, "a-b", b"sorts before a/b bytewise\n", 0o644)),
         Box::new(|root| make_file(root, "a/b", b"inside a\n", 0o644)),
@@ -111,9 +142,21 @@ pub fn make_fixture_tree(root: &Path, reverse: bool) -> anyhow::Result<()> {
     if is_root() {
         steps.push(Box::new(|root| {
             make_dir(root, "dev", 0o755)?;
-            make_special(root, "dev/console", libc::S_IFCHR, 0o600, libc::makedev(5, 1))?;
+            make_special(
+                root,
+                "dev/console",
+                libc::S_IFCHR,
+                0o600,
+                libc::makedev(5, 1),
+            )?;
             make_special(root, "dev/null", libc::S_IFCHR, 0o666, libc::makedev(1, 3))?;
-            make_special(root, "dev/nvme0n1p300", libc::S_IFBLK, 0o660, libc::makedev(259, 300))?;
+            make_special(
+                root,
+                "dev/nvme0n1p300",
+                libc::S_IFBLK,
+                0o660,
+                libc::makedev(259, 300),
+            )?;
             Ok(())
         }));
         steps.push(Box::new(|root| {
@@ -126,7 +169,10 @@ pub fn make_fixture_tree(root: &Path, reverse: bool) -> anyhow::Result<()> {
     }
     if reverse {
         // Directories must still come before their contents.
-        let (directories, rest): (Vec<_>, Vec<_>) = steps.into_iter().enumerate().partition(|(index, _)| *index < 5);
+        let (directories, rest): (Vec<_>, Vec<_>) = steps
+            .into_iter()
+            .enumerate()
+            .partition(|(index, _)| *index < 5);
         for (_, step) in directories.into_iter().rev().chain(rest.into_iter().rev()) {
             step(root)?;
         }
@@ -163,20 +209,28 @@ fn make_file(root: &Path, relative: &str, contents: &[u8], mode: u32) -> anyhow:
     Ok(())
 }
 
-fn make_special(root: &Path, relative: &str, kind: libc::mode_t, mode: u32, device: libc::dev_t) -> anyhow::Result<()> {
+fn make_special(
+    root: &Path,
+    relative: &str,
+    kind: libc::mode_t,
+    mode: u32,
+    device: libc::dev_t,
+) -> anyhow::Result<()> {
     let path = root.join(relative);
     let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
     // SAFETY: c_path is a valid NUL-terminated string that outlives the call.
     let result = unsafe { libc::mknod(c_path.as_ptr(), kind | 0o600, device) };
     if result != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("mknod {}", path.display()));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mknod {}", path.display()));
     }
     fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> anyhow::Result<()> {
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))
 }
 
 /// Deterministic bytes: half text-like, half noise, so they compress somewhat.
@@ -222,7 +276,11 @@ pub fn tree_facts(root: &Path) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
     let mut inodes: HashMap<u64, Vec<String>> = HashMap::new();
     for item in walkdir::WalkDir::new(root).min_depth(1) {
         let item = item?;
-        let relative = item.path().strip_prefix(root)?.to_string_lossy().into_owned();
+        let relative = item
+            .path()
+            .strip_prefix(root)?
+            .to_string_lossy()
+            .into_owned();
         let metadata = fs::symlink_metadata(item.path())?;
         let file_type = metadata.file_type();
         let mut node = NodeFacts {
@@ -248,10 +306,17 @@ pub fn tree_facts(root: &Path) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
             node.sha256 = Some(hex::encode(Sha256::digest(fs::read(item.path())?)));
             node.mtime = Some(metadata.mtime());
             if metadata.nlink() > 1 {
-                inodes.entry(metadata.ino()).or_default().push(relative.clone());
+                inodes
+                    .entry(metadata.ino())
+                    .or_default()
+                    .push(relative.clone());
             }
         } else if file_type.is_char_device() || file_type.is_block_device() {
-            node.kind = if file_type.is_char_device() { "char-device" } else { "block-device" };
+            node.kind = if file_type.is_char_device() {
+                "char-device"
+            } else {
+                "block-device"
+            };
             node.device = Some(metadata.rdev());
             node.mtime = Some(metadata.mtime());
         } else if file_type.is_fifo() {
@@ -263,7 +328,11 @@ pub fn tree_facts(root: &Path) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
     for mut group in inodes.into_values() {
         group.sort();
         for path in &group {
-            let others = group.iter().filter(|other| *other != path).cloned().collect();
+            let others = group
+                .iter()
+                .filter(|other| *other != path)
+                .cloned()
+                .collect();
             facts.get_mut(path).unwrap().hard_links = others;
         }
     }
@@ -271,7 +340,11 @@ pub fn tree_facts(root: &Path) -> anyhow::Result<BTreeMap<String, NodeFacts>> {
 }
 
 /// Differences between two trees, one line each (empty when they match).
-pub fn compare_trees(expected: &Path, actual: &Path, expected_mtime: Option<i64>) -> anyhow::Result<Vec<String>> {
+pub fn compare_trees(
+    expected: &Path,
+    actual: &Path,
+    expected_mtime: Option<i64>,
+) -> anyhow::Result<Vec<String>> {
     let mut want = tree_facts(expected)?;
     let got = tree_facts(actual)?;
     if let Some(mtime) = expected_mtime {
@@ -285,7 +358,9 @@ pub fn compare_trees(expected: &Path, actual: &Path, expected_mtime: Option<i64>
     for (path, node) in &want {
         match got.get(path) {
             None => differences.push(format!("missing: {path}")),
-            Some(other) if other != node => differences.push(format!("{path}: expected {node:?}, got {other:?}")),
+            Some(other) if other != node => {
+                differences.push(format!("{path}: expected {node:?}, got {other:?}"))
+            }
             Some(_) => {}
         }
     }
@@ -297,7 +372,9 @@ pub fn compare_trees(expected: &Path, actual: &Path, expected_mtime: Option<i64>
 
 /// Runs a command, failing with its output when it fails.
 pub fn run(command: &mut Command) -> anyhow::Result<std::process::Output> {
-    let output = command.output().with_context(|| format!("starting {command:?}"))?;
+    let output = command
+        .output()
+        .with_context(|| format!("starting {command:?}"))?;
     if !output.status.success() {
         bail!(
             "{command:?} failed ({}):\nstdout:\n{}\nstderr:\n{}",

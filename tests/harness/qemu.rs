@@ -16,19 +16,25 @@ use crate::{run, test_cache_dir};
 /// into the test cache. Returns the path of its `vmlinuz`.
 pub fn debian_x86_64_kernel() -> anyhow::Result<PathBuf> {
     let cache = test_cache_dir("debian-kernel-amd64");
-    let depends = String::from_utf8(run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?.stdout)?;
+    let depends = String::from_utf8(
+        run(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?.stdout,
+    )?;
     let package = depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))
         .find(|name| name.starts_with("linux-image-") && name.ends_with("-amd64"))
-        .with_context(|| format!("no versioned linux-image in `apt-cache depends linux-image-amd64`:\n{depends}"))?
+        .with_context(|| {
+            format!("no versioned linux-image in `apt-cache depends linux-image-amd64`:\n{depends}")
+        })?
         .to_string();
     let vmlinuz = cache.join(format!("{package}.vmlinuz"));
     if vmlinuz.exists() {
         return Ok(vmlinuz);
     }
     let download = tempfile::tempdir_in(&cache)?;
-    run(Command::new("apt-get").current_dir(download.path()).args(["download", &package]))?;
+    run(Command::new("apt-get")
+        .current_dir(download.path())
+        .args(["download", &package]))?;
     let deb = fs::read_dir(download.path())?
         .filter_map(Result::ok)
         .map(|item| item.path())
@@ -41,7 +47,10 @@ pub fn debian_x86_64_kernel() -> anyhow::Result<PathBuf> {
     let image = fs::read_dir(&boot)?
         .filter_map(Result::ok)
         .map(|item| item.path())
-        .find(|path| path.file_name().is_some_and(|name| name.to_string_lossy().starts_with("vmlinuz-")))
+        .find(|path| {
+            path.file_name()
+                .is_some_and(|name| name.to_string_lossy().starts_with("vmlinuz-"))
+        })
         .context("the kernel package has no /boot/vmlinuz-*")?;
     let partial = cache.join(format!("{package}.vmlinuz.partial"));
     fs::copy(&image, &partial)?;
@@ -68,9 +77,25 @@ impl BootLog {
 /// Boots `kernel` + `initramfs` on qemu-system-x86_64 under TCG with the
 /// serial console on stdout, until QEMU exits (the init powers off) or
 /// `timeout` passes (QEMU is then killed). Reports whether `marker` appeared.
-pub fn boot_x86_64(kernel: &Path, initramfs: &Path, append: &str, marker: &str, timeout: Duration) -> anyhow::Result<BootLog> {
+pub fn boot_x86_64(
+    kernel: &Path,
+    initramfs: &Path,
+    append: &str,
+    marker: &str,
+    timeout: Duration,
+) -> anyhow::Result<BootLog> {
     let mut child = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg", "-m", "512", "-nographic", "-no-reboot", "-nodefaults", "-serial", "stdio"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "512",
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -108,5 +133,9 @@ pub fn boot_x86_64(kernel: &Path, initramfs: &Path, append: &str, marker: &str, 
     if console.is_empty() && !stderr.is_empty() {
         bail!("qemu printed nothing on the console; its stderr:\n{stderr}");
     }
-    Ok(BootLog { marker_seen: console.contains(marker), console, elapsed })
+    Ok(BootLog {
+        marker_seen: console.contains(marker),
+        console,
+        elapsed,
+    })
 }

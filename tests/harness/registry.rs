@@ -22,7 +22,12 @@ pub const TEST_PASSWORD: &str = "correct horse battery staple";
 pub fn registry_tools_available() -> bool {
     let missing: Vec<&str> = ["docker-registry", "htpasswd", "openssl", "skopeo"]
         .into_iter()
-        .filter(|tool| Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map_or(true, |output| !output.status.success()))
+        .filter(|tool| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .output()
+                .map_or(true, |output| !output.status.success())
+        })
         .collect();
     if !missing.is_empty() {
         eprintln!("skipping: {} not installed (apt-get install docker-registry apache2-utils openssl skopeo)", missing.join(", "));
@@ -50,14 +55,36 @@ impl TestCertificateAuthority {
         let server_certificate = directory.join("server.cert");
         let extensions = directory.join("server.ext");
         run(Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=kiln test CA"])
-            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=kiln test CA",
+            ])
+            .args([
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ])
             .arg("-keyout")
             .arg(&ca_key)
             .arg("-out")
             .arg(&ca_certificate))?;
         run(Command::new("openssl")
-            .args(["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1"])
+            .args([
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+            ])
             .arg("-keyout")
             .arg(&server_key)
             .arg("-out")
@@ -78,7 +105,12 @@ impl TestCertificateAuthority {
             .arg(&extensions)
             .arg("-out")
             .arg(&server_certificate))?;
-        Ok(Self { directory: directory.to_owned(), ca_certificate, server_certificate, server_key })
+        Ok(Self {
+            directory: directory.to_owned(),
+            ca_certificate,
+            server_certificate,
+            server_key,
+        })
     }
 
     /// A directory holding only `ca.crt`, for `skopeo --cert-dir`.
@@ -92,7 +124,11 @@ impl TestCertificateAuthority {
 
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A running `docker-registry serve`.
@@ -112,7 +148,8 @@ impl TestRegistry {
         fs::create_dir_all(directory)?;
         let certificate_authority = TestCertificateAuthority::create(&directory.join("tls"))?;
         let htpasswd_path = directory.join("htpasswd");
-        let output = run(Command::new("htpasswd").args(["-B", "-b", "-n", TEST_USERNAME, TEST_PASSWORD]))?;
+        let output =
+            run(Command::new("htpasswd").args(["-B", "-b", "-n", TEST_USERNAME, TEST_PASSWORD]))?;
         fs::write(&htpasswd_path, &output.stdout)?;
         let port = free_port();
         let config_path = directory.join("config.yml");
@@ -151,7 +188,10 @@ impl TestRegistry {
     /// (Re)starts the process on the same port and storage; returns when it accepts connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log_path)?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)?;
         let child = Command::new("docker-registry")
             .arg("serve")
             .arg(&self.config_path)
@@ -166,14 +206,21 @@ impl TestRegistry {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
-                bail!("docker-registry exited at start ({status}):\n{}", self.log_text());
+                bail!(
+                    "docker-registry exited at start ({status}):\n{}",
+                    self.log_text()
+                );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        bail!("docker-registry did not listen on {} within 20 s:\n{}", self.address(), self.log_text())
+        bail!(
+            "docker-registry did not listen on {} within 20 s:\n{}",
+            self.address(),
+            self.log_text()
+        )
     }
 
     /// Kills the process (SIGKILL, as a crash would) and waits for it.
@@ -190,17 +237,28 @@ impl TestRegistry {
 
     /// Access-log lines of HTTP requests (one per request the registry answered).
     pub fn request_lines(&self) -> Vec<String> {
-        self.log_text().lines().filter(|line| line.contains(" HTTP/1.1\" ") || line.contains(" HTTP/2.0\" ")).map(str::to_owned).collect()
+        self.log_text()
+            .lines()
+            .filter(|line| line.contains(" HTTP/1.1\" ") || line.contains(" HTTP/2.0\" "))
+            .map(str::to_owned)
+            .collect()
     }
 
     /// Where the registry keeps the bytes of blob `hex` (filesystem driver layout).
     pub fn blob_data_path(&self, hex: &str) -> PathBuf {
-        self.directory.join("storage/docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data")
+        self.directory
+            .join("storage/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
     }
 
     /// A Docker config directory whose `config.json` holds `username:password` for
     /// `registry`, in the `auth` (base64) form.
-    pub fn write_docker_config(directory: &Path, entries: &[(&str, &str, &str)]) -> anyhow::Result<PathBuf> {
+    pub fn write_docker_config(
+        directory: &Path,
+        entries: &[(&str, &str, &str)],
+    ) -> anyhow::Result<PathBuf> {
         fs::create_dir_all(directory)?;
         let auths: serde_json::Map<String, serde_json::Value> = entries
             .iter()
@@ -209,7 +267,10 @@ impl TestRegistry {
             })
             .collect();
         let path = directory.join("config.json");
-        fs::write(&path, serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?)?;
+        fs::write(
+            &path,
+            serde_json::to_vec_pretty(&serde_json::json!({ "auths": auths }))?,
+        )?;
         Ok(path)
     }
 }
@@ -225,10 +286,17 @@ pub fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut encoded = String::new();
     for chunk in bytes.chunks(3) {
-        let value = chunk.iter().enumerate().fold(0_u32, |value, (index, byte)| value | u32::from(*byte) << (16 - 8 * index));
+        let value = chunk
+            .iter()
+            .enumerate()
+            .fold(0_u32, |value, (index, byte)| {
+                value | u32::from(*byte) << (16 - 8 * index)
+            });
         for index in 0..4 {
             if index <= chunk.len() {
-                encoded.push(char::from(ALPHABET[usize::try_from(value >> (18 - 6 * index) & 63).unwrap()]));
+                encoded.push(char::from(
+                    ALPHABET[usize::try_from(value >> (18 - 6 * index) & 63).unwrap()],
+                ));
             } else {
                 encoded.push('=');
             }
@@ -258,7 +326,9 @@ impl RecordingHttpListener {
         let (thread_requests, thread_stop) = (requests.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(60);
-            while !thread_stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+            while !thread_stop.load(std::sync::atomic::Ordering::SeqCst)
+                && Instant::now() < deadline
+            {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         let requests = thread_requests.clone();
@@ -268,7 +338,12 @@ impl RecordingHttpListener {
                 }
             }
         });
-        Ok(Self { port, requests, stop, thread: Some(thread) })
+        Ok(Self {
+            port,
+            requests,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn recorded(&self) -> Vec<String> {
@@ -295,7 +370,11 @@ fn serve_recorded_connection(stream: TcpStream, requests: &Mutex<Vec<String>>) {
         }
         let content_length: usize = head
             .lines()
-            .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(|value| value.trim().parse().unwrap_or(0)))
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|value| value.trim().parse().unwrap_or(0))
+            })
             .unwrap_or(0);
         let mut body = vec![0_u8; content_length];
         let _ = reader.read_exact(&mut body);
@@ -305,7 +384,11 @@ fn serve_recorded_connection(stream: TcpStream, requests: &Mutex<Vec<String>>) {
             "HTTP/1.1 401 Unauthorized\r\nWww-Authenticate: Basic realm=\"recording\"\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
-        if writer.write_all(response.as_bytes()).and_then(|()| writer.write_all(body)).is_err() {
+        if writer
+            .write_all(response.as_bytes())
+            .and_then(|()| writer.write_all(body))
+            .is_err()
+        {
             return;
         }
     }
@@ -322,7 +405,10 @@ impl Drop for RecordingHttpListener {
 
 /// Registry options for `registry`: its CA trusted, credentials from `docker_config` (if
 /// any), quick retries so failure tests stay short.
-pub fn registry_options(registry: &TestRegistry, docker_config: Option<&Path>) -> kiln_registry::RegistryOptions {
+pub fn registry_options(
+    registry: &TestRegistry,
+    docker_config: Option<&Path>,
+) -> kiln_registry::RegistryOptions {
     let credentials = match docker_config {
         Some(path) => kiln_registry::RegistryCredentials::from_docker_config_file(path).unwrap(),
         None => kiln_registry::RegistryCredentials::none(),
@@ -351,11 +437,18 @@ pub struct TestImages {
     pub index: kiln_oci::OciDescriptor,
 }
 
-pub fn write_test_images(layout: &kiln_oci::OciLayout, scratch: &Path, payload_bytes: usize) -> anyhow::Result<TestImages> {
+pub fn write_test_images(
+    layout: &kiln_oci::OciLayout,
+    scratch: &Path,
+    payload_bytes: usize,
+) -> anyhow::Result<TestImages> {
     use kiln_oci::oci_json::{canonical_json_bytes, OciImageIndex, IMAGE_INDEX_MEDIA_TYPE};
     let files = scratch.join("image-files");
     fs::create_dir_all(files.join("usr/bin"))?;
-    fs::write(files.join("usr/bin/payload"), crate::pseudo_random_bytes(42, payload_bytes))?;
+    fs::write(
+        files.join("usr/bin/payload"),
+        crate::pseudo_random_bytes(42, payload_bytes),
+    )?;
     fs::write(files.join("etc-motd"), b"kiln registry test\n")?;
     let epoch = kiln_oci::SourceDateEpoch::from_seconds(1_700_000_000);
     let description = kiln_oci::ImageDescription {
@@ -363,8 +456,20 @@ pub fn write_test_images(layout: &kiln_oci::OciLayout, scratch: &Path, payload_b
         version: "1.0".to_owned(),
         created_by: "kiln registry tests".to_owned(),
     };
-    let amd64 = kiln_oci::image_from_directory(layout, &files, &description, kiln_oci::OciPlatform::LinuxAmd64, epoch)?;
-    let arm64 = kiln_oci::image_from_directory(layout, &files, &description, kiln_oci::OciPlatform::LinuxArm64, epoch)?;
+    let amd64 = kiln_oci::image_from_directory(
+        layout,
+        &files,
+        &description,
+        kiln_oci::OciPlatform::LinuxAmd64,
+        epoch,
+    )?;
+    let arm64 = kiln_oci::image_from_directory(
+        layout,
+        &files,
+        &description,
+        kiln_oci::OciPlatform::LinuxArm64,
+        epoch,
+    )?;
     layout.add_manifest_ref("kiln-test--1.0--amd64", &amd64.manifest)?;
     layout.add_manifest_ref("kiln-test--1.0--arm64", &arm64.manifest)?;
     let index = OciImageIndex {
@@ -374,15 +479,24 @@ pub fn write_test_images(layout: &kiln_oci::OciLayout, scratch: &Path, payload_b
         annotations: Default::default(),
         other_fields: Default::default(),
     };
-    let index_descriptor = layout.put_blob_bytes(IMAGE_INDEX_MEDIA_TYPE, &canonical_json_bytes(&index))?;
+    let index_descriptor =
+        layout.put_blob_bytes(IMAGE_INDEX_MEDIA_TYPE, &canonical_json_bytes(&index))?;
     layout.add_manifest_ref("kiln-multi--1.0", &index_descriptor)?;
-    Ok(TestImages { amd64, arm64, index: index_descriptor })
+    Ok(TestImages {
+        amd64,
+        arm64,
+        index: index_descriptor,
+    })
 }
 
 /// Blob files (`blobs/sha256/*`) of a layout, temp files excluded.
 pub fn layout_blob_names(layout_directory: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(layout_directory.join("blobs/sha256"))
-        .map(|entries| entries.map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned()).collect())
+        .map(|entries| {
+            entries
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.retain(|name| !name.starts_with('.'));
     names.sort();

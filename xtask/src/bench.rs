@@ -45,8 +45,13 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 const EPOCH: u32 = 1_747_699_200;
 
 fn archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
-    crate::host::ensure_debian_packages(&[("cpio", "the GNU pipeline"), ("zstd", "the GNU pipeline and the floor")])?;
-    let workers = args.workers.unwrap_or(ZstdSettings::default_for_host().workers);
+    crate::host::ensure_debian_packages(&[
+        ("cpio", "the GNU pipeline"),
+        ("zstd", "the GNU pipeline and the floor"),
+    ])?;
+    let workers = args
+        .workers
+        .unwrap_or(ZstdSettings::default_for_host().workers);
     let settings = ZstdSettings::new(args.level, workers)?;
     let bench_dir = crate::epoch::workspace_root().join("target/kiln-bench");
     let tree_dir = bench_dir.join(format!("archive-tree-{}mb", args.size_mb));
@@ -55,11 +60,24 @@ fn archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
 
     // The floor's input: the GNU pipeline's own cpio stream, in a file.
     let gnu_cpio = scratch.path().join("gnu.cpio");
-    shell(&format!("cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --reproducible --quiet > '{}'", tree_dir.display(), gnu_cpio.display()))?;
+    shell(&format!(
+        "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --reproducible --quiet > '{}'",
+        tree_dir.display(),
+        gnu_cpio.display()
+    ))?;
     // Warm the page cache for every contender alike.
-    shell(&format!("cat '{}' > /dev/null && find '{}' -type f -exec cat {{}} + > /dev/null", gnu_cpio.display(), tree_dir.display()))?;
+    shell(&format!(
+        "cat '{}' > /dev/null && find '{}' -type f -exec cat {{}} + > /dev/null",
+        gnu_cpio.display(),
+        tree_dir.display()
+    ))?;
 
-    let zstd_flags = format!("-q -f -{} -T{} {}", args.level, workers, if args.level > 19 { "--ultra" } else { "" });
+    let zstd_flags = format!(
+        "-q -f -{} -T{} {}",
+        args.level,
+        workers,
+        if args.level > 19 { "--ultra" } else { "" }
+    );
     let ours_out = scratch.path().join("ours.img");
     let dedup_out = scratch.path().join("ours-dedup.img");
     let gnu_out = scratch.path().join("gnu.img");
@@ -76,13 +94,22 @@ fn archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     // Contenders run round-robin, so a burst of load elsewhere on the machine
     // hits all of them alike; wall time is the best of the runs, CPU time
     // (user + system, all threads and child processes) is from the same run.
-    let floor_command = format!("zstd {zstd_flags} '{}' -o '{}'", gnu_cpio.display(), floor_out.display());
+    let floor_command = format!(
+        "zstd {zstd_flags} '{}' -o '{}'",
+        gnu_cpio.display(),
+        floor_out.display()
+    );
     let gnu_command = format!(
         "cd '{}' && find . | LC_ALL=C sort | cpio -o -H newc --reproducible --quiet | zstd {zstd_flags} -o '{}'",
         tree_dir.display(),
         gnu_out.display()
     );
-    let names = ["zstd alone (floor)", "find|sort|cpio|zstd", "kiln", "kiln --dedup"];
+    let names = [
+        "zstd alone (floor)",
+        "find|sort|cpio|zstd",
+        "kiln",
+        "kiln --dedup",
+    ];
     let outputs = [&floor_out, &gnu_out, &ours_out, &dedup_out];
     let mut best = [(Duration::MAX, Duration::ZERO); 4];
     for run in 1..=args.runs.max(1) {
@@ -101,7 +128,12 @@ fn archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     }
     let mut results: Vec<(&str, Duration, Duration, u64)> = Vec::new();
     for index in 0..names.len() {
-        results.push((names[index], best[index].0, best[index].1, fs::metadata(outputs[index])?.len()));
+        results.push((
+            names[index],
+            best[index].0,
+            best[index].1,
+            fs::metadata(outputs[index])?.len(),
+        ));
     }
 
     let (floor_time, floor_size) = (results[0].1.as_secs_f64(), results[0].3 as f64);
@@ -134,12 +166,21 @@ fn archive(args: ArchiveArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn archive_with_kiln(tree_dir: &Path, out: &Path, settings: ZstdSettings, dedup: bool) -> anyhow::Result<()> {
+fn archive_with_kiln(
+    tree_dir: &Path,
+    out: &Path,
+    settings: ZstdSettings,
+    dedup: bool,
+) -> anyhow::Result<()> {
     let mut tree = ArchiveTree::from_directory(tree_dir)?;
     if dedup {
         tree.deduplicate_identical_files()?;
     }
-    let options = InitramfsOptions { mtime: EPOCH, compression: Compression::Zstd(settings), early: None };
+    let options = InitramfsOptions {
+        mtime: EPOCH,
+        compression: Compression::Zstd(settings),
+        early: None,
+    };
     kiln_archive::write_initramfs_file(&tree, &options, out, &mut |_| {})?;
     Ok(())
 }
@@ -172,9 +213,17 @@ fn cpu_time() -> Duration {
 }
 
 fn shell(script: &str) -> anyhow::Result<()> {
-    let output = std::process::Command::new("/bin/sh").arg("-c").arg(script).output().context("running /bin/sh")?;
+    let output = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .context("running /bin/sh")?;
     if !output.status.success() {
-        bail!("`{script}` failed ({}): {}", output.status, String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "`{script}` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
@@ -193,7 +242,10 @@ fn ensure_tree(tree_dir: &Path, size_mb: u64) -> anyhow::Result<u64> {
     if tree_dir.exists() {
         fs::remove_dir_all(tree_dir)?;
     }
-    eprintln!("generating the benchmark tree in {} ...", tree_dir.display());
+    eprintln!(
+        "generating the benchmark tree in {} ...",
+        tree_dir.display()
+    );
     let budget = size_mb * 1_000_000;
     let mut generator = Xorshift(0x5eed_cafe_f00d_0001);
     let mut total = 0u64;
@@ -202,7 +254,11 @@ fn ensure_tree(tree_dir: &Path, size_mb: u64) -> anyhow::Result<u64> {
     let mut index = 0u64;
     while total < small_budget {
         let size = 500 + generator.next() % 24_000;
-        let path = tree_dir.join(format!("usr/share/small/{:02}/{:05}.txt", index % 97, index));
+        let path = tree_dir.join(format!(
+            "usr/share/small/{:02}/{:05}.txt",
+            index % 97,
+            index
+        ));
         write_file(&path, &generator.text(usize::try_from(size)?), 0o644)?;
         total += size;
         index += 1;
@@ -213,7 +269,11 @@ fn ensure_tree(tree_dir: &Path, size_mb: u64) -> anyhow::Result<u64> {
     while total < large_budget {
         let size = 6_000_000 + generator.next() % 8_000_000;
         let path = tree_dir.join(format!("usr/lib/large/blob-{large:03}.bin"));
-        let contents = if large % 2 == 0 { generator.noise(usize::try_from(size)?) } else { generator.text(usize::try_from(size)?) };
+        let contents = if large % 2 == 0 {
+            generator.noise(usize::try_from(size)?)
+        } else {
+            generator.text(usize::try_from(size)?)
+        };
         write_file(&path, &contents, 0o755)?;
         large_paths.push(path);
         total += size;
@@ -222,7 +282,10 @@ fn ensure_tree(tree_dir: &Path, size_mb: u64) -> anyhow::Result<u64> {
     let mut copy = 0u64;
     while total < budget {
         let source = &large_paths[usize::try_from(copy % large_paths.len() as u64)?];
-        let path = tree_dir.join(format!("opt/copies/{copy:03}-{}", source.file_name().unwrap().to_string_lossy()));
+        let path = tree_dir.join(format!(
+            "opt/copies/{copy:03}-{}",
+            source.file_name().unwrap().to_string_lossy()
+        ));
         fs::create_dir_all(path.parent().unwrap())?;
         fs::copy(source, &path)?;
         total += fs::metadata(&path)?.len();
@@ -230,7 +293,10 @@ fn ensure_tree(tree_dir: &Path, size_mb: u64) -> anyhow::Result<u64> {
     }
     // Same mtimes everywhere, so GNU cpio's output does not depend on when
     // the tree was generated.
-    shell(&format!("find '{}' -exec touch -h -d @{EPOCH} {{}} +", tree_dir.display()))?;
+    shell(&format!(
+        "find '{}' -exec touch -h -d @{EPOCH} {{}} +",
+        tree_dir.display()
+    ))?;
     fs::write(&done_marker, total.to_string())?;
     Ok(total)
 }
@@ -263,8 +329,22 @@ impl Xorshift {
 
     fn text(&mut self, length: usize) -> Vec<u8> {
         const WORDS: [&str; 16] = [
-            "kernel", "module", "initramfs", "provision", "disk", "partition", "stream", "image", "worker", "agent",
-            "registry", "digest", "the", "of", "and", "config",
+            "kernel",
+            "module",
+            "initramfs",
+            "provision",
+            "disk",
+            "partition",
+            "stream",
+            "image",
+            "worker",
+            "agent",
+            "registry",
+            "digest",
+            "the",
+            "of",
+            "and",
+            "config",
         ];
         let mut bytes = Vec::with_capacity(length + 16);
         while bytes.len() < length {

@@ -8,7 +8,10 @@ use std::process::{Command, ExitCode};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kiln_archive::{ArchivePath, ArchiveTree, Compression, Content, Entry, EntryKind, InitramfsOptions, ZstdSettings};
+use kiln_archive::{
+    ArchivePath, ArchiveTree, Compression, Content, Entry, EntryKind, InitramfsOptions,
+    ZstdSettings,
+};
 use kiln_image::ImageArch;
 use kiln_smoke::markers::{Marker, MarkerChecker, MarkerPlan};
 use kiln_smoke::qemu::{qemu_command, BootSource, Firmware, Network, QemuConfig};
@@ -35,10 +38,26 @@ pub struct BootArgs {
 pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let arch = args.arch;
     let executable = std::env::current_exe()?;
-    let out = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
-    eprintln!("[1/3] image: cargo xtask image --arch {} --profile {}", arch.name(), args.profile);
+    let out = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        std::env::current_dir()?.join(&args.out)
+    };
+    eprintln!(
+        "[1/3] image: cargo xtask image --arch {} --profile {}",
+        arch.name(),
+        args.profile
+    );
     let status = Command::new(&executable)
-        .args(["image", "--no-setup", "--arch", arch.name(), "--profile", &args.profile, "--out"])
+        .args([
+            "image",
+            "--no-setup",
+            "--arch",
+            arch.name(),
+            "--profile",
+            &args.profile,
+            "--out",
+        ])
         .arg(&out)
         .stdout(std::process::Stdio::null())
         .status()?;
@@ -50,7 +69,9 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let directory = out.join(name).join(arch.name());
     let kernel = directory.join(kiln_image::kernel_file_name(arch));
     let initramfs = directory.join(kiln_image::initramfs_file_name(arch));
-    let cmdline = std::fs::read_to_string(directory.join("cmdline"))?.trim().to_owned();
+    let cmdline = std::fs::read_to_string(directory.join("cmdline"))?
+        .trim()
+        .to_owned();
 
     eprintln!("[2/3] floor: the same kernel and busybox, /init prints one line and powers off");
     let work = tempfile::tempdir()?;
@@ -61,9 +82,27 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     let mut image_times = Vec::new();
     let mut floor_times = Vec::new();
     for run in 1..=args.runs {
-        let floor_time = boot(arch, &kernel, &floor, &cmdline, Marker::new("floor", FLOOR_MARKER), &work.path().join(format!("floor-{run}.log")))?;
-        let image_time = boot(arch, &kernel, &initramfs, &cmdline, Marker::ready(), &work.path().join(format!("image-{run}.log")))?;
-        eprintln!("      run {run}: floor {:.2} s, image {:.2} s", floor_time.as_secs_f64(), image_time.as_secs_f64());
+        let floor_time = boot(
+            arch,
+            &kernel,
+            &floor,
+            &cmdline,
+            Marker::new("floor", FLOOR_MARKER),
+            &work.path().join(format!("floor-{run}.log")),
+        )?;
+        let image_time = boot(
+            arch,
+            &kernel,
+            &initramfs,
+            &cmdline,
+            Marker::ready(),
+            &work.path().join(format!("image-{run}.log")),
+        )?;
+        eprintln!(
+            "      run {run}: floor {:.2} s, image {:.2} s",
+            floor_time.as_secs_f64(),
+            image_time.as_secs_f64()
+        );
         floor_times.push(floor_time);
         image_times.push(image_time);
     }
@@ -96,35 +135,78 @@ fn write_floor_initramfs(image: &Path, floor: &Path) -> anyhow::Result<()> {
         .context("the image has no bin/busybox")?;
     let path = |text: &str| ArchivePath::new(text);
     let mut tree = ArchiveTree::new();
-    tree.insert(Entry::file(path("bin/busybox")?, 0o755, Content::Bytes(busybox.data.clone().into())))?;
-    let init = format!("#!/bin/busybox sh\n/bin/busybox echo {FLOOR_MARKER}\n/bin/busybox poweroff -f\n");
-    tree.insert(Entry::file(path("init")?, 0o755, Content::Bytes(init.into_bytes().into())))?;
-    tree.insert(Entry { path: path("dev/console")?, permissions: 0o600, uid: 0, gid: 0, kind: EntryKind::CharDevice { major: 5, minor: 1 } })?;
+    tree.insert(Entry::file(
+        path("bin/busybox")?,
+        0o755,
+        Content::Bytes(busybox.data.clone().into()),
+    ))?;
+    let init =
+        format!("#!/bin/busybox sh\n/bin/busybox echo {FLOOR_MARKER}\n/bin/busybox poweroff -f\n");
+    tree.insert(Entry::file(
+        path("init")?,
+        0o755,
+        Content::Bytes(init.into_bytes().into()),
+    ))?;
+    tree.insert(Entry {
+        path: path("dev/console")?,
+        permissions: 0o600,
+        uid: 0,
+        gid: 0,
+        kind: EntryKind::CharDevice { major: 5, minor: 1 },
+    })?;
     tree.complete()?;
-    let options = InitramfsOptions { mtime: 0, compression: Compression::Zstd(ZstdSettings::new(kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL, 2)?), early: None };
+    let options = InitramfsOptions {
+        mtime: 0,
+        compression: Compression::Zstd(ZstdSettings::new(
+            kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL,
+            2,
+        )?),
+        early: None,
+    };
     kiln_archive::write_initramfs_file(&tree, &options, floor, &mut |_| {})?;
     Ok(())
 }
 
 /// Boots and returns the time from QEMU's start to `marker`.
-fn boot(arch: ImageArch, kernel: &Path, initramfs: &Path, cmdline: &str, marker: Marker, log: &Path) -> anyhow::Result<Duration> {
+fn boot(
+    arch: ImageArch,
+    kernel: &Path,
+    initramfs: &Path,
+    cmdline: &str,
+    marker: Marker,
+    log: &Path,
+) -> anyhow::Result<Duration> {
     let config = QemuConfig {
         arch,
         accelerator: kiln_smoke::qemu::Accelerator::Tcg,
         firmware: Firmware::Default,
         memory_mib: 1024,
         cpus: 2,
-        boot: BootSource::Direct { kernel: kernel.to_path_buf(), initramfs: initramfs.to_path_buf(), append: format!("{cmdline} panic=-1") },
-        network: Network::User { ssh_host_port: None, tftp: None },
+        boot: BootSource::Direct {
+            kernel: kernel.to_path_buf(),
+            initramfs: initramfs.to_path_buf(),
+            append: format!("{cmdline} panic=-1"),
+        },
+        network: Network::User {
+            ssh_host_port: None,
+            tftp: None,
+        },
     };
     let command = qemu_command(&config)?;
     let mut vm = Vm::start(&command, log)?;
     let mut checker = MarkerChecker::new(MarkerPlan::default().then(marker));
     let mut at = None;
-    let outcome = vm.expect(&mut checker, Duration::from_secs(600), &mut |found| at = Some(found.at));
+    let outcome = vm.expect(&mut checker, Duration::from_secs(600), &mut |found| {
+        at = Some(found.at)
+    });
     vm.kill();
     match (outcome, at) {
         (WaitOutcome::Complete, Some(at)) => Ok(at),
-        (outcome, _) => bail!("boot of {} did not reach its marker ({outcome:?}); console log {}:\n{}", initramfs.display(), log.display(), vm.console_tail(30)),
+        (outcome, _) => bail!(
+            "boot of {} did not reach its marker ({outcome:?}); console log {}:\n{}",
+            initramfs.display(),
+            log.display(),
+            vm.console_tail(30)
+        ),
     }
 }

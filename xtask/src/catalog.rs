@@ -33,11 +33,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let root = args.root.unwrap_or_else(crate::epoch::workspace_root);
     let catalog = Catalog::load(&root)?;
     for directory in &catalog.directories_without_module_file {
-        eprintln!("warning: {} has no module.yaml; it is not listed", directory.display());
+        eprintln!(
+            "warning: {} has no module.yaml; it is not listed",
+            directory.display()
+        );
     }
     let text = render(&catalog)?;
     let path = root.join("modules").join("README.md");
-    let shown = path.strip_prefix(&root).unwrap_or(&path).display().to_string();
+    let shown = path
+        .strip_prefix(&root)
+        .unwrap_or(&path)
+        .display()
+        .to_string();
     if args.check {
         let current = match std::fs::read_to_string(&path) {
             Ok(current) => Some(current),
@@ -62,8 +69,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         });
     }
     let temporary = path.with_extension("md.tmp");
-    std::fs::write(&temporary, &text).with_context(|| format!("writing {}", temporary.display()))?;
-    std::fs::rename(&temporary, &path).with_context(|| format!("renaming to {}", path.display()))?;
+    std::fs::write(&temporary, &text)
+        .with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, &path)
+        .with_context(|| format!("renaming to {}", path.display()))?;
     eprintln!(
         "wrote {shown}: {} modules, {} profiles",
         catalog.modules.len(),
@@ -140,7 +149,9 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
     let lines: Vec<&str> = SPEC_SOURCE.lines().collect();
     let start = lines
         .iter()
-        .position(|line| *line == format!("pub struct {name} {{") || *line == format!("pub enum {name} {{"))
+        .position(|line| {
+            *line == format!("pub struct {name} {{") || *line == format!("pub enum {name} {{")
+        })
         .with_context(|| format!("kiln-spec has no `pub struct {name}` or `pub enum {name}`"))?;
     let is_enum = lines[start].starts_with("pub enum");
     let mut doc_lines = Vec::new();
@@ -149,7 +160,11 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
         if let Some(text) = line.strip_prefix("///") {
             doc_lines.push(text.trim());
         } else if line.starts_with("#[") {
-            if let Some(rule) = line.split("rename_all = \"").nth(1).and_then(|rest| rest.split('"').next()) {
+            if let Some(rule) = line
+                .split("rename_all = \"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+            {
                 rename_all = Some(rule.to_owned());
             }
         } else {
@@ -182,10 +197,16 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
             };
             (rename(ident, rename_all.as_deref()), rust_type.to_owned())
         } else {
-            let Some((ident, rust_type)) = line.strip_prefix("pub ").and_then(|rest| rest.split_once(':')) else {
+            let Some((ident, rust_type)) = line
+                .strip_prefix("pub ")
+                .and_then(|rest| rest.split_once(':'))
+            else {
                 continue;
             };
-            (ident.trim().to_owned(), rust_type.trim().trim_end_matches(',').to_owned())
+            (
+                ident.trim().to_owned(),
+                rust_type.trim().trim_end_matches(',').to_owned(),
+            )
         };
         members.push(Member {
             key,
@@ -196,7 +217,10 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
         doc.clear();
         has_default = false;
     }
-    anyhow::ensure!(!members.is_empty(), "kiln-spec's `{name}` has no members this parser understands");
+    anyhow::ensure!(
+        !members.is_empty(),
+        "kiln-spec's `{name}` has no members this parser understands"
+    );
     Ok(Item {
         doc: join_doc(&doc_lines),
         members,
@@ -260,7 +284,10 @@ fn yaml_type(rust_type: &str) -> String {
             "map: module → map: option → string, number or boolean".to_owned()
         }
         other => {
-            if let Some(element) = other.strip_prefix("Vec<").and_then(|rest| rest.strip_suffix('>')) {
+            if let Some(element) = other
+                .strip_prefix("Vec<")
+                .and_then(|rest| rest.strip_suffix('>'))
+            {
                 format!("list of {}", type_link(element))
             } else if let Some(value) = other
                 .strip_prefix("BTreeMap<String, ")
@@ -359,14 +386,16 @@ fn render_schema(out: &mut String) -> anyhow::Result<()> {
 // The reference, from the catalog.
 
 fn code_list<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
-    let items: Vec<String> = items.into_iter().map(|item| format!("`{}`", cell(item))).collect();
+    let items: Vec<String> = items
+        .into_iter()
+        .map(|item| format!("`{}`", cell(item)))
+        .collect();
     if items.is_empty() {
         "—".to_owned()
     } else {
         items.join(", ")
     }
 }
-
 
 fn other_sources(module: &ModuleSpec) -> Vec<String> {
     module
@@ -376,7 +405,9 @@ fn other_sources(module: &ModuleSpec) -> Vec<String> {
             ModuleSource::Debian(_) => None,
             ModuleSource::Tarball(tarball) => Some(format!("tarball `{}`", tarball.name)),
             ModuleSource::Files(directory) => Some(format!("files `{directory}/`")),
-            ModuleSource::Crate(source) => Some(format!("crate `{}` → `{}`", source.package, source.path)),
+            ModuleSource::Crate(source) => {
+                Some(format!("crate `{}` → `{}`", source.package, source.path))
+            }
         })
         .collect()
 }
@@ -413,15 +444,22 @@ fn render_modules(out: &mut String, catalog: &Catalog) {
         let other = other_sources(module);
         let ordering = match (module.after.is_empty(), module.requires.is_empty()) {
             (true, true) => "—".to_owned(),
-            (false, true) => format!("after {}", code_list(module.after.iter().map(String::as_str))),
-            (true, false) => format!("requires {}", code_list(module.requires.iter().map(String::as_str))),
+            (false, true) => format!(
+                "after {}",
+                code_list(module.after.iter().map(String::as_str))
+            ),
+            (true, false) => format!(
+                "requires {}",
+                code_list(module.requires.iter().map(String::as_str))
+            ),
             (false, false) => format!(
                 "after {}; requires {}",
                 code_list(module.after.iter().map(String::as_str)),
                 code_list(module.requires.iter().map(String::as_str))
             ),
         };
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "| `{name}` | {} | {} | {} | {} | {command} | {options} | {ordering} | {} | {} | {} |",
             module.kind.name(),
@@ -433,7 +471,9 @@ fn render_modules(out: &mut String, catalog: &Catalog) {
             code_list(module.kernel.modules.iter().map(String::as_str)),
         );
     }
-    out.push_str("\n### Command-line parameters\n\n| parameter | module | effect |\n|---|---|---|\n");
+    out.push_str(
+        "\n### Command-line parameters\n\n| parameter | module | effect |\n|---|---|---|\n",
+    );
     for (name, module) in &catalog.modules {
         for parameter in &module.cmdline {
             let _ = writeln!(
@@ -452,11 +492,15 @@ fn render_modules(out: &mut String, catalog: &Catalog) {
                 out.push_str("| module | option | default | effect |\n|---|---|---|---|\n");
                 any_option = true;
             }
-            let default = spec
-                .default
-                .as_ref()
-                .map_or_else(|| "required".to_owned(), |value| format!("`{}`", cell(&value.0)));
-            let _ = writeln!(out, "| `{name}` | `{option}` | {default} | {} |", cell(&spec.description));
+            let default = spec.default.as_ref().map_or_else(
+                || "required".to_owned(),
+                |value| format!("`{}`", cell(&value.0)),
+            );
+            let _ = writeln!(
+                out,
+                "| `{name}` | `{option}` | {default} | {} |",
+                cell(&spec.description)
+            );
         }
     }
     if !any_option {
@@ -478,29 +522,46 @@ fn render_profiles(out: &mut String, catalog: &Catalog) -> anyhow::Result<()> {
             cmdline.push(format!("all: `{}`", cell(&resolved.cmdline.all.join(" "))));
         }
         if !resolved.cmdline.x86_64.is_empty() {
-            cmdline.push(format!("x86_64: `{}`", cell(&resolved.cmdline.x86_64.join(" "))));
+            cmdline.push(format!(
+                "x86_64: `{}`",
+                cell(&resolved.cmdline.x86_64.join(" "))
+            ));
         }
         if !resolved.cmdline.aarch64.is_empty() {
-            cmdline.push(format!("aarch64: `{}`", cell(&resolved.cmdline.aarch64.join(" "))));
+            cmdline.push(format!(
+                "aarch64: `{}`",
+                cell(&resolved.cmdline.aarch64.join(" "))
+            ));
         }
         let options: Vec<String> = resolved
             .options
             .iter()
             .flat_map(|(module, values)| {
-                values
-                    .iter()
-                    .map(move |(option, value)| format!("`{module}.{option}` = `{}`", cell(&value.0)))
+                values.iter().map(move |(option, value)| {
+                    format!("`{module}.{option}` = `{}`", cell(&value.0))
+                })
             })
             .collect();
         writeln!(
             out,
             "| `{name}` | {} | {} | {} | {} | `{}` | {} | `{}` | {} |",
             cell(profile.description.as_deref().unwrap_or("—")),
-            profile.extends.as_deref().map_or_else(|| "—".to_owned(), |parent| format!("`{parent}`")),
+            profile
+                .extends
+                .as_deref()
+                .map_or_else(|| "—".to_owned(), |parent| format!("`{parent}`")),
             code_list(resolved.modules.iter().map(String::as_str)),
-            if options.is_empty() { "—".to_owned() } else { options.join(", ") },
+            if options.is_empty() {
+                "—".to_owned()
+            } else {
+                options.join(", ")
+            },
             resolved.kernel.flavor,
-            if cmdline.is_empty() { "—".to_owned() } else { cmdline.join("<br>") },
+            if cmdline.is_empty() {
+                "—".to_owned()
+            } else {
+                cmdline.join("<br>")
+            },
             resolved.output_name,
             resolved
                 .ram_budget_mib

@@ -23,10 +23,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn compare(args: &Args) -> anyhow::Result<ExitCode> {
-    let left = std::fs::read(&args.left).with_context(|| format!("reading {}", args.left.display()))?;
-    let right = std::fs::read(&args.right).with_context(|| format!("reading {}", args.right.display()))?;
-    let names = (args.left.display().to_string(), args.right.display().to_string());
+    let left =
+        std::fs::read(&args.left).with_context(|| format!("reading {}", args.left.display()))?;
+    let right =
+        std::fs::read(&args.right).with_context(|| format!("reading {}", args.right.display()))?;
+    let names = (
+        args.left.display().to_string(),
+        args.right.display().to_string(),
+    );
     let comparison = kiln_archive::compare_initramfs(&left, &right, (&names.0, &names.1))?;
     print!("{}", comparison.render());
-    Ok(if comparison.identical { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if comparison.identical {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

@@ -5,7 +5,10 @@ use std::path::{Path, PathBuf};
 
 /// The repository root (the directory holding the workspace `Cargo.toml`).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
 }
 
 /// `--source-date-epoch` if given, else `$SOURCE_DATE_EPOCH`, else the
@@ -15,10 +18,9 @@ pub fn resolve(flag: Option<u64>) -> anyhow::Result<u32> {
     let (value, origin) = if let Some(value) = flag {
         (value, "--source-date-epoch".to_string())
     } else if let Ok(text) = std::env::var("SOURCE_DATE_EPOCH") {
-        let value = text
-            .trim()
-            .parse::<u64>()
-            .with_context(|| format!("SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds"))?;
+        let value = text.trim().parse::<u64>().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds")
+        })?;
         (value, "$SOURCE_DATE_EPOCH".to_string())
     } else {
         let lock_path = workspace_root().join("kiln.lock");
@@ -28,12 +30,20 @@ pub fn resolve(flag: Option<u64>) -> anyhow::Result<u32> {
                 lock_path.display()
             )
         })?;
-        let lock: serde_json::Value =
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", lock_path.display()))?;
-        let Some(value) = lock.get("source_date_epoch").and_then(serde_json::Value::as_u64) else {
-            bail!("{} has no numeric `source_date_epoch`; re-run `cargo xtask lock`", lock_path.display());
+        let lock: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", lock_path.display()))?;
+        let Some(value) = lock
+            .get("source_date_epoch")
+            .and_then(serde_json::Value::as_u64)
+        else {
+            bail!(
+                "{} has no numeric `source_date_epoch`; re-run `cargo xtask lock`",
+                lock_path.display()
+            );
         };
         (value, lock_path.display().to_string())
     };
-    u32::try_from(value).with_context(|| format!("epoch {value} from {origin} does not fit newc's 32-bit mtime (max 4294967295)"))
+    u32::try_from(value).with_context(|| {
+        format!("epoch {value} from {origin} does not fit newc's 32-bit mtime (max 4294967295)")
+    })
 }

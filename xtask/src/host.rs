@@ -8,16 +8,28 @@ use anyhow::{bail, Context};
 
 /// Debian packages the test suite uses, each with what needs it.
 pub const TEST_PACKAGES: &[(&str, &str)] = &[
-    ("cpio", "GNU cpio: extracts our archives in the interoperability test and the benchmark"),
+    (
+        "cpio",
+        "GNU cpio: extracts our archives in the interoperability test and the benchmark",
+    ),
     ("zstd", "the zstd CLI: the benchmark's baseline"),
     ("busybox-static", "a static /init for boot tests"),
     ("qemu-system-x86", "boots x86_64 kernels in tests"),
     ("qemu-system-arm", "boots aarch64 kernels in tests"),
     ("qemu-efi-aarch64", "UEFI firmware for aarch64 boots"),
     ("ipxe-qemu", "iPXE ROMs for netboot tests"),
-    ("skopeo", "a real OCI client that must accept our image layouts"),
-    ("diffoscope-minimal", "explains byte differences when a reproducibility check fails"),
-    ("gcc-aarch64-linux-gnu", "cross compiler for aarch64 kernels"),
+    (
+        "skopeo",
+        "a real OCI client that must accept our image layouts",
+    ),
+    (
+        "diffoscope-minimal",
+        "explains byte differences when a reproducibility check fails",
+    ),
+    (
+        "gcc-aarch64-linux-gnu",
+        "cross compiler for aarch64 kernels",
+    ),
     ("bc", "kernel build"),
     ("flex", "kernel build"),
     ("bison", "kernel build"),
@@ -27,7 +39,10 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("make", "kernel build"),
     ("xz-utils", "kernel source extraction"),
     ("nix-bin", "evaluates the flake in tests/nix_flake.rs"),
-    ("docker-registry", "a real OCI registry on 127.0.0.1 for the registry tests"),
+    (
+        "docker-registry",
+        "a real OCI registry on 127.0.0.1 for the registry tests",
+    ),
     ("apache2-utils", "htpasswd for the registry tests"),
     ("openssl", "a test CA for the registry tests"),
     ("dropbear-bin", "the sshd module and its login test"),
@@ -38,7 +53,11 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
 
 /// Installs whichever of `packages` are missing.
 pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
-    let missing: Vec<&str> = packages.iter().map(|(name, _)| *name).filter(|name| !is_installed(name)).collect();
+    let missing: Vec<&str> = packages
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !is_installed(name))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
@@ -73,21 +92,39 @@ fn run_apt(arguments: &[&str]) -> anyhow::Result<()> {
         .output()
         .context("running apt-get")?;
     if !output.status.success() {
-        let log = String::from_utf8_lossy(&output.stdout).into_owned() + &String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-        bail!("apt-get {} failed ({}); last lines:\n{}", arguments.join(" "), output.status, tail.join("\n"));
+        let log = String::from_utf8_lossy(&output.stdout).into_owned()
+            + &String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = log
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        bail!(
+            "apt-get {} failed ({}); last lines:\n{}",
+            arguments.join(" "),
+            output.status,
+            tail.join("\n")
+        );
     }
     Ok(())
 }
 
 /// Makes sure `cargo nextest` is available, installing it from crates.io if not.
 pub fn ensure_cargo_nextest() -> anyhow::Result<()> {
-    let present = Command::new("cargo").args(["nextest", "--version"]).output().is_ok_and(|output| output.status.success());
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|output| output.status.success());
     if present {
         return Ok(());
     }
     eprintln!("installing cargo-nextest from crates.io");
-    let status = Command::new("cargo").args(["install", "--locked", "cargo-nextest"]).status()?;
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "cargo-nextest"])
+        .status()?;
     if !status.success() {
         bail!("`cargo install --locked cargo-nextest` failed ({status})");
     }

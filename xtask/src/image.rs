@@ -19,10 +19,16 @@ use kiln_store::Store;
 
 /// Debian packages an image build needs on the host, each with what needs it.
 pub const IMAGE_PACKAGES: &[(&str, &str)] = &[
-    ("apt", "downloads the pinned Debian packages (the host's configured sources)"),
+    (
+        "apt",
+        "downloads the pinned Debian packages (the host's configured sources)",
+    ),
     ("ca-certificates", "TLS to the host's apt sources"),
     ("gcc", "kernel build (host tools)"),
-    ("gcc-aarch64-linux-gnu", "cross compiler for aarch64 kernels"),
+    (
+        "gcc-aarch64-linux-gnu",
+        "cross compiler for aarch64 kernels",
+    ),
     ("bc", "kernel build"),
     ("flex", "kernel build"),
     ("bison", "kernel build"),
@@ -66,7 +72,6 @@ pub struct Args {
     no_setup: bool,
 }
 
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     if !args.no_setup {
@@ -74,16 +79,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ensure_rust_targets()?;
     }
     let workspace = match &args.root {
-        Some(root) => root.canonicalize().with_context(|| format!("--root {}", root.display()))?,
+        Some(root) => root
+            .canonicalize()
+            .with_context(|| format!("--root {}", root.display()))?,
         None => match std::env::var_os("KILN_ROOT") {
             Some(root) => PathBuf::from(root),
             None => crate::epoch::workspace_root(),
         },
     };
-    let out_root = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
+    let out_root = if args.out.is_absolute() {
+        args.out.clone()
+    } else {
+        std::env::current_dir()?.join(&args.out)
+    };
     let store_root = Store::default_root()?;
-    let kernel_cache = KernelCache::from_environment().context("no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE")?;
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace.join("target"), PathBuf::from).join("image-crates");
+    let kernel_cache = KernelCache::from_environment()
+        .context("no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE")?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace.join("target"), PathBuf::from)
+        .join("image-crates");
     let request = ImageRequest {
         workspace,
         profile: args.profile.clone(),
@@ -91,7 +105,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out_root,
         offline: args.offline,
         kernel_artifact: args.kernel_artifact.clone(),
-        zstd: ZstdSettings::new(args.level, std::thread::available_parallelism().map_or(1, |count| u32::try_from(count.get()).unwrap_or(1)))?,
+        zstd: ZstdSettings::new(
+            args.level,
+            std::thread::available_parallelism()
+                .map_or(1, |count| u32::try_from(count.get()).unwrap_or(1)),
+        )?,
         store_root,
         kernel_cache,
         target_dir,
@@ -100,12 +118,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut observer = Observer::new();
     let result = kiln_assemble::build_image(&request, &mut observer);
     observer.finish();
-    let report = result.with_context(|| format!("building profile `{}` for {}", args.profile, args.arch.name()))?;
+    let report = result.with_context(|| {
+        format!(
+            "building profile `{}` for {}",
+            args.profile,
+            args.arch.name()
+        )
+    })?;
     let elapsed = started.elapsed();
     if report.up_to_date {
-        println!("{}: up to date, nothing to do ({:.2} s)", report.directory.display(), elapsed.as_secs_f64());
+        println!(
+            "{}: up to date, nothing to do ({:.2} s)",
+            report.directory.display(),
+            elapsed.as_secs_f64()
+        );
     } else {
-        println!("built {} in {:.1} s", report.directory.display(), elapsed.as_secs_f64());
+        println!(
+            "built {} in {:.1} s",
+            report.directory.display(),
+            elapsed.as_secs_f64()
+        );
     }
     println!("size by module (unpacked file data):");
     let mut sizes: Vec<(&String, &u64)> = report.module_sizes.iter().collect();
@@ -113,7 +145,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for (module, bytes) in sizes {
         println!("  {module:<12} {:>10}", format_bytes(*bytes));
     }
-    println!("  {:<12} {:>10}", "total", format_bytes(report.unpacked_bytes));
+    println!(
+        "  {:<12} {:>10}",
+        "total",
+        format_bytes(report.unpacked_bytes)
+    );
     if report.pruned_bytes > 0 {
         println!("  (`prune:` removed {})", format_bytes(report.pruned_bytes));
     }
@@ -143,18 +179,33 @@ fn format_bytes(bytes: u64) -> String {
 /// Adds the musl targets when rustup lacks them (rust-toolchain.toml lists them, but a
 /// toolchain installed before that file does not get them by itself).
 pub fn ensure_rust_targets() -> anyhow::Result<()> {
-    let Ok(output) = Command::new("rustup").args(["target", "list", "--installed"]).output() else {
+    let Ok(output) = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+    else {
         return Ok(()); // no rustup: the toolchain is managed elsewhere (Nix); cargo will say what is missing
     };
     let installed = String::from_utf8_lossy(&output.stdout);
-    let missing: Vec<&str> = RUST_TARGETS.iter().copied().filter(|target| !installed.lines().any(|line| line.trim() == *target)).collect();
+    let missing: Vec<&str> = RUST_TARGETS
+        .iter()
+        .copied()
+        .filter(|target| !installed.lines().any(|line| line.trim() == *target))
+        .collect();
     if missing.is_empty() {
         return Ok(());
     }
     eprintln!("adding rustup targets: {}", missing.join(" "));
-    let status = Command::new("rustup").arg("target").arg("add").args(&missing).status().context("running rustup")?;
+    let status = Command::new("rustup")
+        .arg("target")
+        .arg("add")
+        .args(&missing)
+        .status()
+        .context("running rustup")?;
     if !status.success() {
-        bail!("`rustup target add {}` failed ({status})", missing.join(" "));
+        bail!(
+            "`rustup target add {}` failed ({status})",
+            missing.join(" ")
+        );
     }
     Ok(())
 }
@@ -168,7 +219,11 @@ struct Observer {
 
 impl Observer {
     fn new() -> Self {
-        Observer { spinner: None, kernel_step: String::new(), stage_started: None }
+        Observer {
+            spinner: None,
+            kernel_step: String::new(),
+            stage_started: None,
+        }
     }
 
     fn finish(&mut self) {
@@ -206,7 +261,10 @@ impl BuildObserver for Observer {
         let line = format!("      {}: {detail}", self.kernel_step);
         if self.spinner.is_none() && std::io::stderr().is_terminal() {
             let spinner = indicatif::ProgressBar::new_spinner();
-            spinner.set_style(indicatif::ProgressStyle::with_template("      {spinner} {elapsed_precise} {msg}").expect("valid template"));
+            spinner.set_style(
+                indicatif::ProgressStyle::with_template("      {spinner} {elapsed_precise} {msg}")
+                    .expect("valid template"),
+            );
             spinner.enable_steady_tick(Duration::from_millis(120));
             self.spinner = Some(spinner);
         }
@@ -221,7 +279,10 @@ impl BuildObserver for Observer {
 
     fn make_progress(&mut self, progress: &MakeProgress) {
         if let Some(spinner) = &self.spinner {
-            spinner.set_message(format!("{} ({} lines) {} {}", self.kernel_step, progress.count, progress.tool, progress.target));
+            spinner.set_message(format!(
+                "{} ({} lines) {} {}",
+                self.kernel_step, progress.count, progress.tool, progress.target
+            ));
         }
     }
 

@@ -46,20 +46,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let early = match &args.early_root {
         Some(root) => Some(
-            ArchiveTree::from_directory(root).with_context(|| format!("reading the early tree under {}", root.display()))?,
+            ArchiveTree::from_directory(root)
+                .with_context(|| format!("reading the early tree under {}", root.display()))?,
         ),
         None => None,
     };
     let compression = if args.no_compress {
         Compression::None
     } else {
-        let workers = args.workers.unwrap_or(ZstdSettings::default_for_host().workers);
+        let workers = args
+            .workers
+            .unwrap_or(ZstdSettings::default_for_host().workers);
         Compression::Zstd(ZstdSettings::new(args.level, workers)?)
     };
-    let options = InitramfsOptions { mtime, compression, early: early.as_ref() };
+    let options = InitramfsOptions {
+        mtime,
+        compression,
+        early: early.as_ref(),
+    };
     let bar = progress::bytes_bar(tree.content_bytes(), "archiving");
-    let summary = kiln_archive::write_initramfs_file(&tree, &options, &args.out, &mut |done| bar.set_position(done))
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let summary = kiln_archive::write_initramfs_file(&tree, &options, &args.out, &mut |done| {
+        bar.set_position(done)
+    })
+    .with_context(|| format!("writing {}", args.out.display()))?;
     bar.finish_and_clear();
     let digest = crate::progress::sha256_file(&args.out)?;
     eprintln!(

@@ -12,8 +12,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
-    let segments = kiln_archive::read_initramfs(&bytes).with_context(|| format!("parsing {}", args.file.display()))?;
+    let bytes =
+        std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let segments = kiln_archive::read_initramfs(&bytes)
+        .with_context(|| format!("parsing {}", args.file.display()))?;
     print!("{}", kiln_archive::render_listing(&segments));
     Ok(ExitCode::SUCCESS)
 }

@@ -97,7 +97,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 fn cache() -> anyhow::Result<KernelCache> {
-    KernelCache::from_environment().context("no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE to a directory for kiln's cache")
+    KernelCache::from_environment().context(
+        "no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE to a directory for kiln's cache",
+    )
 }
 
 /// The epoch: --source-date-epoch, $SOURCE_DATE_EPOCH, kiln.lock's `source_date_epoch`,
@@ -107,12 +109,18 @@ fn source_date_epoch(flag: Option<u64>) -> anyhow::Result<u64> {
         return Ok(value);
     }
     if let Ok(text) = std::env::var("SOURCE_DATE_EPOCH") {
-        return text.trim().parse().with_context(|| format!("SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds"));
+        return text.trim().parse().with_context(|| {
+            format!("SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds")
+        });
     }
     let lock_path = crate::epoch::workspace_root().join("kiln.lock");
     if let Ok(text) = std::fs::read_to_string(&lock_path) {
-        let lock: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", lock_path.display()))?;
-        if let Some(value) = lock.get("source_date_epoch").and_then(serde_json::Value::as_u64) {
+        let lock: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", lock_path.display()))?;
+        if let Some(value) = lock
+            .get("source_date_epoch")
+            .and_then(serde_json::Value::as_u64)
+        {
             return Ok(value);
         }
     }
@@ -131,13 +139,19 @@ fn kernel_source(path: Option<&Path>, sha256: Option<&str>) -> anyhow::Result<Ke
         }
     };
     if !tarball.is_file() {
-        bail!("kernel source {} does not exist: install linux-source-6.1 or pass --source", tarball.display());
+        bail!(
+            "kernel source {} does not exist: install linux-source-6.1 or pass --source",
+            tarball.display()
+        );
     }
     let sha256 = match sha256 {
         Some(sha256) => sha256.to_ascii_lowercase(),
         None => {
             let sha256 = kiln_kernel::source::sha256_file(&tarball)?;
-            eprintln!("note: no pinned sha256 for {}: trusting the file as it is, sha256:{sha256}", tarball.display());
+            eprintln!(
+                "note: no pinned sha256 for {}: trusting the file as it is, sha256:{sha256}",
+                tarball.display()
+            );
             sha256
         }
     };
@@ -145,14 +159,23 @@ fn kernel_source(path: Option<&Path>, sha256: Option<&str>) -> anyhow::Result<Ke
 }
 
 fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
-    let Some(arch) = args.arch else { bail!("--arch is required: x86_64 or aarch64") };
-    let Some(flavor) = args.flavor else { bail!("--flavor is required: virt or generic") };
-    let jobs = args.jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let Some(arch) = args.arch else {
+        bail!("--arch is required: x86_64 or aarch64")
+    };
+    let Some(flavor) = args.flavor else {
+        bail!("--flavor is required: virt or generic")
+    };
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
     Ok(BuildRequest {
         source: kernel_source(args.source.as_deref(), args.source_sha256.as_deref())?,
         arch,
         flavor,
-        config_dir: args.configs.clone().unwrap_or_else(|| crate::epoch::workspace_root().join("kernel-configs")),
+        config_dir: args
+            .configs
+            .clone()
+            .unwrap_or_else(|| crate::epoch::workspace_root().join("kernel-configs")),
         source_date_epoch: source_date_epoch(args.source_date_epoch)?,
         jobs,
     })
@@ -165,12 +188,22 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
     let mut progress = Progress::new();
     let result = kiln_kernel::build_kernel(&request, &cache, &mut progress);
     progress.finish();
-    let artifact = result.with_context(|| format!("building the {} {} kernel", request.arch, request.flavor))?;
+    let artifact = result
+        .with_context(|| format!("building the {} {} kernel", request.arch, request.flavor))?;
     let elapsed = started.elapsed();
     if progress.did_work {
-        println!("built {} {} kernel {} in {}", request.arch, request.flavor, artifact.release, format_duration(elapsed));
+        println!(
+            "built {} {} kernel {} in {}",
+            request.arch,
+            request.flavor,
+            artifact.release,
+            format_duration(elapsed)
+        );
     } else {
-        println!("{} {} kernel {} is cached (same inputs): nothing to do", request.arch, request.flavor, artifact.release);
+        println!(
+            "{} {} kernel {} is cached (same inputs): nothing to do",
+            request.arch, request.flavor, artifact.release
+        );
     }
     print_artifact(&artifact);
     Ok(ExitCode::SUCCESS)
@@ -180,7 +213,11 @@ fn print_artifact(artifact: &KernelArtifact) {
     println!("artifact: {}", artifact.dir.display());
     println!("key:      {}", artifact.key);
     for (name, record) in &artifact.files {
-        println!("  {name:<12} {:>10}  sha256:{}", format_size(record.size), record.sha256);
+        println!(
+            "  {name:<12} {:>10}  sha256:{}",
+            format_size(record.size),
+            record.sha256
+        );
     }
 }
 
@@ -195,21 +232,26 @@ fn menuconfig(args: &MenuconfigArgs) -> anyhow::Result<ExitCode> {
     if let Some(term) = std::env::var_os("TERM") {
         command.env("TERM", term);
     }
-    let status = command.status().with_context(|| format!("running make {}", args.interface))?;
+    let status = command
+        .status()
+        .with_context(|| format!("running make {}", args.interface))?;
     if !status.success() {
         bail!("`make {}` failed ({status}); menuconfig needs libncurses-dev (or use --interface config)", args.interface);
     }
     let config_path = configured.make.build_dir.join(".config");
-    let edited = std::fs::read_to_string(&config_path).with_context(|| format!("reading {}", config_path.display()))?;
-    let difference = kiln_kernel::config_diff::fragment_from_difference(&configured.final_config, &edited);
+    let edited = std::fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let difference =
+        kiln_kernel::config_diff::fragment_from_difference(&configured.final_config, &edited);
     if difference.is_empty() {
         println!("no changes");
         return Ok(ExitCode::SUCCESS);
     }
-    let fragment = args
-        .fragment
-        .clone()
-        .unwrap_or_else(|| request.config_dir.join(format!("flavor/{}-{}.config", request.flavor, request.arch)));
+    let fragment = args.fragment.clone().unwrap_or_else(|| {
+        request
+            .config_dir
+            .join(format!("flavor/{}-{}.config", request.flavor, request.arch))
+    });
     let mut text = std::fs::read_to_string(&fragment).unwrap_or_default();
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
@@ -229,13 +271,22 @@ fn import_deb(args: &ImportArgs) -> anyhow::Result<ExitCode> {
         Some(sha256) => sha256.to_ascii_lowercase(),
         None => {
             let sha256 = kiln_kernel::source::sha256_file(&args.deb)?;
-            eprintln!("note: no pinned sha256 for {}: trusting the file as it is, sha256:{sha256}", args.deb.display());
+            eprintln!(
+                "note: no pinned sha256 for {}: trusting the file as it is, sha256:{sha256}",
+                args.deb.display()
+            );
             sha256
         }
     };
     let epoch = source_date_epoch(args.source_date_epoch)?;
-    let artifact = kiln_kernel::debian_package::import_debian_package(&args.deb, &sha256, args.arch, epoch, &cache()?)
-        .with_context(|| format!("importing {}", args.deb.display()))?;
+    let artifact = kiln_kernel::debian_package::import_debian_package(
+        &args.deb,
+        &sha256,
+        args.arch,
+        epoch,
+        &cache()?,
+    )
+    .with_context(|| format!("importing {}", args.deb.display()))?;
     println!("imported {} kernel {}", args.arch, artifact.release);
     print_artifact(&artifact);
     Ok(ExitCode::SUCCESS)
@@ -252,11 +303,18 @@ impl Progress {
     fn new() -> Self {
         let spinner = std::io::stderr().is_terminal().then(|| {
             let spinner = indicatif::ProgressBar::new_spinner();
-            spinner.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+            spinner.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .expect("valid template"),
+            );
             spinner.enable_steady_tick(Duration::from_millis(120));
             spinner
         });
-        Progress { spinner, step: String::new(), did_work: false }
+        Progress {
+            spinner,
+            step: String::new(),
+            did_work: false,
+        }
     }
 
     fn finish(&self) {
@@ -281,8 +339,14 @@ impl BuildObserver for Progress {
 
     fn make_progress(&mut self, progress: &MakeProgress) {
         match &self.spinner {
-            Some(spinner) => spinner.set_message(format!("{} · {} · {} {}", self.step, progress.count, progress.tool, progress.target)),
-            None if progress.count % 500 == 0 => eprintln!("{} · {} · {} {}", self.step, progress.count, progress.tool, progress.target),
+            Some(spinner) => spinner.set_message(format!(
+                "{} · {} · {} {}",
+                self.step, progress.count, progress.tool, progress.target
+            )),
+            None if progress.count % 500 == 0 => eprintln!(
+                "{} · {} · {} {}",
+                self.step, progress.count, progress.tool, progress.target
+            ),
             None => {}
         }
     }

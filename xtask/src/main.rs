@@ -28,7 +28,12 @@ mod test;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about = "kiln: reproducible provisioning images")]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    version,
+    about = "kiln: reproducible provisioning images"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

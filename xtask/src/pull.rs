@@ -31,17 +31,37 @@ fn parse_platform(text: &str) -> anyhow::Result<OciPlatform> {
     match text {
         "linux/amd64" | "amd64" | "x86_64" => Ok(OciPlatform::LinuxAmd64),
         "linux/arm64" | "linux/arm64/v8" | "arm64" | "aarch64" => Ok(OciPlatform::LinuxArm64),
-        other => bail!("platform {other:?} is not one kiln builds for: use linux/amd64 or linux/arm64"),
+        other => {
+            bail!("platform {other:?} is not one kiln builds for: use linux/amd64 or linux/arm64")
+        }
     }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let platform = parse_platform(&args.platform)?;
     let layout = layout_or_store(args.layout)?;
-    let registry_host = args.reference.split('/').next().unwrap_or_default().to_owned();
+    let registry_host = args
+        .reference
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let options = args.connection.options(&registry_host)?;
-    let pulled = kiln_registry::pull_image(&args.reference, platform, &layout, &options, args.offline, Arc::new(TransferProgress::default()))
-        .with_context(|| format!("pulling {} for {platform} into {}", args.reference, layout.directory().display()))?;
+    let pulled = kiln_registry::pull_image(
+        &args.reference,
+        platform,
+        &layout,
+        &options,
+        args.offline,
+        Arc::new(TransferProgress::default()),
+    )
+    .with_context(|| {
+        format!(
+            "pulling {} for {platform} into {}",
+            args.reference,
+            layout.directory().display()
+        )
+    })?;
     println!(
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({

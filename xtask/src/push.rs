@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use kiln_oci::{OciLayout, Sha256Digest};
-use kiln_registry::{BlobOutcome, ProxySettings, RegistryCredentials, RegistryOptions, TransferObserver};
+use kiln_registry::{
+    BlobOutcome, ProxySettings, RegistryCredentials, RegistryOptions, TransferObserver,
+};
 
 /// How to reach a registry; shared by `push` and `pull`.
 #[derive(Debug, clap::Args)]
@@ -37,7 +39,11 @@ impl RegistryConnectionArgs {
             None => RegistryCredentials::from_default_docker_config()?,
         };
         Ok(RegistryOptions {
-            insecure_registries: if self.insecure { vec![registry.to_owned()] } else { Vec::new() },
+            insecure_registries: if self.insecure {
+                vec![registry.to_owned()]
+            } else {
+                Vec::new()
+            },
             extra_ca_certificate_files: self.ca_files.clone(),
             credentials,
             proxy: ProxySettings::from_environment(),
@@ -53,11 +59,13 @@ pub fn layout_or_store(layout: Option<PathBuf>) -> anyhow::Result<OciLayout> {
         Some(directory) => directory,
         None => {
             let root = kiln_store::Store::default_root()?;
-            let store = kiln_store::Store::open(&root).with_context(|| format!("opening the store at {}", root.display()))?;
+            let store = kiln_store::Store::open(&root)
+                .with_context(|| format!("opening the store at {}", root.display()))?;
             store.oci_layout_dir().to_owned()
         }
     };
-    OciLayout::open_or_create(&directory).with_context(|| format!("opening the OCI layout {}", directory.display()))
+    OciLayout::open_or_create(&directory)
+        .with_context(|| format!("opening the OCI layout {}", directory.display()))
 }
 
 /// One progress bar per blob in transfer, on stderr (hidden when it is not a terminal).
@@ -71,9 +79,11 @@ impl TransferObserver for TransferProgress {
     fn blob_started(&self, digest: &Sha256Digest, size: u64, resumed_from: u64) {
         let bar = self.bars.add(ProgressBar::new(size));
         bar.set_style(
-            ProgressStyle::with_template("{msg:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{msg:>19} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
         );
         bar.set_message(digest.hex()[..12].to_owned());
         bar.set_position(resumed_from);
@@ -117,18 +127,37 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let layout = layout_or_store(args.layout)?;
-    let registry_host = args.registry.split('/').next().unwrap_or_default().to_owned();
+    let registry_host = args
+        .registry
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     let options = args.connection.options(&registry_host)?;
     let arch = args.arch.as_deref().map(|arch| match arch {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
         other => other,
     });
-    let report = kiln_registry::push_layout(&layout, &args.registry, arch, &options, Arc::new(TransferProgress::default()))
-        .with_context(|| format!("pushing {} to {}", layout.directory().display(), args.registry))?;
+    let report = kiln_registry::push_layout(
+        &layout,
+        &args.registry,
+        arch,
+        &options,
+        Arc::new(TransferProgress::default()),
+    )
+    .with_context(|| {
+        format!(
+            "pushing {} to {}",
+            layout.directory().display(),
+            args.registry
+        )
+    })?;
     let json = serde_json::to_string_pretty(&report)? + "\n";
     match &args.report {
-        Some(path) => std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => {
+            std::fs::write(path, &json).with_context(|| format!("writing {}", path.display()))?
+        }
         None => print!("{json}"),
     }
     eprintln!(

@@ -16,9 +16,18 @@ use kiln_smoke::ImageArch;
 pub const SMOKE_PACKAGES: &[(&str, &str)] = &[
     ("qemu-system-x86", "boots x86_64 images"),
     ("qemu-system-arm", "boots aarch64 images"),
-    ("qemu-efi-aarch64", "UEFI firmware for aarch64 kernels with an EFI stub"),
-    ("ipxe-qemu", "the iPXE option ROMs of QEMU's NICs (--boot ipxe)"),
-    ("dropbear-bin", "dropbearkey and dbclient: the per-run key and the SSH login"),
+    (
+        "qemu-efi-aarch64",
+        "UEFI firmware for aarch64 kernels with an EFI stub",
+    ),
+    (
+        "ipxe-qemu",
+        "the iPXE option ROMs of QEMU's NICs (--boot ipxe)",
+    ),
+    (
+        "dropbear-bin",
+        "dropbearkey and dbclient: the per-run key and the SSH login",
+    ),
 ];
 
 #[derive(Debug, clap::Subcommand)]
@@ -64,7 +73,6 @@ pub struct QemuArgs {
     no_setup: bool,
 }
 
-
 fn parse_boot(text: &str) -> Result<BootMethod, String> {
     match text {
         "direct" => Ok(BootMethod::Direct),
@@ -103,16 +111,34 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
     let (directory, name) = match &args.image {
         Some(directory) => {
             announce(&format!("image: {} (given)", directory.display()));
-            (directory.clone(), directory.file_name().map_or_else(|| "image".to_string(), |name| name.to_string_lossy().into_owned()))
+            (
+                directory.clone(),
+                directory.file_name().map_or_else(
+                    || "image".to_string(),
+                    |name| name.to_string_lossy().into_owned(),
+                ),
+            )
         }
         None => {
             let name = output_name(&workspace, &args.profile)?;
-            let out = if args.out.is_absolute() { args.out.clone() } else { std::env::current_dir()?.join(&args.out) };
+            let out = if args.out.is_absolute() {
+                args.out.clone()
+            } else {
+                std::env::current_dir()?.join(&args.out)
+            };
             let directory = out.join(&name).join(args.arch.name());
             if ImageDirectory::open(&directory, args.arch).is_ok() {
-                announce(&format!("image: {} (exists; rebuild with `cargo xtask image --arch {} --profile {}`)", directory.display(), args.arch.name(), args.profile));
+                announce(&format!(
+                    "image: {} (exists; rebuild with `cargo xtask image --arch {} --profile {}`)",
+                    directory.display(),
+                    args.arch.name(),
+                    args.profile
+                ));
             } else {
-                announce(&format!("image: building {} with `cargo xtask image`", directory.display()));
+                announce(&format!(
+                    "image: building {} with `cargo xtask image`",
+                    directory.display()
+                ));
                 build_image(&args, &out)?;
             }
             (directory, name)
@@ -122,7 +148,11 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
 
     let work_directory = match &args.work_dir {
         Some(directory) => directory.clone(),
-        None => workspace.join("target/smoke").join(format!("{name}-{}-{}", args.arch.name(), args.boot.name())),
+        None => workspace.join("target/smoke").join(format!(
+            "{name}-{}-{}",
+            args.arch.name(),
+            args.boot.name()
+        )),
     };
     let mut options = SmokeOptions::new(work_directory);
     options.boot = args.boot;
@@ -133,20 +163,39 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
 
     let result = run_smoke(&image, &options, &mut |event| match event {
         SmokeEvent::Step(text) => announce(text),
-        SmokeEvent::Marker(found) => eprintln!("      {:>7.1}s  {}", found.at.as_secs_f64(), found.label),
+        SmokeEvent::Marker(found) => {
+            eprintln!("      {:>7.1}s  {}", found.at.as_secs_f64(), found.label)
+        }
         SmokeEvent::Note(text) => eprintln!("      {text}"),
     });
     match result {
         Ok(report) => {
-            println!("smoke qemu {} {} ({} boot): passed in {:.1} s", name, args.arch.name(), args.boot.name(), started.elapsed().as_secs_f64());
-            println!("  accelerator:   {} ({})", report.accelerator.accelerator.name(), report.accelerator.reason);
+            println!(
+                "smoke qemu {} {} ({} boot): passed in {:.1} s",
+                name,
+                args.arch.name(),
+                args.boot.name(),
+                started.elapsed().as_secs_f64()
+            );
+            println!(
+                "  accelerator:   {} ({})",
+                report.accelerator.accelerator.name(),
+                report.accelerator.reason
+            );
             println!("  firmware:      {}", report.firmware);
-            println!("  time to ready: {:.1} s from QEMU start ({} markers seen in order)", report.time_to_ready.as_secs_f64(), report.markers.len());
+            println!(
+                "  time to ready: {:.1} s from QEMU start ({} markers seen in order)",
+                report.time_to_ready.as_secs_f64(),
+                report.markers.len()
+            );
             if let Some(uname) = &report.remote_uname {
                 println!("  ssh uname -a:  {uname}");
             }
             if let Some(at) = report.powered_off_at {
-                println!("  powered off:   QEMU exited {:.1} s after it started", at.as_secs_f64());
+                println!(
+                    "  powered off:   QEMU exited {:.1} s after it started",
+                    at.as_secs_f64()
+                );
             }
             for note in &report.notes {
                 println!("  note: {note}");
@@ -155,7 +204,12 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(SmokeRunError::Failed(failure)) => {
-            eprintln!("smoke qemu {} {} ({} boot): FAILED", name, args.arch.name(), args.boot.name());
+            eprintln!(
+                "smoke qemu {} {} ({} boot): FAILED",
+                name,
+                args.arch.name(),
+                args.boot.name()
+            );
             eprintln!("{failure}");
             Ok(ExitCode::FAILURE)
         }
@@ -166,19 +220,32 @@ fn run_qemu(args: QemuArgs) -> anyhow::Result<ExitCode> {
 /// The directory name `cargo xtask image` writes the profile to (its `output_name`).
 fn output_name(workspace: &Path, profile: &str) -> anyhow::Result<String> {
     let catalog = kiln_spec::Catalog::load(workspace).context("loading modules/ and profiles/")?;
-    let resolved = catalog.resolve_profile(profile).with_context(|| format!("resolving profile `{profile}`"))?;
+    let resolved = catalog
+        .resolve_profile(profile)
+        .with_context(|| format!("resolving profile `{profile}`"))?;
     Ok(resolved.output_name)
 }
 
 fn build_image(args: &QemuArgs, out: &Path) -> anyhow::Result<()> {
     let xtask = std::env::current_exe().context("finding the xtask binary")?;
     let status = Process::new(xtask)
-        .args(["image", "--arch", args.arch.name(), "--profile", &args.profile, "--out"])
+        .args([
+            "image",
+            "--arch",
+            args.arch.name(),
+            "--profile",
+            &args.profile,
+            "--out",
+        ])
         .arg(out)
         .status()
         .context("running `cargo xtask image`")?;
     if !status.success() {
-        bail!("`cargo xtask image --arch {} --profile {}` failed ({status})", args.arch.name(), args.profile);
+        bail!(
+            "`cargo xtask image --arch {} --profile {}` failed ({status})",
+            args.arch.name(),
+            args.profile
+        );
     }
     Ok(())
 }

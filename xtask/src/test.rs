@@ -17,7 +17,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let packages: Vec<(&str, &str)> = crate::host::TEST_PACKAGES.iter().chain(crate::image::IMAGE_PACKAGES).copied().collect();
+    let packages: Vec<(&str, &str)> = crate::host::TEST_PACKAGES
+        .iter()
+        .chain(crate::image::IMAGE_PACKAGES)
+        .copied()
+        .collect();
     crate::host::ensure_debian_packages(&packages)?;
     crate::image::ensure_rust_targets()?;
     crate::host::ensure_cargo_nextest()?;
@@ -29,5 +33,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     command.args(&args.nextest_args);
     let status = command.status().context("running cargo nextest")?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

@@ -29,7 +29,11 @@ impl Comparison {
 }
 
 /// Compares two initramfs files given as bytes; `names` label them in output.
-pub fn compare_initramfs(left: &[u8], right: &[u8], names: (&str, &str)) -> Result<Comparison, ArchiveError> {
+pub fn compare_initramfs(
+    left: &[u8],
+    right: &[u8],
+    names: (&str, &str),
+) -> Result<Comparison, ArchiveError> {
     let (left_name, right_name) = names;
     if left == right {
         return Ok(Comparison {
@@ -57,47 +61,90 @@ pub fn compare_initramfs(left: &[u8], right: &[u8], names: (&str, &str)) -> Resu
     let entry_findings_before = findings.len();
     compare_entries(&left_entries, &right_entries, names, &mut findings);
     if findings.len() == entry_findings_before {
-        explain_identical_entries(&left_segments, &right_segments, &left_entries, &right_entries, &mut findings);
+        explain_identical_entries(
+            &left_segments,
+            &right_segments,
+            &left_entries,
+            &right_entries,
+            &mut findings,
+        );
     }
-    Ok(Comparison { identical: false, findings })
+    Ok(Comparison {
+        identical: false,
+        findings,
+    })
 }
 
 fn short_digest(bytes: &[u8]) -> String {
     hex::encode(&Sha256::digest(bytes)[..8])
 }
 
-fn compare_segments(left: &[Segment], right: &[Segment], names: (&str, &str), findings: &mut Vec<String>) {
+fn compare_segments(
+    left: &[Segment],
+    right: &[Segment],
+    names: (&str, &str),
+    findings: &mut Vec<String>,
+) {
     let describe = |segments: &[Segment]| {
         segments
             .iter()
-            .map(|segment| format!("{} ({} entries)", segment.encoding.name(), segment.members.len()))
+            .map(|segment| {
+                format!(
+                    "{} ({} entries)",
+                    segment.encoding.name(),
+                    segment.members.len()
+                )
+            })
             .collect::<Vec<_>>()
             .join(" + ")
     };
     let (left_shape, right_shape) = (describe(left), describe(right));
     if left_shape != right_shape {
-        findings.push(format!("segments: {} has {left_shape}; {} has {right_shape}", names.0, names.1));
+        findings.push(format!(
+            "segments: {} has {left_shape}; {} has {right_shape}",
+            names.0, names.1
+        ));
     }
 }
 
-fn compare_entries(left: &[InspectedEntry], right: &[InspectedEntry], names: (&str, &str), findings: &mut Vec<String>) {
+fn compare_entries(
+    left: &[InspectedEntry],
+    right: &[InspectedEntry],
+    names: (&str, &str),
+    findings: &mut Vec<String>,
+) {
     // A later member for the same path replaces the earlier one when the
     // kernel unpacks, so the last one is what counts.
     let index = |entries: &[InspectedEntry]| -> BTreeMap<String, InspectedEntry> {
-        entries.iter().map(|entry| (entry.path.clone(), entry.clone())).collect()
+        entries
+            .iter()
+            .map(|entry| (entry.path.clone(), entry.clone()))
+            .collect()
     };
     let (left_map, right_map) = (index(left), index(right));
-    for path in left_map.keys().filter(|path| !right_map.contains_key(*path)) {
+    for path in left_map
+        .keys()
+        .filter(|path| !right_map.contains_key(*path))
+    {
         findings.push(format!("only in {}: {path}", names.0));
     }
-    for path in right_map.keys().filter(|path| !left_map.contains_key(*path)) {
+    for path in right_map
+        .keys()
+        .filter(|path| !left_map.contains_key(*path))
+    {
         findings.push(format!("only in {}: {path}", names.1));
     }
     for (path, left_entry) in &left_map {
-        let Some(right_entry) = right_map.get(path) else { continue };
+        let Some(right_entry) = right_map.get(path) else {
+            continue;
+        };
         let mut changes = Vec::new();
         if left_entry.mode != right_entry.mode {
-            changes.push(format!("mode {} → {}", mode_string(left_entry.mode), mode_string(right_entry.mode)));
+            changes.push(format!(
+                "mode {} → {}",
+                mode_string(left_entry.mode),
+                mode_string(right_entry.mode)
+            ));
         }
         if (left_entry.uid, left_entry.gid) != (right_entry.uid, right_entry.gid) {
             changes.push(format!(
@@ -111,8 +158,14 @@ fn compare_entries(left: &[InspectedEntry], right: &[InspectedEntry], names: (&s
         if left_entry.sha256 != right_entry.sha256 {
             changes.push(format!(
                 "contents sha256 {} → {}",
-                left_entry.sha256.as_deref().map_or("-", |digest| &digest[..16]),
-                right_entry.sha256.as_deref().map_or("-", |digest| &digest[..16])
+                left_entry
+                    .sha256
+                    .as_deref()
+                    .map_or("-", |digest| &digest[..16]),
+                right_entry
+                    .sha256
+                    .as_deref()
+                    .map_or("-", |digest| &digest[..16])
             ));
         }
         if left_entry.symlink_target != right_entry.symlink_target {
@@ -123,9 +176,14 @@ fn compare_entries(left: &[InspectedEntry], right: &[InspectedEntry], names: (&s
             ));
         }
         if left_entry.device != right_entry.device {
-            changes.push(format!("device {:?} → {:?}", left_entry.device, right_entry.device));
+            changes.push(format!(
+                "device {:?} → {:?}",
+                left_entry.device, right_entry.device
+            ));
         }
-        if left_entry.hard_link.map(|(_, names)| names) != right_entry.hard_link.map(|(_, names)| names) {
+        if left_entry.hard_link.map(|(_, names)| names)
+            != right_entry.hard_link.map(|(_, names)| names)
+        {
             changes.push(format!(
                 "hard-link names {} → {}",
                 left_entry.hard_link.map_or(1, |(_, names)| names),
@@ -133,7 +191,10 @@ fn compare_entries(left: &[InspectedEntry], right: &[InspectedEntry], names: (&s
             ));
         }
         if left_entry.mtime != right_entry.mtime {
-            changes.push(format!("mtime {} → {} (is SOURCE_DATE_EPOCH the same?)", left_entry.mtime, right_entry.mtime));
+            changes.push(format!(
+                "mtime {} → {} (is SOURCE_DATE_EPOCH the same?)",
+                left_entry.mtime, right_entry.mtime
+            ));
         }
         if !changes.is_empty() {
             findings.push(format!("changed: {path}: {}", changes.join(", ")));
@@ -154,7 +215,11 @@ fn explain_identical_entries(
     let left_order: Vec<&str> = left.iter().map(|entry| entry.path.as_str()).collect();
     let right_order: Vec<&str> = right.iter().map(|entry| entry.path.as_str()).collect();
     if left_order != right_order {
-        let position = left_order.iter().zip(&right_order).position(|(a, b)| a != b).unwrap_or(left_order.len().min(right_order.len()));
+        let position = left_order
+            .iter()
+            .zip(&right_order)
+            .position(|(a, b)| a != b)
+            .unwrap_or(left_order.len().min(right_order.len()));
         findings.push(format!(
             "order: entries are in a different order from position {position} ({:?} vs {:?})",
             left_order.get(position).copied().unwrap_or("<end>"),
@@ -170,7 +235,10 @@ fn explain_identical_entries(
         return;
     }
     let same_cpio = left_segments.len() == right_segments.len()
-        && left_segments.iter().zip(right_segments).all(|(a, b)| a.cpio_sha256 == b.cpio_sha256);
+        && left_segments
+            .iter()
+            .zip(right_segments)
+            .all(|(a, b)| a.cpio_sha256 == b.cpio_sha256);
     if same_cpio {
         findings.push(
             "compression: the uncompressed cpio streams are identical; only the compressed bytes differ \

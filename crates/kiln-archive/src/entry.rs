@@ -103,7 +103,9 @@ impl fmt::Debug for Content {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Content::Bytes(bytes) => write!(formatter, "Bytes({} bytes)", bytes.len()),
-            Content::File { path, size } => write!(formatter, "File({}, {size} bytes)", path.display()),
+            Content::File { path, size } => {
+                write!(formatter, "File({}, {size} bytes)", path.display())
+            }
         }
     }
 }
@@ -115,10 +117,20 @@ pub enum EntryKind {
     File(Content),
     /// Another name for the regular file at `target` (same inode once
     /// unpacked). Its mode and owner are the target's.
-    HardLink { target: ArchivePath },
-    Symlink { target: Vec<u8> },
-    CharDevice { major: u32, minor: u32 },
-    BlockDevice { major: u32, minor: u32 },
+    HardLink {
+        target: ArchivePath,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
+    CharDevice {
+        major: u32,
+        minor: u32,
+    },
+    BlockDevice {
+        major: u32,
+        minor: u32,
+    },
     Fifo,
     Socket,
 }
@@ -137,15 +149,35 @@ pub struct Entry {
 
 impl Entry {
     pub fn directory(path: ArchivePath, permissions: u32) -> Self {
-        Self { path, permissions, uid: 0, gid: 0, kind: EntryKind::Directory }
+        Self {
+            path,
+            permissions,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Directory,
+        }
     }
 
     pub fn file(path: ArchivePath, permissions: u32, content: Content) -> Self {
-        Self { path, permissions, uid: 0, gid: 0, kind: EntryKind::File(content) }
+        Self {
+            path,
+            permissions,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::File(content),
+        }
     }
 
     pub fn symlink(path: ArchivePath, target: impl Into<Vec<u8>>) -> Self {
-        Self { path, permissions: 0o777, uid: 0, gid: 0, kind: EntryKind::Symlink { target: target.into() } }
+        Self {
+            path,
+            permissions: 0o777,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::Symlink {
+                target: target.into(),
+            },
+        }
     }
 
     pub fn with_owner(mut self, uid: u32, gid: u32) -> Self {

@@ -30,15 +30,24 @@ impl ZstdSettings {
     pub fn new(level: i32, workers: u32) -> Result<Self, ArchiveError> {
         let range = zstd::compression_level_range();
         if !range.contains(&level) || level < 1 {
-            return Err(ArchiveError::InvalidLevel { level, max: *range.end() });
+            return Err(ArchiveError::InvalidLevel {
+                level,
+                max: *range.end(),
+            });
         }
-        Ok(Self { level, workers: workers.max(1) })
+        Ok(Self {
+            level,
+            workers: workers.max(1),
+        })
     }
 
     /// The default level with one worker per available core.
     pub fn default_for_host() -> Self {
         let workers = std::thread::available_parallelism().map_or(1, |count| count.get());
-        Self { level: DEFAULT_ZSTD_LEVEL, workers: u32::try_from(workers).unwrap_or(1) }
+        Self {
+            level: DEFAULT_ZSTD_LEVEL,
+            workers: u32::try_from(workers).unwrap_or(1),
+        }
     }
 }
 
@@ -73,7 +82,10 @@ pub fn write_initramfs<W: Write>(
     out: W,
     progress: &mut dyn FnMut(u64),
 ) -> Result<InitramfsSummary, ArchiveError> {
-    let mut counted = CountingOutput { inner: out, written: 0 };
+    let mut counted = CountingOutput {
+        inner: out,
+        written: 0,
+    };
     let mut summary = InitramfsSummary::default();
     if let Some(early) = options.early {
         summary.early = Some(write_newc(early, options.mtime, &mut counted, &mut |_| {})?);
@@ -90,7 +102,9 @@ pub fn write_initramfs<W: Write>(
             // jobs end is part of the compressed bytes.
             let mut buffered = BufWriter::with_capacity(1 << 20, &mut encoder);
             summary.main = write_newc(tree, options.mtime, &mut buffered, progress)?;
-            buffered.into_inner().map_err(|error| ArchiveError::output(error.into_error()))?;
+            buffered
+                .into_inner()
+                .map_err(|error| ArchiveError::output(error.into_error()))?;
             encoder.finish().map_err(ArchiveError::output)?;
         }
     }
@@ -101,7 +115,10 @@ pub fn write_initramfs<W: Write>(
 
 /// A zstd stream encoder with kiln's fixed frame parameters: checksummed
 /// (the kernel verifies it while unpacking), multi-threaded mode.
-pub fn zstd_encoder<W: Write>(out: W, settings: ZstdSettings) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
+pub fn zstd_encoder<W: Write>(
+    out: W,
+    settings: ZstdSettings,
+) -> io::Result<zstd::stream::write::Encoder<'static, W>> {
     let mut encoder = zstd::stream::write::Encoder::new(out, settings.level)?;
     encoder.multithread(settings.workers.max(1))?;
     encoder.include_checksum(true)?;
@@ -139,7 +156,8 @@ pub fn write_file_atomically<T>(
     let file = temporary.as_file();
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .map_err(|source| ArchiveError::io(temporary.path(), "setting the mode of", source))?;
-    file.sync_all().map_err(|source| ArchiveError::io(temporary.path(), "syncing", source))?;
+    file.sync_all()
+        .map_err(|source| ArchiveError::io(temporary.path(), "syncing", source))?;
     temporary
         .persist(path)
         .map_err(|error| ArchiveError::io(path, "renaming the finished archive to", error.error))?;

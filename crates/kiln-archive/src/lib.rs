@@ -26,8 +26,8 @@ use std::path::Path;
 pub use compare::{compare_initramfs, Comparison};
 pub use entry::{ArchivePath, Content, Entry, EntryKind};
 pub use initramfs::{
-    write_file_atomically, write_initramfs, write_initramfs_file, Compression, InitramfsOptions, InitramfsSummary,
-    ZstdSettings, DEFAULT_ZSTD_LEVEL,
+    write_file_atomically, write_initramfs, write_initramfs_file, Compression, InitramfsOptions,
+    InitramfsSummary, ZstdSettings, DEFAULT_ZSTD_LEVEL,
 };
 pub use listing::{inspect_segments, render_listing, InspectedEntry};
 pub use newc::{write_newc, NewcSummary};
@@ -40,11 +40,15 @@ pub use tree::ArchiveTree;
 pub enum ArchiveError {
     #[error("invalid archive path {path:?}: {reason}")]
     InvalidPath { path: String, reason: &'static str },
-    #[error("entry `{path}` has permissions {permissions:#o}; only the bits in 0o7777 are allowed")]
+    #[error(
+        "entry `{path}` has permissions {permissions:#o}; only the bits in 0o7777 are allowed"
+    )]
     InvalidPermissions { path: String, permissions: u32 },
     #[error("two entries for `{path}`: an archive may hold each path once")]
     DuplicatePath { path: String },
-    #[error("entry `{path}` needs `{parent}` to be a directory, but the input makes it something else")]
+    #[error(
+        "entry `{path}` needs `{parent}` to be a directory, but the input makes it something else"
+    )]
     ParentNotDirectory { path: String, parent: String },
     #[error("hard link `{path}` points at `{target}`, which is not a regular file in the archive")]
     HardLinkTarget { path: String, target: String },
@@ -64,7 +68,11 @@ pub enum ArchiveError {
     #[error("walking {path}: {message}")]
     Walk { path: String, message: String },
     #[error("{action} {path}: {source}")]
-    Io { path: String, action: &'static str, source: std::io::Error },
+    Io {
+        path: String,
+        action: &'static str,
+        source: std::io::Error,
+    },
     #[error("writing the archive: {0}")]
     Output(std::io::Error),
     #[error("malformed archive at byte {offset}: {reason}")]
@@ -73,7 +81,11 @@ pub enum ArchiveError {
 
 impl ArchiveError {
     pub fn io(path: impl AsRef<Path>, action: &'static str, source: std::io::Error) -> Self {
-        Self::Io { path: path.as_ref().display().to_string(), action, source }
+        Self::Io {
+            path: path.as_ref().display().to_string(),
+            action,
+            source,
+        }
     }
 
     pub fn output(source: std::io::Error) -> Self {

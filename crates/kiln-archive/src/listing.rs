@@ -43,7 +43,10 @@ pub fn inspect_segments(segments: &[Segment]) -> Vec<InspectedEntry> {
         let mut inode_data: HashMap<(u32, u32, u32), &[u8]> = HashMap::new();
         for member in &segment.members {
             if member.mode & S_IFMT == S_IFREG && member.link_count > 1 && !member.data.is_empty() {
-                inode_data.insert((member.inode, member.dev_major, member.dev_minor), &member.data);
+                inode_data.insert(
+                    (member.inode, member.dev_major, member.dev_minor),
+                    &member.data,
+                );
             }
         }
         for member in &segment.members {
@@ -53,7 +56,11 @@ pub fn inspect_segments(segments: &[Segment]) -> Vec<InspectedEntry> {
     entries
 }
 
-fn inspect_member(segment: usize, member: &RawMember, inode_data: &HashMap<(u32, u32, u32), &[u8]>) -> InspectedEntry {
+fn inspect_member(
+    segment: usize,
+    member: &RawMember,
+    inode_data: &HashMap<(u32, u32, u32), &[u8]>,
+) -> InspectedEntry {
     let file_type = member.mode & S_IFMT;
     let mut entry = InspectedEntry {
         segment,
@@ -74,7 +81,9 @@ fn inspect_member(segment: usize, member: &RawMember, inode_data: &HashMap<(u32,
             let mut data: &[u8] = &member.data;
             if member.link_count > 1 {
                 entry.hard_link = Some((member.inode, member.link_count));
-                if let Some(carried) = inode_data.get(&(member.inode, member.dev_major, member.dev_minor)) {
+                if let Some(carried) =
+                    inode_data.get(&(member.inode, member.dev_major, member.dev_minor))
+                {
                     data = carried;
                 }
             }
@@ -102,7 +111,17 @@ pub fn mode_string(mode: u32) -> String {
     };
     let mut text = String::with_capacity(10);
     text.push(type_char);
-    let bits = [(0o400, 'r'), (0o200, 'w'), (0o100, 'x'), (0o040, 'r'), (0o020, 'w'), (0o010, 'x'), (0o004, 'r'), (0o002, 'w'), (0o001, 'x')];
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o040, 'r'),
+        (0o020, 'w'),
+        (0o010, 'x'),
+        (0o004, 'r'),
+        (0o002, 'w'),
+        (0o001, 'x'),
+    ];
     for (index, (bit, letter)) in bits.iter().enumerate() {
         let set = mode & bit != 0;
         let special = match index {
@@ -136,7 +155,15 @@ pub fn render_listing(segments: &[Segment]) -> String {
                 Some((major, minor)) => format!("{major},{minor}"),
                 None => entry.size.to_string(),
             };
-            let _ = write!(text, "{} {:>5}/{:<5} {:>10}  {}", mode_string(entry.mode), entry.uid, entry.gid, size, entry.path);
+            let _ = write!(
+                text,
+                "{} {:>5}/{:<5} {:>10}  {}",
+                mode_string(entry.mode),
+                entry.uid,
+                entry.gid,
+                size,
+                entry.path
+            );
             if let Some(target) = &entry.symlink_target {
                 let _ = write!(text, " -> {target}");
             }

@@ -52,19 +52,27 @@ pub struct InodeAllocator {
 
 impl InodeAllocator {
     pub fn new() -> Self {
-        Self { next: 1, by_link_target: HashMap::new() }
+        Self {
+            next: 1,
+            by_link_target: HashMap::new(),
+        }
     }
 
     fn fresh(&mut self) -> Result<u32, ArchiveError> {
         let number = self.next;
-        self.next = self.next.checked_add(1).ok_or(ArchiveError::TooManyEntries)?;
+        self.next = self
+            .next
+            .checked_add(1)
+            .ok_or(ArchiveError::TooManyEntries)?;
         Ok(number)
     }
 
     /// The inode for a member; `link_target` is the file a hard-link group
     /// is keyed by (the file itself for the group's file entry).
     fn inode_for(&mut self, link_target: Option<&ArchivePath>) -> Result<u32, ArchiveError> {
-        let Some(target) = link_target else { return self.fresh() };
+        let Some(target) = link_target else {
+            return self.fresh();
+        };
         if let Some(number) = self.by_link_target.get(target) {
             return Ok(*number);
         }
@@ -90,7 +98,10 @@ impl ArchivePlan {
         for entry in tree.entries() {
             match &entry.kind {
                 EntryKind::HardLink { target } => {
-                    let group = plan.link_groups.entry(target.clone()).or_insert((1, target.clone()));
+                    let group = plan
+                        .link_groups
+                        .entry(target.clone())
+                        .or_insert((1, target.clone()));
                     group.0 = group.0.checked_add(1).ok_or(ArchiveError::TooManyEntries)?;
                     // Entries come in bytewise order, so this ends as the last name.
                     if entry.path > group.1 {
@@ -143,7 +154,8 @@ fn normalise(
     let mut data = None;
     match &entry.kind {
         EntryKind::Directory => {
-            header.link_count = 2u32.saturating_add(plan.subdirectories.get(&entry.path).copied().unwrap_or(0));
+            header.link_count =
+                2u32.saturating_add(plan.subdirectories.get(&entry.path).copied().unwrap_or(0));
         }
         EntryKind::File(content) => {
             if let Some((count, carrier)) = plan.link_groups.get(&entry.path) {
@@ -156,14 +168,27 @@ fn normalise(
             }
         }
         EntryKind::HardLink { target } => {
-            let Some(Entry { kind: EntryKind::File(content), permissions, uid, gid, .. }) = tree.get(target) else {
-                return Err(ArchiveError::HardLinkTarget { path: entry.path.display(), target: target.display() });
+            let Some(Entry {
+                kind: EntryKind::File(content),
+                permissions,
+                uid,
+                gid,
+                ..
+            }) = tree.get(target)
+            else {
+                return Err(ArchiveError::HardLinkTarget {
+                    path: entry.path.display(),
+                    target: target.display(),
+                });
             };
             // All names of an inode carry the inode's metadata.
             header.mode = crate::entry::S_IFREG | permissions;
             header.uid = *uid;
             header.gid = *gid;
-            let (count, carrier) = plan.link_groups.get(target).expect("every link is in its group");
+            let (count, carrier) = plan
+                .link_groups
+                .get(target)
+                .expect("every link is in its group");
             header.link_count = *count;
             if carrier == &entry.path {
                 data = Some(DataSource::Content(content.clone()));
@@ -180,8 +205,10 @@ fn normalise(
     }
     if let Some(source) = &data {
         let size = source.size();
-        header.file_size = u32::try_from(size)
-            .map_err(|_| ArchiveError::FileTooLarge { path: entry.path.display(), size })?;
+        header.file_size = u32::try_from(size).map_err(|_| ArchiveError::FileTooLarge {
+            path: entry.path.display(),
+            size,
+        })?;
     }
     Ok((header, data))
 }
@@ -226,7 +253,10 @@ pub fn write_newc<W: Write>(
     tree.complete()?;
     let plan = ArchivePlan::new(&tree)?;
     let mut inodes = InodeAllocator::new();
-    let mut writer = CountingWriter { inner: out, written: 0 };
+    let mut writer = CountingWriter {
+        inner: out,
+        written: 0,
+    };
     let mut summary = NewcSummary::default();
     let mut copy_buffer = vec![0u8; 256 * 1024];
     for entry in tree.entries() {
@@ -234,7 +264,9 @@ pub fn write_newc<W: Write>(
         write_header(&mut writer, &header, entry.path.as_bytes()).map_err(ArchiveError::output)?;
         match data {
             None => {}
-            Some(DataSource::Symlink(target)) => writer.write_all(&target).map_err(ArchiveError::output)?,
+            Some(DataSource::Symlink(target)) => {
+                writer.write_all(&target).map_err(ArchiveError::output)?
+            }
             Some(DataSource::Content(Content::Bytes(bytes))) => {
                 writer.write_all(&bytes).map_err(ArchiveError::output)?
             }
@@ -264,8 +296,13 @@ pub fn write_newc<W: Write>(
     Ok(summary)
 }
 
-fn write_header<W: Write>(writer: &mut CountingWriter<W>, header: &NewcHeader, name: &[u8]) -> io::Result<()> {
-    let name_size = u32::try_from(name.len() + 1).map_err(|_| io::Error::other("name longer than 4 GiB"))?;
+fn write_header<W: Write>(
+    writer: &mut CountingWriter<W>,
+    header: &NewcHeader,
+    name: &[u8],
+) -> io::Result<()> {
+    let name_size =
+        u32::try_from(name.len() + 1).map_err(|_| io::Error::other("name longer than 4 GiB"))?;
     let fields = [
         header.inode,
         header.mode,
@@ -314,17 +351,30 @@ fn copy_exact_file<W: Write>(
     let mut file = File::open(path).map_err(|source| ArchiveError::io(path, "opening", source))?;
     let mut remaining = size;
     while remaining > 0 {
-        let want = usize::try_from(remaining.min(buffer.len() as u64)).expect("bounded by the buffer length");
-        let read = file.read(&mut buffer[..want]).map_err(|source| ArchiveError::io(path, "reading", source))?;
+        let want = usize::try_from(remaining.min(buffer.len() as u64))
+            .expect("bounded by the buffer length");
+        let read = file
+            .read(&mut buffer[..want])
+            .map_err(|source| ArchiveError::io(path, "reading", source))?;
         if read == 0 {
-            return Err(ArchiveError::ContentChanged { path: archive_path.display(), source_path: path.display().to_string() });
+            return Err(ArchiveError::ContentChanged {
+                path: archive_path.display(),
+                source_path: path.display().to_string(),
+            });
         }
-        writer.write_all(&buffer[..read]).map_err(ArchiveError::output)?;
+        writer
+            .write_all(&buffer[..read])
+            .map_err(ArchiveError::output)?;
         remaining -= read as u64;
     }
-    let extra = file.read(&mut buffer[..1]).map_err(|source| ArchiveError::io(path, "reading", source))?;
+    let extra = file
+        .read(&mut buffer[..1])
+        .map_err(|source| ArchiveError::io(path, "reading", source))?;
     if extra != 0 {
-        return Err(ArchiveError::ContentChanged { path: archive_path.display(), source_path: path.display().to_string() });
+        return Err(ArchiveError::ContentChanged {
+            path: archive_path.display(),
+            source_path: path.display().to_string(),
+        });
     }
     Ok(())
 }

@@ -109,12 +109,13 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
                 if inner >= decompressed.len() {
                     break;
                 }
-                let (more, used) = read_one_archive(&decompressed[inner..], inner as u64).map_err(|error| {
-                    ArchiveError::Malformed {
-                        offset: position as u64,
-                        reason: format!("inside the zstd stream that starts here: {error}"),
-                    }
-                })?;
+                let (more, used) =
+                    read_one_archive(&decompressed[inner..], inner as u64).map_err(|error| {
+                        ArchiveError::Malformed {
+                            offset: position as u64,
+                            reason: format!("inside the zstd stream that starts here: {error}"),
+                        }
+                    })?;
                 members.extend(more);
                 inner += used;
             }
@@ -129,12 +130,18 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
         } else {
             return Err(ArchiveError::Malformed {
                 offset: position as u64,
-                reason: format!("expected a newc header (070701) or a zstd stream, found {}", describe_magic(rest)),
+                reason: format!(
+                    "expected a newc header (070701) or a zstd stream, found {}",
+                    describe_magic(rest)
+                ),
             });
         }
     }
     if segments.is_empty() {
-        return Err(ArchiveError::Malformed { offset: 0, reason: "the file holds no archive".to_string() });
+        return Err(ArchiveError::Malformed {
+            offset: 0,
+            reason: "the file holds no archive".to_string(),
+        });
     }
     Ok(segments)
 }
@@ -155,16 +162,21 @@ fn describe_magic(bytes: &[u8]) -> String {
 
 /// Decompresses consecutive zstd frames starting at `bytes[0]`; returns the
 /// output and how many input bytes the frames spanned.
-fn decompress_zstd_frames(bytes: &[u8], file_offset: u64) -> Result<(Vec<u8>, usize), ArchiveError> {
+fn decompress_zstd_frames(
+    bytes: &[u8],
+    file_offset: u64,
+) -> Result<(Vec<u8>, usize), ArchiveError> {
     let mut consumed = 0usize;
     let mut output = Vec::new();
     while bytes[consumed..].starts_with(&ZSTD_MAGIC) {
-        let frame_length = zstd::zstd_safe::find_frame_compressed_size(&bytes[consumed..]).map_err(|code| {
-            ArchiveError::Malformed {
+        let frame_length = zstd::zstd_safe::find_frame_compressed_size(&bytes[consumed..])
+            .map_err(|code| ArchiveError::Malformed {
                 offset: file_offset + consumed as u64,
-                reason: format!("broken zstd frame: {}", zstd::zstd_safe::get_error_name(code)),
-            }
-        })?;
+                reason: format!(
+                    "broken zstd frame: {}",
+                    zstd::zstd_safe::get_error_name(code)
+                ),
+            })?;
         let frame = &bytes[consumed..consumed + frame_length];
         let decoded = zstd::stream::decode_all(frame).map_err(|error| ArchiveError::Malformed {
             offset: file_offset + consumed as u64,
@@ -178,23 +190,35 @@ fn decompress_zstd_frames(bytes: &[u8], file_offset: u64) -> Result<(Vec<u8>, us
 
 /// Reads members until the trailer; returns them (without the trailer) and
 /// the bytes consumed including padding after the trailer up to 4 bytes.
-pub fn read_one_archive(bytes: &[u8], base_offset: u64) -> Result<(Vec<RawMember>, usize), ArchiveError> {
+pub fn read_one_archive(
+    bytes: &[u8],
+    base_offset: u64,
+) -> Result<(Vec<RawMember>, usize), ArchiveError> {
     let mut members = Vec::new();
     let mut position = 0usize;
     loop {
         let offset = base_offset + position as u64;
         let malformed = |reason: String| ArchiveError::Malformed { offset, reason };
         let Some(header) = bytes.get(position..position + HEADER_LENGTH) else {
-            return Err(malformed("truncated newc header (the archive ends before its trailer)".to_string()));
+            return Err(malformed(
+                "truncated newc header (the archive ends before its trailer)".to_string(),
+            ));
         };
         if &header[..6] != NEWC_MAGIC && &header[..6] != NEWC_CRC_MAGIC {
-            return Err(malformed(format!("bad newc magic {:?}", String::from_utf8_lossy(&header[..6]))));
+            return Err(malformed(format!(
+                "bad newc magic {:?}",
+                String::from_utf8_lossy(&header[..6])
+            )));
         }
         let mut fields = [0u32; 13];
         for (index, field) in fields.iter_mut().enumerate() {
             let text = &header[6 + index * 8..6 + (index + 1) * 8];
             *field = parse_hex_field(text).ok_or_else(|| {
-                malformed(format!("header field {} is not 8 hex digits: {:?}", FIELD_NAMES[index], String::from_utf8_lossy(text)))
+                malformed(format!(
+                    "header field {} is not 8 hex digits: {:?}",
+                    FIELD_NAMES[index],
+                    String::from_utf8_lossy(text)
+                ))
             })?;
         }
         let [inode, mode, uid, gid, link_count, mtime, file_size, dev_major, dev_minor, rdev_major, rdev_minor, name_size, check] =
@@ -242,8 +266,19 @@ pub fn read_one_archive(bytes: &[u8], base_offset: u64) -> Result<(Vec<RawMember
 }
 
 const FIELD_NAMES: [&str; 13] = [
-    "ino", "mode", "uid", "gid", "nlink", "mtime", "filesize", "devmajor", "devminor", "rdevmajor", "rdevminor",
-    "namesize", "check",
+    "ino",
+    "mode",
+    "uid",
+    "gid",
+    "nlink",
+    "mtime",
+    "filesize",
+    "devmajor",
+    "devminor",
+    "rdevmajor",
+    "rdevminor",
+    "namesize",
+    "check",
 ];
 
 fn parse_hex_field(text: &[u8]) -> Option<u32> {

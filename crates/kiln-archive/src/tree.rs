@@ -45,10 +45,15 @@ impl ArchiveTree {
 
     pub fn insert(&mut self, entry: Entry) -> Result<(), ArchiveError> {
         if entry.permissions & !0o7777 != 0 {
-            return Err(ArchiveError::InvalidPermissions { path: entry.path.display(), permissions: entry.permissions });
+            return Err(ArchiveError::InvalidPermissions {
+                path: entry.path.display(),
+                permissions: entry.permissions,
+            });
         }
         if self.entries.contains_key(&entry.path) {
-            return Err(ArchiveError::DuplicatePath { path: entry.path.display() });
+            return Err(ArchiveError::DuplicatePath {
+                path: entry.path.display(),
+            });
         }
         self.entries.insert(entry.path.clone(), entry);
         Ok(())
@@ -95,22 +100,35 @@ impl ArchiveTree {
                 path: error.path().unwrap_or(root).display().to_string(),
                 message: error.to_string(),
             })?;
-            let relative = item.path().strip_prefix(root).expect("walkdir yields paths under its root");
+            let relative = item
+                .path()
+                .strip_prefix(root)
+                .expect("walkdir yields paths under its root");
             let path = ArchivePath::new(relative.as_os_str().as_bytes())?;
-            let metadata = fs::symlink_metadata(item.path())
-                .map_err(|source| ArchiveError::io(item.path(), "reading the metadata of", source))?;
+            let metadata = fs::symlink_metadata(item.path()).map_err(|source| {
+                ArchiveError::io(item.path(), "reading the metadata of", source)
+            })?;
             let file_type = metadata.file_type();
             let kind = if file_type.is_dir() {
                 EntryKind::Directory
             } else if file_type.is_file() {
                 if metadata.nlink() > 1 {
-                    link_groups.entry((metadata.dev(), metadata.ino())).or_default().push(path.clone());
+                    link_groups
+                        .entry((metadata.dev(), metadata.ino()))
+                        .or_default()
+                        .push(path.clone());
                 }
-                EntryKind::File(Content::File { path: item.path().to_path_buf(), size: metadata.len() })
+                EntryKind::File(Content::File {
+                    path: item.path().to_path_buf(),
+                    size: metadata.len(),
+                })
             } else if file_type.is_symlink() {
-                let target = fs::read_link(item.path())
-                    .map_err(|source| ArchiveError::io(item.path(), "reading the symlink", source))?;
-                EntryKind::Symlink { target: target.as_os_str().as_bytes().to_vec() }
+                let target = fs::read_link(item.path()).map_err(|source| {
+                    ArchiveError::io(item.path(), "reading the symlink", source)
+                })?;
+                EntryKind::Symlink {
+                    target: target.as_os_str().as_bytes().to_vec(),
+                }
             } else if file_type.is_char_device() {
                 let (major, minor) = split_device_number(metadata.rdev());
                 EntryKind::CharDevice { major, minor }
@@ -145,8 +163,13 @@ impl ArchiveTree {
             paths.sort();
             let target = paths[0].clone();
             for path in &paths[1..] {
-                let entry = tree.entries.get_mut(path).expect("grouped paths were inserted");
-                entry.kind = EntryKind::HardLink { target: target.clone() };
+                let entry = tree
+                    .entries
+                    .get_mut(path)
+                    .expect("grouped paths were inserted");
+                entry.kind = EntryKind::HardLink {
+                    target: target.clone(),
+                };
             }
         }
         Ok(tree)
@@ -157,15 +180,24 @@ impl ArchiveTree {
     /// their data once (what Hook does with `rdfind`). Off unless asked for:
     /// it changes what the unpacked tree is (one inode instead of several).
     pub fn deduplicate_identical_files(&mut self) -> Result<usize, ArchiveError> {
-        let mut first_by_identity: HashMap<([u8; 32], u64, u32, u32, u32), ArchivePath> = HashMap::new();
+        let mut first_by_identity: HashMap<([u8; 32], u64, u32, u32, u32), ArchivePath> =
+            HashMap::new();
         let mut relinks: Vec<(ArchivePath, ArchivePath)> = Vec::new();
         for entry in self.entries.values() {
-            let EntryKind::File(content) = &entry.kind else { continue };
+            let EntryKind::File(content) = &entry.kind else {
+                continue;
+            };
             if content.size() == 0 {
                 continue; // nothing to save, and empty files are often edited in place
             }
             let digest = sha256_of_content(content)?;
-            let identity = (digest, content.size(), entry.permissions, entry.uid, entry.gid);
+            let identity = (
+                digest,
+                content.size(),
+                entry.permissions,
+                entry.uid,
+                entry.gid,
+            );
             match first_by_identity.get(&identity) {
                 Some(first) => relinks.push((entry.path.clone(), first.clone())),
                 None => {
@@ -175,7 +207,10 @@ impl ArchiveTree {
         }
         let count = relinks.len();
         for (path, target) in relinks {
-            let entry = self.entries.get_mut(&path).expect("relinked path is in the tree");
+            let entry = self
+                .entries
+                .get_mut(&path)
+                .expect("relinked path is in the tree");
             entry.kind = EntryKind::HardLink { target };
         }
         Ok(count)
@@ -232,14 +267,22 @@ impl ArchiveTree {
                         hops += 1;
                     }
                     Some(EntryKind::HardLink { .. }) => {
-                        return Err(ArchiveError::HardLinkCycle { path: path.display() });
+                        return Err(ArchiveError::HardLinkCycle {
+                            path: path.display(),
+                        });
                     }
                     Some(_) | None => {
-                        return Err(ArchiveError::HardLinkTarget { path: path.display(), target: target.display() })
+                        return Err(ArchiveError::HardLinkTarget {
+                            path: path.display(),
+                            target: target.display(),
+                        })
                     }
                 }
             }
-            let entry = self.entries.get_mut(&path).expect("link path is in the tree");
+            let entry = self
+                .entries
+                .get_mut(&path)
+                .expect("link path is in the tree");
             entry.kind = EntryKind::HardLink { target };
         }
         Ok(())
@@ -263,10 +306,13 @@ fn sha256_of_content(content: &Content) -> Result<[u8; 32], ArchiveError> {
     match content {
         Content::Bytes(bytes) => hasher.update(bytes),
         Content::File { path, .. } => {
-            let mut file = fs::File::open(path).map_err(|source| ArchiveError::io(path, "opening", source))?;
+            let mut file =
+                fs::File::open(path).map_err(|source| ArchiveError::io(path, "opening", source))?;
             let mut buffer = vec![0u8; 256 * 1024];
             loop {
-                let read = file.read(&mut buffer).map_err(|source| ArchiveError::io(path, "reading", source))?;
+                let read = file
+                    .read(&mut buffer)
+                    .map_err(|source| ArchiveError::io(path, "reading", source))?;
                 if read == 0 {
                     break;
                 }
@@ -292,7 +338,10 @@ mod tests {
         assert_eq!(split_device_number(0x801), (8, 1));
         let big = {
             let (major, minor) = (259u64, 65537u64);
-            ((major & 0xfff) << 8) | ((major & !0xfff) << 32) | (minor & 0xff) | ((minor & !0xff) << 12)
+            ((major & 0xfff) << 8)
+                | ((major & !0xfff) << 32)
+                | (minor & 0xff)
+                | ((minor & !0xff) << 12)
         };
         assert_eq!(split_device_number(big), (259, 65537));
     }
@@ -300,7 +349,8 @@ mod tests {
     #[test]
     fn missing_parents_are_added_and_parent_files_rejected() {
         let path = |text: &str| ArchivePath::new(text).unwrap();
-        let mut tree = ArchiveTree::from_entries([Entry::file(path("a/b/c"), 0o644, bytes("x"))]).unwrap();
+        let mut tree =
+            ArchiveTree::from_entries([Entry::file(path("a/b/c"), 0o644, bytes("x"))]).unwrap();
         tree.complete().unwrap();
         let listed: Vec<String> = tree.entries().map(|entry| entry.path.display()).collect();
         assert_eq!(listed, ["a", "a/b", "a/b/c"]);
@@ -311,7 +361,10 @@ mod tests {
         ])
         .unwrap();
         let error = broken.complete().unwrap_err().to_string();
-        assert_eq!(error, "entry `a/b` needs `a` to be a directory, but the input makes it something else");
+        assert_eq!(
+            error,
+            "entry `a/b` needs `a` to be a directory, but the input makes it something else"
+        );
     }
 
     #[test]
@@ -324,11 +377,17 @@ mod tests {
             gid: 0,
             kind: EntryKind::HardLink { target: path(to) },
         };
-        let mut tree =
-            ArchiveTree::from_entries([Entry::file(path("f"), 0o644, bytes("x")), link("g", "f"), link("h", "g")])
-                .unwrap();
+        let mut tree = ArchiveTree::from_entries([
+            Entry::file(path("f"), 0o644, bytes("x")),
+            link("g", "f"),
+            link("h", "g"),
+        ])
+        .unwrap();
         tree.complete().unwrap();
-        assert_eq!(tree.get(&path("h")).unwrap().kind, EntryKind::HardLink { target: path("f") });
+        assert_eq!(
+            tree.get(&path("h")).unwrap().kind,
+            EntryKind::HardLink { target: path("f") }
+        );
 
         let mut dangling = ArchiveTree::from_entries([link("g", "nowhere")]).unwrap();
         assert_eq!(
@@ -339,7 +398,10 @@ mod tests {
 
     #[test]
     fn paths_are_normalised_and_escapes_rejected() {
-        assert_eq!(ArchivePath::new("/./usr//bin/").unwrap().display(), "usr/bin");
+        assert_eq!(
+            ArchivePath::new("/./usr//bin/").unwrap().display(),
+            "usr/bin"
+        );
         assert!(ArchivePath::new("usr/../../etc").is_err());
         assert!(ArchivePath::new("./").is_err());
     }

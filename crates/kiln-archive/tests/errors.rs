@@ -3,12 +3,16 @@
 use std::fs;
 
 use kiln_archive::{
-    read_initramfs, tree::bytes, write_initramfs, write_initramfs_file, ArchivePath, ArchiveTree, Compression, Content,
-    Entry, InitramfsOptions,
+    read_initramfs, tree::bytes, write_initramfs, write_initramfs_file, ArchivePath, ArchiveTree,
+    Compression, Content, Entry, InitramfsOptions,
 };
 
 fn plain(mtime: u32) -> InitramfsOptions<'static> {
-    InitramfsOptions { mtime, compression: Compression::None, early: None }
+    InitramfsOptions {
+        mtime,
+        compression: Compression::None,
+        early: None,
+    }
 }
 
 #[test]
@@ -20,7 +24,10 @@ fn a_file_of_4_gib_is_refused_and_no_output_is_left() {
     let tree = ArchiveTree::from_entries([Entry::file(
         ArchivePath::new("var/big.img").unwrap(),
         0o644,
-        Content::File { path: big.clone(), size: 4 << 30 },
+        Content::File {
+            path: big.clone(),
+            size: 4 << 30,
+        },
     )])
     .unwrap();
     let out = directory.path().join("out.cpio");
@@ -44,14 +51,26 @@ fn a_failed_write_keeps_the_previous_output() {
     let tree = ArchiveTree::from_entries([Entry::file(
         ArchivePath::new("etc/config").unwrap(),
         0o644,
-        Content::File { path: source.clone(), size: 20 },
+        Content::File {
+            path: source.clone(),
+            size: 20,
+        },
     )])
     .unwrap();
-    let error = write_initramfs_file(&tree, &plain(0), &out, &mut |_| {}).unwrap_err().to_string();
-    assert!(error.contains("changed size while it was being archived"), "{error}");
+    let error = write_initramfs_file(&tree, &plain(0), &out, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("changed size while it was being archived"),
+        "{error}"
+    );
     assert!(error.contains("etc/config"), "{error}");
     assert_eq!(fs::read(&out).unwrap(), b"previous build");
-    assert_eq!(fs::read_dir(directory.path()).unwrap().count(), 2, "no temporary file may remain");
+    assert_eq!(
+        fs::read_dir(directory.path()).unwrap().count(),
+        2,
+        "no temporary file may remain"
+    );
 }
 
 #[test]
@@ -75,7 +94,12 @@ fn duplicate_paths_are_refused() {
 
 #[test]
 fn reader_errors_name_the_offset_and_the_problem() {
-    let tree = ArchiveTree::from_entries([Entry::file(ArchivePath::new("a").unwrap(), 0o644, bytes("hello"))]).unwrap();
+    let tree = ArchiveTree::from_entries([Entry::file(
+        ArchivePath::new("a").unwrap(),
+        0o644,
+        bytes("hello"),
+    )])
+    .unwrap();
     let mut archive = Vec::new();
     write_initramfs(&tree, &plain(0), &mut archive, &mut |_| {}).unwrap();
 

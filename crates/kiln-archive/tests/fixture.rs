@@ -6,8 +6,8 @@
 use std::path::PathBuf;
 
 use kiln_archive::{
-    read_initramfs, render_listing, tree::bytes, write_initramfs, ArchivePath, ArchiveTree, Compression, Entry,
-    EntryKind, InitramfsOptions, ZstdSettings,
+    read_initramfs, render_listing, tree::bytes, write_initramfs, ArchivePath, ArchiveTree,
+    Compression, Entry, EntryKind, InitramfsOptions, ZstdSettings,
 };
 
 fn path(text: &str) -> ArchivePath {
@@ -15,19 +15,67 @@ fn path(text: &str) -> ArchivePath {
 }
 
 pub fn fixture_tree() -> ArchiveTree {
-    let entry = |text: &str, permissions: u32, kind: EntryKind| Entry { path: path(text), permissions, uid: 0, gid: 0, kind };
+    let entry = |text: &str, permissions: u32, kind: EntryKind| Entry {
+        path: path(text),
+        permissions,
+        uid: 0,
+        gid: 0,
+        kind,
+    };
     ArchiveTree::from_entries([
-        entry("init", 0o755, EntryKind::File(bytes("#!/bin/sh\necho hello from init\n"))),
-        entry("bin/sh", 0o777, EntryKind::Symlink { target: b"busybox".to_vec() }),
-        entry("bin/busybox", 0o4755, EntryKind::File(bytes(vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0]))),
+        entry(
+            "init",
+            0o755,
+            EntryKind::File(bytes("#!/bin/sh\necho hello from init\n")),
+        ),
+        entry(
+            "bin/sh",
+            0o777,
+            EntryKind::Symlink {
+                target: b"busybox".to_vec(),
+            },
+        ),
+        entry(
+            "bin/busybox",
+            0o4755,
+            EntryKind::File(bytes(vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0])),
+        ),
         entry("etc/hostname", 0o644, EntryKind::File(bytes("kiln\n"))),
-        entry("etc/hosts-link", 0o644, EntryKind::HardLink { target: path("etc/hostname") }),
-        entry("etc/zz-link", 0o644, EntryKind::HardLink { target: path("etc/hostname") }),
-        entry("dev/console", 0o600, EntryKind::CharDevice { major: 5, minor: 1 }),
-        entry("dev/nvme0n1", 0o660, EntryKind::BlockDevice { major: 259, minor: 65537 }),
+        entry(
+            "etc/hosts-link",
+            0o644,
+            EntryKind::HardLink {
+                target: path("etc/hostname"),
+            },
+        ),
+        entry(
+            "etc/zz-link",
+            0o644,
+            EntryKind::HardLink {
+                target: path("etc/hostname"),
+            },
+        ),
+        entry(
+            "dev/console",
+            0o600,
+            EntryKind::CharDevice { major: 5, minor: 1 },
+        ),
+        entry(
+            "dev/nvme0n1",
+            0o660,
+            EntryKind::BlockDevice {
+                major: 259,
+                minor: 65537,
+            },
+        ),
         entry("run/initctl", 0o600, EntryKind::Fifo),
         entry("tmp", 0o1777, EntryKind::Directory),
-        entry("home/user/.profile", 0o640, EntryKind::File(bytes("export PS1='$ '\n"))).with_owner(1000, 1000),
+        entry(
+            "home/user/.profile",
+            0o640,
+            EntryKind::File(bytes("export PS1='$ '\n")),
+        )
+        .with_owner(1000, 1000),
         entry("empty", 0o644, EntryKind::File(bytes(""))),
     ])
     .unwrap()
@@ -64,10 +112,15 @@ fn writer_reproduces_the_golden_archive() {
     if std::env::var_os("KILN_BLESS").is_some() {
         std::fs::write(golden_path(), &written).unwrap();
     }
-    let golden = std::fs::read(golden_path()).expect("testdata/fixture.initramfs exists (KILN_BLESS=1 writes it)");
+    let golden = std::fs::read(golden_path())
+        .expect("testdata/fixture.initramfs exists (KILN_BLESS=1 writes it)");
     if written != golden {
-        let comparison = kiln_archive::compare_initramfs(&golden, &written, ("golden", "written")).unwrap();
-        panic!("the writer no longer reproduces the golden archive:\n{}", comparison.render());
+        let comparison =
+            kiln_archive::compare_initramfs(&golden, &written, ("golden", "written")).unwrap();
+        panic!(
+            "the writer no longer reproduces the golden archive:\n{}",
+            comparison.render()
+        );
     }
 }
 
@@ -96,8 +149,17 @@ fn input_order_does_not_reach_the_bytes() {
         rotated.rotate_left(rotation);
         orders.push(rotated);
     }
-    let (even, odd): (Vec<_>, Vec<_>) = entries.iter().cloned().enumerate().partition(|(index, _)| index % 2 == 0);
-    orders.push(odd.into_iter().chain(even.into_iter().rev()).map(|(_, entry)| entry).collect());
+    let (even, odd): (Vec<_>, Vec<_>) = entries
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(index, _)| index % 2 == 0);
+    orders.push(
+        odd.into_iter()
+            .chain(even.into_iter().rev())
+            .map(|(_, entry)| entry)
+            .collect(),
+    );
     for order in orders {
         let tree = ArchiveTree::from_entries(order).unwrap();
         let mut out = Vec::new();

@@ -3,8 +3,8 @@
 use std::collections::HashMap;
 
 use kiln_archive::{
-    inspect_segments, read_initramfs, tree::bytes, write_initramfs, ArchivePath, ArchiveTree, Compression, Entry,
-    EntryKind, InitramfsOptions, ZstdSettings,
+    inspect_segments, read_initramfs, tree::bytes, write_initramfs, ArchivePath, ArchiveTree,
+    Compression, Entry, EntryKind, InitramfsOptions, ZstdSettings,
 };
 use proptest::prelude::*;
 use sha2::{Digest, Sha256};
@@ -35,8 +35,11 @@ fn shape() -> impl Strategy<Value = Shape> {
 fn path() -> impl Strategy<Value = String> {
     // A small alphabet makes shared prefixes, nesting and byte-order corner
     // cases ("a-b" sorts before "a/b") likely.
-    proptest::collection::vec(proptest::sample::select(vec!["a", "b", "a-b", "a.b", "é", "bin", "x y"]), 1..4)
-        .prop_map(|parts| parts.join("/"))
+    proptest::collection::vec(
+        proptest::sample::select(vec!["a", "b", "a-b", "a.b", "é", "bin", "x y"]),
+        1..4,
+    )
+    .prop_map(|parts| parts.join("/"))
 }
 
 fn build_tree(items: Vec<(String, Shape, u32, u32, u32)>) -> ArchiveTree {
@@ -50,32 +53,46 @@ fn build_tree(items: Vec<(String, Shape, u32, u32, u32)>) -> ArchiveTree {
                 files.push(path.clone());
                 EntryKind::File(bytes(data))
             }
-            Shape::HardLinkToAnother(index) if !files.is_empty() => {
-                EntryKind::HardLink { target: files[index % files.len()].clone() }
-            }
+            Shape::HardLinkToAnother(index) if !files.is_empty() => EntryKind::HardLink {
+                target: files[index % files.len()].clone(),
+            },
             Shape::HardLinkToAnother(_) => EntryKind::Fifo,
             Shape::Symlink(target) => EntryKind::Symlink { target },
             Shape::CharDevice(major, minor) => EntryKind::CharDevice { major, minor },
             Shape::BlockDevice(major, minor) => EntryKind::BlockDevice { major, minor },
             Shape::Fifo => EntryKind::Fifo,
         };
-        let entry = Entry { path, permissions: permissions & 0o7777, uid, gid, kind };
+        let entry = Entry {
+            path,
+            permissions: permissions & 0o7777,
+            uid,
+            gid,
+            kind,
+        };
         // Keep the tree valid: no entry under a non-directory, no
         // non-directory above an existing entry, each path once. (Those cases
         // are errors, tested on their own.)
         let mut ancestor = entry.path.parent();
         let mut under_non_directory = false;
         while let Some(parent) = ancestor {
-            if tree.get(&parent).is_some_and(|existing| !matches!(existing.kind, EntryKind::Directory)) {
+            if tree
+                .get(&parent)
+                .is_some_and(|existing| !matches!(existing.kind, EntryKind::Directory))
+            {
                 under_non_directory = true;
             }
             ancestor = parent.parent();
         }
         let mut prefix = entry.path.as_bytes().to_vec();
         prefix.push(b'/');
-        let above_existing = tree.entries().any(|existing| existing.path.as_bytes().starts_with(&prefix));
+        let above_existing = tree
+            .entries()
+            .any(|existing| existing.path.as_bytes().starts_with(&prefix));
         let is_directory = matches!(entry.kind, EntryKind::Directory);
-        if under_non_directory || (above_existing && !is_directory) || tree.get(&entry.path).is_some() {
+        if under_non_directory
+            || (above_existing && !is_directory)
+            || tree.get(&entry.path).is_some()
+        {
             if let EntryKind::File(_) = entry.kind {
                 files.pop();
             }

@@ -20,7 +20,9 @@ use std::io::{BufReader, Read};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use kiln_archive::{ArchivePath, Compression, Content, Entry, EntryKind, InitramfsOptions, ZstdSettings};
+use kiln_archive::{
+    ArchivePath, Compression, Content, Entry, EntryKind, InitramfsOptions, ZstdSettings,
+};
 use kiln_compose::{check_kernel_options, ComposedTree, FileRecord};
 use kiln_fetch::FetchMode;
 use kiln_image::{ImageArch, Manifest, ManifestInput, OutputRequest};
@@ -116,13 +118,24 @@ pub enum ImageError {
     #[error(transparent)]
     Fetch(Box<kiln_fetch::FetchError>),
     #[error("turning {package} into an OCI image: {source}")]
-    Oci { package: String, source: Box<dyn std::error::Error + Send + Sync> },
+    Oci {
+        package: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("the kernel: {0}")]
     Kernel(String),
     #[error("the kernel {release} ({origin}) lacks what the profile's modules need:\n  {}\nadd the options to a fragment under kernel-configs/ (then `cargo xtask kernel` rebuilds), or drop the module", missing.join("\n  "))]
-    KernelOptions { release: String, origin: String, missing: Vec<String> },
+    KernelOptions {
+        release: String,
+        origin: String,
+        missing: Vec<String>,
+    },
     #[error("module `{module}` loads kernel module `{kernel_module}`, which kernel {release} has neither as a module (modules.dep) nor built in (modules.builtin): enable it in kernel-configs/ or drop it from the module's `kernel.modules`")]
-    KernelModule { module: String, kernel_module: String, release: String },
+    KernelModule {
+        module: String,
+        kernel_module: String,
+        release: String,
+    },
     #[error(transparent)]
     Compose(#[from] kiln_compose::ComposeError),
     #[error(transparent)]
@@ -132,7 +145,11 @@ pub enum ImageError {
     #[error(transparent)]
     Crate(#[from] kiln_image::init_binary::InitBuildError),
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -143,29 +160,64 @@ impl From<kiln_fetch::FetchError> for ImageError {
     }
 }
 
-fn io_error<'path>(action: &'static str, path: &'path Path) -> impl FnOnce(std::io::Error) -> ImageError + 'path {
-    move |source| ImageError::Io { action, path: path.to_path_buf(), source }
+fn io_error<'path>(
+    action: &'static str,
+    path: &'path Path,
+) -> impl FnOnce(std::io::Error) -> ImageError + 'path {
+    move |source| ImageError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 const STAGES: usize = 8;
 
 /// Builds the image `request` asks for.
-pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> Result<ImageReport, ImageError> {
-    observer.stage(1, STAGES, &format!("plan profile `{}` for {}", request.profile, request.arch.name()));
+pub fn build_image(
+    request: &ImageRequest,
+    observer: &mut dyn ImageObserver,
+) -> Result<ImageReport, ImageError> {
+    observer.stage(
+        1,
+        STAGES,
+        &format!(
+            "plan profile `{}` for {}",
+            request.profile,
+            request.arch.name()
+        ),
+    );
     let catalog = Catalog::load(&request.workspace)?;
     let profile = catalog.resolve_profile(&request.profile)?;
     let plan = plan_resolved(&catalog, profile, request.arch)?;
     let lock_path = request.workspace.join(kiln_lock::LOCK_FILE_NAME);
     let lock = Lock::read(&lock_path)?;
-    let epoch = u32::try_from(lock.source_date_epoch)
-        .map_err(|_| ImageError::Other(format!("{}: source_date_epoch {} does not fit newc's 32-bit mtime", lock_path.display(), lock.source_date_epoch)))?;
+    let epoch = u32::try_from(lock.source_date_epoch).map_err(|_| {
+        ImageError::Other(format!(
+            "{}: source_date_epoch {} does not fit newc's 32-bit mtime",
+            lock_path.display(),
+            lock.source_date_epoch
+        ))
+    })?;
     let target = target_arch(request.arch);
-    let module_refs: Vec<(&str, &kiln_spec::ModuleSpec)> = plan.modules.iter().map(|module| (module.name.as_str(), &module.spec)).collect();
+    let module_refs: Vec<(&str, &kiln_spec::ModuleSpec)> = plan
+        .modules
+        .iter()
+        .map(|module| (module.name.as_str(), &module.spec))
+        .collect();
     let pins = lock.debian_packages_for_modules(target, &module_refs)?;
 
-    observer.stage(2, STAGES, &format!("fetch {} pinned Debian packages", pins.len()));
+    observer.stage(
+        2,
+        STAGES,
+        &format!("fetch {} pinned Debian packages", pins.len()),
+    );
     let store = Store::open(&request.store_root)?;
-    let mode = if request.offline { FetchMode::Offline } else { FetchMode::Online };
+    let mode = if request.offline {
+        FetchMode::Offline
+    } else {
+        FetchMode::Online
+    };
     let summary = kiln_fetch::fetch_debian_packages(&store, target, &pins, mode, &mut |_| {})?;
     for name in summary.downloaded.iter().chain(&summary.imported) {
         observer.note(&format!("fetched {name}"));
@@ -173,8 +225,14 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
 
     observer.stage(3, STAGES, "kernel");
     let kernel = kernel_artifact(request, &plan, &lock, &store, epoch, observer)?;
-    let kernel_config = fs::read_to_string(kernel.config_path()).map_err(io_error("reading", &kernel.config_path()))?;
-    check_kernel_config(&plan, &kernel_config, &kernel.release, &kernel_origin(&kernel))?;
+    let kernel_config = fs::read_to_string(kernel.config_path())
+        .map_err(io_error("reading", &kernel.config_path()))?;
+    check_kernel_config(
+        &plan,
+        &kernel_config,
+        &kernel.release,
+        &kernel_origin(&kernel),
+    )?;
 
     observer.stage(4, STAGES, "build workspace crates for the target");
     let mut crate_binaries: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -182,17 +240,36 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         for source in &module.spec.sources {
             if let ModuleSource::Crate(source) = source {
                 if !crate_binaries.contains_key(&source.package) {
-                    let binary = kiln_image::init_binary::build_crate_binary(&request.workspace, &request.target_dir, request.arch, &source.package)?;
+                    let binary = kiln_image::init_binary::build_crate_binary(
+                        &request.workspace,
+                        &request.target_dir,
+                        request.arch,
+                        &source.package,
+                    )?;
                     crate_binaries.insert(source.package.clone(), binary);
                 }
             }
         }
     }
 
-    let build_key = build_key(request, &plan, &lock_path, &kernel, &crate_binaries, &catalog)?;
-    let output_dir = request.out_root.join(&plan.profile.output_name).join(request.arch.name());
+    let build_key = build_key(
+        request,
+        &plan,
+        &lock_path,
+        &kernel,
+        &crate_binaries,
+        &catalog,
+    )?;
+    let output_dir = request
+        .out_root
+        .join(&plan.profile.output_name)
+        .join(request.arch.name());
     if let Some(report) = up_to_date(&output_dir, &build_key, &plan)? {
-        observer.note(&format!("{} is up to date (build key {})", output_dir.display(), &build_key[..16]));
+        observer.note(&format!(
+            "{} is up to date (build key {})",
+            output_dir.display(),
+            &build_key[..16]
+        ));
         return Ok(report);
     }
 
@@ -207,8 +284,13 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
     let mut applied: BTreeSet<String> = BTreeSet::new();
     let mut package_modules: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for module in &plan.modules {
-        for pin in lock.debian_packages_for_modules(target, &[(module.name.as_str(), &module.spec)])? {
-            package_modules.entry(pin.name.clone()).or_default().push(module.name.clone());
+        for pin in
+            lock.debian_packages_for_modules(target, &[(module.name.as_str(), &module.spec)])?
+        {
+            package_modules
+                .entry(pin.name.clone())
+                .or_default()
+                .push(module.name.clone());
             if applied.insert(pin.name.clone()) {
                 let layer = &layers[&pin.name];
                 let file = fs::File::open(layer).map_err(io_error("opening layer", layer))?;
@@ -217,12 +299,26 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         }
         for source in &module.spec.sources {
             match source {
-                ModuleSource::Files(directory) => add_files(&mut tree, &module.name, &module.directory.join(directory))?,
+                ModuleSource::Files(directory) => {
+                    add_files(&mut tree, &module.name, &module.directory.join(directory))?
+                }
                 ModuleSource::Crate(source) => {
                     let binary = &crate_binaries[&source.package];
-                    let size = fs::metadata(binary).map_err(io_error("reading", binary))?.len();
+                    let size = fs::metadata(binary)
+                        .map_err(io_error("reading", binary))?
+                        .len();
                     let path = archive_path(&source.path)?;
-                    tree.add(&module.name, Entry::file(path, 0o755, Content::File { path: binary.clone(), size }))?;
+                    tree.add(
+                        &module.name,
+                        Entry::file(
+                            path,
+                            0o755,
+                            Content::File {
+                                path: binary.clone(),
+                                size,
+                            },
+                        ),
+                    )?;
                 }
                 ModuleSource::Debian(_) | ModuleSource::Tarball(_) => {}
             }
@@ -235,7 +331,10 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
     let mut init_config = plan.init_config.clone();
     init_config.kernel_modules = kernel_modules_to_load(&plan, &kernel)?;
     // The image's /etc/hostname (base ships `kiln`) until DHCP or ipam= names the machine.
-    if let Some(EntryKind::File(content)) = tree.get(&archive_path("etc/hostname")?).map(|composed| &composed.entry.kind) {
+    if let Some(EntryKind::File(content)) = tree
+        .get(&archive_path("etc/hostname")?)
+        .map(|composed| &composed.entry.kind)
+    {
         let bytes = match content {
             Content::Bytes(bytes) => bytes.to_vec(),
             Content::File { path, .. } => fs::read(path).map_err(io_error("reading", path))?,
@@ -245,26 +344,53 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
             init_config.hostname = Some(name);
         }
     }
-    let init_json = serde_json::to_vec_pretty(&init_config).map_err(|error| ImageError::Other(format!("serializing init.json: {error}")))?;
+    let init_json = serde_json::to_vec_pretty(&init_config)
+        .map_err(|error| ImageError::Other(format!("serializing init.json: {error}")))?;
     add_generated(&mut tree, "init", "etc/kiln/init.json", 0o644, init_json)?;
-    for directory in ["dev", "proc", "sys", "run", "tmp", "var", "var/log", "etc/kiln"] {
+    for directory in [
+        "dev", "proc", "sys", "run", "tmp", "var", "var/log", "etc/kiln",
+    ] {
         if tree.get(&archive_path(directory)?).is_none() {
             let permissions = if directory == "tmp" { 0o1777 } else { 0o755 };
-            tree.add("init", Entry::directory(archive_path(directory)?, permissions))?;
+            tree.add(
+                "init",
+                Entry::directory(archive_path(directory)?, permissions),
+            )?;
         }
     }
     // The kernel opens /dev/console for PID 1 before devtmpfs is mounted.
-    tree.add("init", Entry { path: archive_path("dev/console")?, permissions: 0o600, uid: 0, gid: 0, kind: EntryKind::CharDevice { major: 5, minor: 1 } })?;
+    tree.add(
+        "init",
+        Entry {
+            path: archive_path("dev/console")?,
+            permissions: 0o600,
+            uid: 0,
+            gid: 0,
+            kind: EntryKind::CharDevice { major: 5, minor: 1 },
+        },
+    )?;
     for module in &plan.modules {
         for generator in &module.spec.generate {
             match generator {
                 Generator::CaBundle => {
                     let bundle = ca_bundle(&tree)?;
-                    add_generated(&mut tree, &module.name, "etc/ssl/certs/ca-certificates.crt", 0o644, bundle)?;
+                    add_generated(
+                        &mut tree,
+                        &module.name,
+                        "etc/ssl/certs/ca-certificates.crt",
+                        0o644,
+                        bundle,
+                    )?;
                 }
                 Generator::OsRelease => {
                     let text = os_release(&plan, &build_key, epoch);
-                    add_generated(&mut tree, &module.name, "etc/os-release", 0o644, text.into_bytes())?;
+                    add_generated(
+                        &mut tree,
+                        &module.name,
+                        "etc/os-release",
+                        0o644,
+                        text.into_bytes(),
+                    )?;
                 }
             }
         }
@@ -275,7 +401,11 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         pruned_bytes += tree.prune(&archive_path(path)?);
     }
 
-    observer.stage(7, STAGES, &format!("initramfs (zstd level {})", request.zstd.level));
+    observer.stage(
+        7,
+        STAGES,
+        &format!("initramfs (zstd level {})", request.zstd.level),
+    );
     let mut archive_tree = tree.to_archive_tree();
     archive_tree.complete()?;
     let unpacked_bytes = archive_tree.content_bytes();
@@ -284,8 +414,13 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
         .tempdir_in(store.root())
         .map_err(io_error("creating a work directory in", store.root()))?;
     let initramfs = work.path().join("initramfs");
-    let options = InitramfsOptions { mtime: epoch, compression: Compression::Zstd(request.zstd), early: None };
-    let summary = kiln_archive::write_initramfs_file(&archive_tree, &options, &initramfs, &mut |_| {})?;
+    let options = InitramfsOptions {
+        mtime: epoch,
+        compression: Compression::Zstd(request.zstd),
+        early: None,
+    };
+    let summary =
+        kiln_archive::write_initramfs_file(&archive_tree, &options, &initramfs, &mut |_| {})?;
 
     observer.stage(8, STAGES, &format!("write {}", output_dir.display()));
     let mut inputs = Vec::new();
@@ -298,7 +433,11 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
             required_by: package_modules.get(&pin.name).cloned().unwrap_or_default(),
         });
     }
-    let vmlinuz_sha = kernel.files.get(kiln_kernel::artifact::IMAGE).map(|record| record.sha256.clone()).unwrap_or_default();
+    let vmlinuz_sha = kernel
+        .files
+        .get(kiln_kernel::artifact::IMAGE)
+        .map(|record| record.sha256.clone())
+        .unwrap_or_default();
     inputs.push(ManifestInput {
         kind: "kernel".to_owned(),
         name: format!("linux {} ({})", kernel.release, kernel_origin(&kernel)),
@@ -308,16 +447,24 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
     });
     for (package, binary) in &crate_binaries {
         let (digest, _) = kiln_store::hash_file(binary)?;
-        let users = plan
-            .modules
-            .iter()
-            .filter(|module| module.spec.sources.iter().any(|source| matches!(source, ModuleSource::Crate(c) if &c.package == package)))
-            .map(|module| module.name.clone())
-            .collect();
+        let users =
+            plan.modules
+                .iter()
+                .filter(|module| {
+                    module.spec.sources.iter().any(
+                        |source| matches!(source, ModuleSource::Crate(c) if &c.package == package),
+                    )
+                })
+                .map(|module| module.name.clone())
+                .collect();
         inputs.push(ManifestInput {
             kind: "crate".to_owned(),
             name: package.clone(),
-            version: format!("{} {}", env!("CARGO_PKG_VERSION"), kiln_image::init_binary::musl_target(request.arch)),
+            version: format!(
+                "{} {}",
+                env!("CARGO_PKG_VERSION"),
+                kiln_image::init_binary::musl_target(request.arch)
+            ),
             sha256: digest.to_hex(),
             required_by: users,
         });
@@ -359,9 +506,19 @@ pub fn build_image(request: &ImageRequest, observer: &mut dyn ImageObserver) -> 
 }
 
 /// Every kernel option the plan's modules need, against the kernel's `.config` text.
-pub fn check_kernel_config(plan: &Plan, kernel_config: &str, release: &str, origin: &str) -> Result<(), ImageError> {
-    check_kernel_options(&plan.kernel_options, kernel_config)
-        .map_err(|missing| ImageError::KernelOptions { release: release.to_owned(), origin: origin.to_owned(), missing })
+pub fn check_kernel_config(
+    plan: &Plan,
+    kernel_config: &str,
+    release: &str,
+    origin: &str,
+) -> Result<(), ImageError> {
+    check_kernel_options(&plan.kernel_options, kernel_config).map_err(|missing| {
+        ImageError::KernelOptions {
+            release: release.to_owned(),
+            origin: origin.to_owned(),
+            missing,
+        }
+    })
 }
 
 /// The lock's name for an image architecture.
@@ -381,8 +538,13 @@ fn kernel_arch(arch: ImageArch) -> kiln_kernel::Arch {
 
 fn kernel_origin(kernel: &KernelArtifact) -> String {
     match &kernel.origin {
-        kiln_kernel::artifact::ArtifactOrigin::Built { flavor, .. } => format!("flavor {flavor}, key {}", &kernel.key[..16.min(kernel.key.len())]),
-        kiln_kernel::artifact::ArtifactOrigin::DebianPackage { file_name, .. } => format!("Debian package {file_name}"),
+        kiln_kernel::artifact::ArtifactOrigin::Built { flavor, .. } => format!(
+            "flavor {flavor}, key {}",
+            &kernel.key[..16.min(kernel.key.len())]
+        ),
+        kiln_kernel::artifact::ArtifactOrigin::DebianPackage { file_name, .. } => {
+            format!("Debian package {file_name}")
+        }
     }
 }
 
@@ -397,7 +559,8 @@ fn kernel_artifact(
     observer: &mut dyn ImageObserver,
 ) -> Result<KernelArtifact, ImageError> {
     if let Some(directory) = &request.kernel_artifact {
-        let artifact = KernelArtifact::load(directory).map_err(|error| ImageError::Kernel(error.to_string()))?;
+        let artifact = KernelArtifact::load(directory)
+            .map_err(|error| ImageError::Kernel(error.to_string()))?;
         if artifact.arch != kernel_arch(request.arch) {
             return Err(ImageError::Kernel(format!(
                 "{} holds a {} kernel, but the image is for {}",
@@ -418,7 +581,11 @@ fn kernel_artifact(
     let pin = lock.architecture(target)?.debian_packages.iter().find(|pin| pin.name == KERNEL_SOURCE_PACKAGE).ok_or_else(|| {
         ImageError::Kernel(format!("kiln.lock pins no {KERNEL_SOURCE_PACKAGE} for {target}: run `cargo xtask lock` (module kernel-source asks for it)"))
     })?;
-    let mode = if request.offline { FetchMode::Offline } else { FetchMode::Online };
+    let mode = if request.offline {
+        FetchMode::Offline
+    } else {
+        FetchMode::Online
+    };
     kiln_fetch::fetch_debian_packages(store, target, &[pin], mode, &mut |_| {})?;
     let source = kernel_source_tarball(store, pin, target, epoch, observer)?;
     let build = kiln_kernel::BuildRequest {
@@ -429,7 +596,8 @@ fn kernel_artifact(
         source_date_epoch: u64::from(epoch),
         jobs: request.jobs,
     };
-    kiln_kernel::build_kernel(&build, &request.kernel_cache, observer.kernel()).map_err(|error| ImageError::Kernel(error.to_string()))
+    kiln_kernel::build_kernel(&build, &request.kernel_cache, observer.kernel())
+        .map_err(|error| ImageError::Kernel(error.to_string()))
 }
 
 /// The kernel source tarball from the pinned `linux-source` package, unpacked once into the
@@ -445,20 +613,33 @@ fn kernel_source_tarball(
     let tarball = directory.join("linux-source.tar.xz");
     let digest_file = directory.join("linux-source.tar.xz.sha256");
     if let (true, Ok(sha256)) = (tarball.is_file(), fs::read_to_string(&digest_file)) {
-        return Ok(kiln_kernel::KernelSource { tarball, sha256: sha256.trim().to_owned() });
+        return Ok(kiln_kernel::KernelSource {
+            tarball,
+            sha256: sha256.trim().to_owned(),
+        });
     }
-    observer.note(&format!("unpacking {KERNEL_SOURCE_TARBALL} from {} {}", pin.name, pin.version));
+    observer.note(&format!(
+        "unpacking {KERNEL_SOURCE_TARBALL} from {} {}",
+        pin.name, pin.version
+    ));
     let layer = debian_layer(store, pin, target, epoch)?;
-    let partial = tempfile::Builder::new().prefix(".kernel-source-").tempdir_in(store.state_dir("kernel-source")?).map_err(io_error("creating", store.root()))?;
+    let partial = tempfile::Builder::new()
+        .prefix(".kernel-source-")
+        .tempdir_in(store.state_dir("kernel-source")?)
+        .map_err(io_error("creating", store.root()))?;
     let file = fs::File::open(&layer).map_err(io_error("opening", &layer))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
     let mut found = false;
     for entry in archive.entries().map_err(io_error("reading", &layer))? {
         let mut entry = entry.map_err(io_error("reading", &layer))?;
-        let path = entry.path().map_err(io_error("reading", &layer))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(io_error("reading", &layer))?
+            .into_owned();
         if path == Path::new(KERNEL_SOURCE_TARBALL) {
             let destination = partial.path().join("linux-source.tar.xz");
-            let mut out = fs::File::create(&destination).map_err(io_error("creating", &destination))?;
+            let mut out =
+                fs::File::create(&destination).map_err(io_error("creating", &destination))?;
             std::io::copy(&mut entry, &mut out).map_err(io_error("writing", &destination))?;
             out.sync_all().map_err(io_error("syncing", &destination))?;
             found = true;
@@ -466,21 +647,40 @@ fn kernel_source_tarball(
         }
     }
     if !found {
-        return Err(ImageError::Kernel(format!("{} {} has no {KERNEL_SOURCE_TARBALL}", pin.name, pin.version)));
+        return Err(ImageError::Kernel(format!(
+            "{} {} has no {KERNEL_SOURCE_TARBALL}",
+            pin.name, pin.version
+        )));
     }
     let (digest, _) = kiln_store::hash_file(&partial.path().join("linux-source.tar.xz"))?;
-    fs::write(partial.path().join("linux-source.tar.xz.sha256"), digest.to_hex()).map_err(io_error("writing", partial.path()))?;
+    fs::write(
+        partial.path().join("linux-source.tar.xz.sha256"),
+        digest.to_hex(),
+    )
+    .map_err(io_error("writing", partial.path()))?;
     let _ = fs::remove_dir_all(&directory);
     let kept = partial.keep();
     fs::rename(&kept, &directory).map_err(io_error("renaming into", &directory))?;
-    Ok(kiln_kernel::KernelSource { tarball, sha256: digest.to_hex() })
+    Ok(kiln_kernel::KernelSource {
+        tarball,
+        sha256: digest.to_hex(),
+    })
 }
 
 /// The uncompressed layer of the OCI image made from `pin`'s `.deb`, made once per
 /// package digest, architecture and epoch (recorded under `state/deb-layers/`).
-fn debian_layer(store: &Store, pin: &DebianPackagePin, target: TargetArch, epoch: u32) -> Result<PathBuf, ImageError> {
+fn debian_layer(
+    store: &Store,
+    pin: &DebianPackagePin,
+    target: TargetArch,
+    epoch: u32,
+) -> Result<PathBuf, ImageError> {
     let records = store.state_dir("deb-layers")?;
-    let record = records.join(format!("{}-{}-{epoch}", pin.sha256, target.debian_architecture()));
+    let record = records.join(format!(
+        "{}-{}-{epoch}",
+        pin.sha256,
+        target.debian_architecture()
+    ));
     if let Ok(text) = fs::read_to_string(&record) {
         if let Ok(digest) = kiln_store::Sha256Digest::parse(text.trim()) {
             let path = store.blob_path(&digest);
@@ -489,20 +689,36 @@ fn debian_layer(store: &Store, pin: &DebianPackagePin, target: TargetArch, epoch
             }
         }
     }
-    let oci_error = |source: Box<dyn std::error::Error + Send + Sync>| ImageError::Oci { package: format!("{} {}", pin.name, pin.version), source };
-    let layout = kiln_oci::OciLayout::open_or_create(store.oci_layout_dir()).map_err(|error| oci_error(Box::new(error)))?;
+    let oci_error = |source: Box<dyn std::error::Error + Send + Sync>| ImageError::Oci {
+        package: format!("{} {}", pin.name, pin.version),
+        source,
+    };
+    let layout = kiln_oci::OciLayout::open_or_create(store.oci_layout_dir())
+        .map_err(|error| oci_error(Box::new(error)))?;
     let digest = kiln_store::Sha256Digest::parse(&pin.sha256)?;
     let platform = match target {
         TargetArch::X86_64 => kiln_oci::OciPlatform::LinuxAmd64,
         TargetArch::Aarch64 => kiln_oci::OciPlatform::LinuxArm64,
     };
-    let built = kiln_oci::image_from_deb_file(&layout, &store.blob_path(&digest), platform, kiln_oci::SourceDateEpoch::from_seconds(u64::from(epoch)))
+    let built = kiln_oci::image_from_deb_file(
+        &layout,
+        &store.blob_path(&digest),
+        platform,
+        kiln_oci::SourceDateEpoch::from_seconds(u64::from(epoch)),
+    )
+    .map_err(|error| oci_error(Box::new(error)))?;
+    let reference = kiln_oci::debian_package_reference_name(
+        &pin.name,
+        &pin.version,
+        target.debian_architecture(),
+    );
+    layout
+        .add_manifest_ref(&reference, &built.image.manifest)
         .map_err(|error| oci_error(Box::new(error)))?;
-    let reference = kiln_oci::debian_package_reference_name(&pin.name, &pin.version, target.debian_architecture());
-    layout.add_manifest_ref(&reference, &built.image.manifest).map_err(|error| oci_error(Box::new(error)))?;
     let layer_hex = built.image.layer_digest.hex();
     kiln_archive::write_file_atomically(&record, |file| {
-        std::io::Write::write_all(file, layer_hex.as_bytes()).map_err(|source| kiln_archive::ArchiveError::io(&record, "writing", source))
+        std::io::Write::write_all(file, layer_hex.as_bytes())
+            .map_err(|source| kiln_archive::ArchiveError::io(&record, "writing", source))
     })?;
     Ok(store.blob_path(&kiln_store::Sha256Digest::parse(&layer_hex)?))
 }
@@ -511,17 +727,37 @@ fn archive_path(path: &str) -> Result<ArchivePath, ImageError> {
     Ok(ArchivePath::new(path.trim_start_matches('/'))?)
 }
 
-fn add_generated(tree: &mut ComposedTree, module: &str, path: &str, permissions: u32, bytes: Vec<u8>) -> Result<(), ImageError> {
-    tree.add(module, Entry::file(archive_path(path)?, permissions, Content::Bytes(bytes.into())))?;
+fn add_generated(
+    tree: &mut ComposedTree,
+    module: &str,
+    path: &str,
+    permissions: u32,
+    bytes: Vec<u8>,
+) -> Result<(), ImageError> {
+    tree.add(
+        module,
+        Entry::file(
+            archive_path(path)?,
+            permissions,
+            Content::Bytes(bytes.into()),
+        ),
+    )?;
     Ok(())
 }
 
 /// A module's `files:` directory into the tree: owners 0:0, directories 0755, files 0755
 /// when the checkout marks them executable and 0644 otherwise (what git records), so the
 /// checkout's umask and user never reach the image.
-pub fn add_files(tree: &mut ComposedTree, module: &str, directory: &Path) -> Result<(), ImageError> {
+pub fn add_files(
+    tree: &mut ComposedTree,
+    module: &str,
+    directory: &Path,
+) -> Result<(), ImageError> {
     if !directory.is_dir() {
-        return Err(ImageError::Other(format!("module `{module}`: `files: ` names {}, which is not a directory", directory.display())));
+        return Err(ImageError::Other(format!(
+            "module `{module}`: `files: ` names {}, which is not a directory",
+            directory.display()
+        )));
     }
     let mut stack = vec![directory.to_path_buf()];
     let mut found: Vec<PathBuf> = Vec::new();
@@ -537,11 +773,19 @@ pub fn add_files(tree: &mut ComposedTree, module: &str, directory: &Path) -> Res
     }
     found.sort();
     for path in found {
-        let relative = path.strip_prefix(directory).map_err(|_| ImageError::Other(format!("{} escapes {}", path.display(), directory.display())))?;
+        let relative = path.strip_prefix(directory).map_err(|_| {
+            ImageError::Other(format!(
+                "{} escapes {}",
+                path.display(),
+                directory.display()
+            ))
+        })?;
         if relative.file_name().is_some_and(|name| name == ".keep") {
             continue;
         }
-        let name = relative.to_str().ok_or_else(|| ImageError::Other(format!("{}: not UTF-8", path.display())))?;
+        let name = relative
+            .to_str()
+            .ok_or_else(|| ImageError::Other(format!("{}: not UTF-8", path.display())))?;
         let archive = archive_path(name)?;
         let metadata = fs::symlink_metadata(&path).map_err(io_error("reading", &path))?;
         let entry = if metadata.is_dir() {
@@ -550,8 +794,19 @@ pub fn add_files(tree: &mut ComposedTree, module: &str, directory: &Path) -> Res
             let target = fs::read_link(&path).map_err(io_error("reading", &path))?;
             Entry::symlink(archive, target.as_os_str().as_encoded_bytes().to_vec())
         } else if metadata.is_file() {
-            let permissions = if metadata.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-            Entry::file(archive, permissions, Content::File { path: path.clone(), size: metadata.len() })
+            let permissions = if metadata.permissions().mode() & 0o111 != 0 {
+                0o755
+            } else {
+                0o644
+            };
+            Entry::file(
+                archive,
+                permissions,
+                Content::File {
+                    path: path.clone(),
+                    size: metadata.len(),
+                },
+            )
         } else {
             return Err(ImageError::Other(format!(
                 "module `{module}`: {} is a device, fifo or socket; module files may be files, directories and symlinks",
@@ -572,7 +827,9 @@ fn ca_bundle(tree: &ComposedTree) -> Result<Vec<u8>, ImageError> {
         if !(path.starts_with("usr/share/ca-certificates/") && path.ends_with(".crt")) {
             continue;
         }
-        let EntryKind::File(content) = &composed.entry.kind else { continue };
+        let EntryKind::File(content) = &composed.entry.kind else {
+            continue;
+        };
         let bytes = match content {
             Content::Bytes(bytes) => bytes.to_vec(),
             Content::File { path, .. } => fs::read(path).map_err(io_error("reading", path))?,
@@ -604,7 +861,10 @@ fn os_release(plan: &Plan, build_key: &str, epoch: u32) -> String {
 
 /// The `.ko` files to load for the modules' `kernel.modules`, dependencies first
 /// (`modules.dep`), skipping those built in (`modules.builtin`).
-fn kernel_modules_to_load(plan: &Plan, kernel: &KernelArtifact) -> Result<Vec<kiln_init::config::KernelModuleEntry>, ImageError> {
+fn kernel_modules_to_load(
+    plan: &Plan,
+    kernel: &KernelArtifact,
+) -> Result<Vec<kiln_init::config::KernelModuleEntry>, ImageError> {
     if plan.kernel_modules.is_empty() {
         return Ok(Vec::new());
     }
@@ -616,11 +876,19 @@ fn kernel_modules_to_load(plan: &Plan, kernel: &KernelArtifact) -> Result<Vec<ki
     let mut archive = tar::Archive::new(BufReader::new(file));
     for entry in archive.entries().map_err(io_error("reading", &tar_path))? {
         let mut entry = entry.map_err(io_error("reading", &tar_path))?;
-        let path = entry.path().map_err(io_error("reading", &tar_path))?.to_string_lossy().into_owned();
+        let path = entry
+            .path()
+            .map_err(io_error("reading", &tar_path))?
+            .to_string_lossy()
+            .into_owned();
         if path == format!("{prefix}modules.dep") {
-            entry.read_to_string(&mut dep).map_err(io_error("reading", &tar_path))?;
+            entry
+                .read_to_string(&mut dep)
+                .map_err(io_error("reading", &tar_path))?;
         } else if path == format!("{prefix}modules.builtin") {
-            entry.read_to_string(&mut builtin).map_err(io_error("reading", &tar_path))?;
+            entry
+                .read_to_string(&mut builtin)
+                .map_err(io_error("reading", &tar_path))?;
         }
     }
     let normalise = |name: &str| -> String {
@@ -631,12 +899,24 @@ fn kernel_modules_to_load(plan: &Plan, kernel: &KernelArtifact) -> Result<Vec<ki
     let mut dependencies: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     for line in dep.lines() {
         if let Some((module, rest)) = line.split_once(':') {
-            dependencies.insert(normalise(module), (module.to_owned(), rest.split_whitespace().map(str::to_owned).collect()));
+            dependencies.insert(
+                normalise(module),
+                (
+                    module.to_owned(),
+                    rest.split_whitespace().map(str::to_owned).collect(),
+                ),
+            );
         }
     }
     let builtin: BTreeSet<String> = builtin.lines().map(normalise).collect();
     let mut order: Vec<String> = Vec::new();
-    fn visit(path: &str, dependencies: &BTreeMap<String, (String, Vec<String>)>, order: &mut Vec<String>, depth: usize, normalise: &dyn Fn(&str) -> String) {
+    fn visit(
+        path: &str,
+        dependencies: &BTreeMap<String, (String, Vec<String>)>,
+        order: &mut Vec<String>,
+        depth: usize,
+        normalise: &dyn Fn(&str) -> String,
+    ) {
         if depth > 64 || order.iter().any(|seen| seen == path) {
             return;
         }
@@ -652,12 +932,19 @@ fn kernel_modules_to_load(plan: &Plan, kernel: &KernelArtifact) -> Result<Vec<ki
         if let Some((path, _)) = dependencies.get(&key) {
             visit(path, &dependencies, &mut order, 0, &normalise);
         } else if !builtin.contains(&key) {
-            return Err(ImageError::KernelModule { module: module.clone(), kernel_module: kernel_module.clone(), release: kernel.release.clone() });
+            return Err(ImageError::KernelModule {
+                module: module.clone(),
+                kernel_module: kernel_module.clone(),
+                release: kernel.release.clone(),
+            });
         }
     }
     Ok(order
         .into_iter()
-        .map(|path| kiln_init::config::KernelModuleEntry { path: PathBuf::from(format!("/{prefix}{path}")), args: String::new() })
+        .map(|path| kiln_init::config::KernelModuleEntry {
+            path: PathBuf::from(format!("/{prefix}{path}")),
+            args: String::new(),
+        })
         .collect())
 }
 
@@ -680,13 +967,22 @@ fn build_key(
     field("profile", plan.profile.name.as_bytes());
     field("arch", plan.arch.name().as_bytes());
     field("zstd-level", &request.zstd.level.to_le_bytes());
-    field("lock", &fs::read(lock_path).map_err(io_error("reading", lock_path))?);
+    field(
+        "lock",
+        &fs::read(lock_path).map_err(io_error("reading", lock_path))?,
+    );
     for path in &plan.profile.files {
-        field("profile-file", &fs::read(path).map_err(io_error("reading", path))?);
+        field(
+            "profile-file",
+            &fs::read(path).map_err(io_error("reading", path))?,
+        );
     }
     for module in &plan.modules {
         let path = catalog.module_path(&module.name);
-        field("module", &fs::read(&path).map_err(io_error("reading", &path))?);
+        field(
+            "module",
+            &fs::read(&path).map_err(io_error("reading", &path))?,
+        );
         for source in &module.spec.sources {
             if let ModuleSource::Files(directory) = source {
                 hash_directory(&mut field, &module.directory.join(directory))?;
@@ -694,11 +990,28 @@ fn build_key(
         }
     }
     field("kernel", kernel.key.as_bytes());
-    field("kernel-image", kernel.files.get(kiln_kernel::artifact::IMAGE).map(|record| record.sha256.as_bytes()).unwrap_or_default());
-    field("kernel-modules", kernel.files.get(kiln_kernel::artifact::MODULES_TAR).map(|record| record.sha256.as_bytes()).unwrap_or_default());
+    field(
+        "kernel-image",
+        kernel
+            .files
+            .get(kiln_kernel::artifact::IMAGE)
+            .map(|record| record.sha256.as_bytes())
+            .unwrap_or_default(),
+    );
+    field(
+        "kernel-modules",
+        kernel
+            .files
+            .get(kiln_kernel::artifact::MODULES_TAR)
+            .map(|record| record.sha256.as_bytes())
+            .unwrap_or_default(),
+    );
     for (package, binary) in crate_binaries {
         field("crate", package.as_bytes());
-        field("crate-binary", &fs::read(binary).map_err(io_error("reading", binary))?);
+        field(
+            "crate-binary",
+            &fs::read(binary).map_err(io_error("reading", binary))?,
+        );
     }
     // The builder itself: a change to kiln's code may change the outputs.
     if let Ok(executable) = std::env::current_exe() {
@@ -713,7 +1026,9 @@ fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Resul
     let mut stack = vec![directory.to_path_buf()];
     let mut found = Vec::new();
     while let Some(current) = stack.pop() {
-        let Ok(items) = fs::read_dir(&current) else { continue };
+        let Ok(items) = fs::read_dir(&current) else {
+            continue;
+        };
         for item in items {
             let path = item.map_err(io_error("reading", &current))?.path();
             let metadata = fs::symlink_metadata(&path).map_err(io_error("reading", &path))?;
@@ -725,12 +1040,30 @@ fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Resul
     }
     found.sort_by(|left, right| left.0.cmp(&right.0));
     for (path, metadata) in found {
-        field("path", path.strip_prefix(directory).unwrap_or(&path).as_os_str().as_encoded_bytes());
+        field(
+            "path",
+            path.strip_prefix(directory)
+                .unwrap_or(&path)
+                .as_os_str()
+                .as_encoded_bytes(),
+        );
         if metadata.file_type().is_symlink() {
-            field("symlink", fs::read_link(&path).map_err(io_error("reading", &path))?.as_os_str().as_encoded_bytes());
+            field(
+                "symlink",
+                fs::read_link(&path)
+                    .map_err(io_error("reading", &path))?
+                    .as_os_str()
+                    .as_encoded_bytes(),
+            );
         } else if metadata.is_file() {
-            field("executable", &[u8::from(metadata.permissions().mode() & 0o111 != 0)]);
-            field("contents", &fs::read(&path).map_err(io_error("reading", &path))?);
+            field(
+                "executable",
+                &[u8::from(metadata.permissions().mode() & 0o111 != 0)],
+            );
+            field(
+                "contents",
+                &fs::read(&path).map_err(io_error("reading", &path))?,
+            );
         }
     }
     Ok(())
@@ -738,27 +1071,46 @@ fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Resul
 
 /// The previous outputs, if they were made from the same build key and still match their
 /// `SHA256SUMS`.
-fn up_to_date(directory: &Path, build_key: &str, plan: &Plan) -> Result<Option<ImageReport>, ImageError> {
-    let Ok(text) = fs::read_to_string(directory.join("manifest.json")) else { return Ok(None) };
-    let Ok(manifest) = serde_json::from_str::<serde_json::Value>(&text) else { return Ok(None) };
+fn up_to_date(
+    directory: &Path,
+    build_key: &str,
+    plan: &Plan,
+) -> Result<Option<ImageReport>, ImageError> {
+    let Ok(text) = fs::read_to_string(directory.join("manifest.json")) else {
+        return Ok(None);
+    };
+    let Ok(manifest) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Ok(None);
+    };
     if manifest["build_key"].as_str() != Some(build_key) {
         return Ok(None);
     }
-    let Ok(sums) = fs::read_to_string(directory.join("SHA256SUMS")) else { return Ok(None) };
+    let Ok(sums) = fs::read_to_string(directory.join("SHA256SUMS")) else {
+        return Ok(None);
+    };
     let mut sha256sums = BTreeMap::new();
     for line in sums.lines() {
-        let Some((digest, name)) = line.split_once("  ") else { return Ok(None) };
+        let Some((digest, name)) = line.split_once("  ") else {
+            return Ok(None);
+        };
         let path = directory.join(name);
-        let Ok((actual, _)) = kiln_store::hash_file(&path) else { return Ok(None) };
+        let Ok((actual, _)) = kiln_store::hash_file(&path) else {
+            return Ok(None);
+        };
         if actual.to_hex() != digest {
             return Ok(None);
         }
         sha256sums.insert(name.to_owned(), digest.to_owned());
     }
-    let module_sizes: BTreeMap<String, u64> = serde_json::from_value(manifest["module_sizes"].clone()).unwrap_or_default();
-    let unpacked_bytes = manifest["files"].as_array().map_or(0, |files| files.iter().filter_map(|file| file["size"].as_u64()).sum());
+    let module_sizes: BTreeMap<String, u64> =
+        serde_json::from_value(manifest["module_sizes"].clone()).unwrap_or_default();
+    let unpacked_bytes = manifest["files"].as_array().map_or(0, |files| {
+        files.iter().filter_map(|file| file["size"].as_u64()).sum()
+    });
     let initramfs = directory.join(kiln_image::initramfs_file_name(plan.arch));
-    let initramfs_bytes = fs::metadata(&initramfs).map(|metadata| metadata.len()).unwrap_or(0);
+    let initramfs_bytes = fs::metadata(&initramfs)
+        .map(|metadata| metadata.len())
+        .unwrap_or(0);
     Ok(Some(ImageReport {
         directory: directory.to_path_buf(),
         sha256sums,

@@ -19,10 +19,19 @@ pub const STOP_GRACE_MS: u64 = 5_000;
 pub enum PlanError {
     /// A module needs another the profile lacks.
     #[error("module `{module}` requires module `{required}`, which profile `{profile}` does not include: add `{required}` to `modules:` in {profile_path}")]
-    MissingRequirement { module: String, required: String, profile: String, profile_path: String },
+    MissingRequirement {
+        module: String,
+        required: String,
+        profile: String,
+        profile_path: String,
+    },
     /// `after:`/`requires:` name a module that does not exist at all (a typo).
     #[error("{module_path}: `{field}` names module `{named}`, which does not exist (no modules/{named}/module.yaml)")]
-    UnknownModuleReference { module_path: String, field: &'static str, named: String },
+    UnknownModuleReference {
+        module_path: String,
+        field: &'static str,
+        named: String,
+    },
     /// The ordering constraints loop.
     #[error("`after:`/`requires:` of profile `{profile}`'s modules make a cycle: {cycle}; remove one of these constraints")]
     Cycle { profile: String, cycle: String },
@@ -31,10 +40,18 @@ pub enum PlanError {
     BuildModuleInProfile { profile: String, module: String },
     /// An onboot, service or shutdown module without a command, or a base module with one.
     #[error("{module_path}: {message}")]
-    BadModule { module_path: String, message: String },
+    BadModule {
+        module_path: String,
+        message: String,
+    },
     /// An option with no default that the profile does not set.
     #[error("module `{module}` needs option `{option}` ({description}): set it in profile `{profile}` as `options: {{{module}: {{{option}: ...}}}}`")]
-    MissingOption { module: String, option: String, description: String, profile: String },
+    MissingOption {
+        module: String,
+        option: String,
+        description: String,
+        profile: String,
+    },
 }
 
 /// One module of the plan, options applied.
@@ -77,25 +94,40 @@ impl Plan {
 }
 
 /// Makes the plan for `profile_name` on `arch`.
-pub fn plan(catalog: &Catalog, profile_name: &str, arch: ImageArch) -> Result<Plan, Box<dyn std::error::Error + Send + Sync>> {
+pub fn plan(
+    catalog: &Catalog,
+    profile_name: &str,
+    arch: ImageArch,
+) -> Result<Plan, Box<dyn std::error::Error + Send + Sync>> {
     let profile = catalog.resolve_profile(profile_name)?;
     Ok(plan_resolved(catalog, profile, arch)?)
 }
 
 /// [`plan`] for a profile already resolved.
-pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArch) -> Result<Plan, PlanError> {
+pub fn plan_resolved(
+    catalog: &Catalog,
+    profile: ResolvedProfile,
+    arch: ImageArch,
+) -> Result<Plan, PlanError> {
     let profile_path = catalog.profile_path(&profile.name).display().to_string();
     let mut modules = Vec::new();
     for name in &profile.modules {
         let spec = &catalog.modules[name];
         let module_path = catalog.module_path(name).display().to_string();
         if spec.kind == ModuleKind::Build {
-            return Err(PlanError::BuildModuleInProfile { profile: profile.name.clone(), module: name.clone() });
+            return Err(PlanError::BuildModuleInProfile {
+                profile: profile.name.clone(),
+                module: name.clone(),
+            });
         }
         for (field, names) in [("after", &spec.after), ("requires", &spec.requires)] {
             for named in names {
                 if !catalog.modules.contains_key(named) {
-                    return Err(PlanError::UnknownModuleReference { module_path: module_path.clone(), field, named: named.clone() });
+                    return Err(PlanError::UnknownModuleReference {
+                        module_path: module_path.clone(),
+                        field,
+                        named: named.clone(),
+                    });
                 }
             }
         }
@@ -109,11 +141,17 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
                 });
             }
         }
-        let runs = matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown);
+        let runs = matches!(
+            spec.kind,
+            ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown
+        );
         if runs && spec.command.is_empty() {
             return Err(PlanError::BadModule {
                 module_path,
-                message: format!("a module of kind `{}` needs `command:` (the argv kiln-init runs)", spec.kind.name()),
+                message: format!(
+                    "a module of kind `{}` needs `command:` (the argv kiln-init runs)",
+                    spec.kind.name()
+                ),
             });
         }
         if !runs && !spec.command.is_empty() {
@@ -123,10 +161,17 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
             });
         }
         if spec.restart.is_some() && spec.kind != ModuleKind::Service {
-            return Err(PlanError::BadModule { module_path, message: "`restart:` applies to services only".to_owned() });
+            return Err(PlanError::BadModule {
+                module_path,
+                message: "`restart:` applies to services only".to_owned(),
+            });
         }
-        if spec.timeout.is_some() && !matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Shutdown) {
-            return Err(PlanError::BadModule { module_path, message: "`timeout:` applies to onboot and shutdown steps only".to_owned() });
+        if spec.timeout.is_some() && !matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Shutdown)
+        {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: "`timeout:` applies to onboot and shutdown steps only".to_owned(),
+            });
         }
         let mut options = BTreeMap::new();
         let given = profile.options.get(name);
@@ -142,13 +187,21 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
                 })?;
             options.insert(option.clone(), value.0.clone());
         }
-        modules.push(PlannedModule { name: name.clone(), directory: catalog.root.join("modules").join(name), spec: spec.clone(), options });
+        modules.push(PlannedModule {
+            name: name.clone(),
+            directory: catalog.root.join("modules").join(name),
+            spec: spec.clone(),
+            options,
+        });
     }
 
     let order = run_order(&profile, &modules)?;
     // `InitConfig::default()` has a zero grace (its serde default is 5 s): services would be
     // SIGKILLed at once at shutdown.
-    let mut init_config = InitConfig { stop_grace_ms: STOP_GRACE_MS, ..InitConfig::default() };
+    let mut init_config = InitConfig {
+        stop_grace_ms: STOP_GRACE_MS,
+        ..InitConfig::default()
+    };
     init_config.root.move_off_rootfs = modules.iter().any(|module| module.spec.needs_pivot_root);
     for index in order {
         let module = &modules[index];
@@ -183,8 +236,11 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
                 }
             }
             ModuleKind::Service => {
-                let services: BTreeSet<&str> =
-                    modules.iter().filter(|other| other.spec.kind == ModuleKind::Service).map(|other| other.name.as_str()).collect();
+                let services: BTreeSet<&str> = modules
+                    .iter()
+                    .filter(|other| other.spec.kind == ModuleKind::Service)
+                    .map(|other| other.name.as_str())
+                    .collect();
                 let mut after: Vec<String> = module
                     .spec
                     .after
@@ -237,9 +293,16 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
                 }
             };
             if !name.starts_with("CONFIG_") || name.len() == "CONFIG_".len() {
-                return Err(PlanError::BadModule { module_path, message: format!("kernel option `{option}` does not start with `CONFIG_`") });
+                return Err(PlanError::BadModule {
+                    module_path,
+                    message: format!("kernel option `{option}` does not start with `CONFIG_`"),
+                });
             }
-            kernel_options.push(RequiredKernelOption { module: module.name.clone(), option: name.to_owned(), module_allowed: !built_in });
+            kernel_options.push(RequiredKernelOption {
+                module: module.name.clone(),
+                option: name.to_owned(),
+                module_allowed: !built_in,
+            });
         }
         for kernel_module in &module.spec.kernel.modules {
             kernel_modules.push((module.name.clone(), kernel_module.clone()));
@@ -256,9 +319,16 @@ pub fn plan_resolved(catalog: &Catalog, profile: ResolvedProfile, arch: ImageArc
         .map(String::as_str),
     );
     let cmdline = cmdline.join(" ");
-    Ok(Plan { profile, arch, modules, cmdline, init_config, kernel_options, kernel_modules })
+    Ok(Plan {
+        profile,
+        arch,
+        modules,
+        cmdline,
+        init_config,
+        kernel_options,
+        kernel_modules,
+    })
 }
-
 
 /// Replaces every `${name}` by the module's option `name`.
 fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<String, PlanError> {
@@ -268,7 +338,10 @@ fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<S
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         let Some(end) = after.find('}') else {
-            return Err(PlanError::BadModule { module_path: module_path.to_owned(), message: format!("`{text}`: `${{` without a closing `}}`") });
+            return Err(PlanError::BadModule {
+                module_path: module_path.to_owned(),
+                message: format!("`{text}`: `${{` without a closing `}}`"),
+            });
         };
         let name = &after[..end];
         let Some(value) = module.options.get(name) else {
@@ -286,17 +359,33 @@ fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<S
 
 /// Indexes of `modules` in run order: every `after`/`requires` module of the profile first,
 /// otherwise the profile's order. A cycle is an error naming it.
-fn run_order(profile: &ResolvedProfile, modules: &[PlannedModule]) -> Result<Vec<usize>, PlanError> {
-    let index_of: BTreeMap<&str, usize> = modules.iter().enumerate().map(|(index, module)| (module.name.as_str(), index)).collect();
+fn run_order(
+    profile: &ResolvedProfile,
+    modules: &[PlannedModule],
+) -> Result<Vec<usize>, PlanError> {
+    let index_of: BTreeMap<&str, usize> = modules
+        .iter()
+        .enumerate()
+        .map(|(index, module)| (module.name.as_str(), index))
+        .collect();
     // before[i] = the modules that must come before module i.
     let before: Vec<BTreeSet<usize>> = modules
         .iter()
-        .map(|module| module.spec.after.iter().chain(&module.spec.requires).filter_map(|name| index_of.get(name.as_str()).copied()).collect())
+        .map(|module| {
+            module
+                .spec
+                .after
+                .iter()
+                .chain(&module.spec.requires)
+                .filter_map(|name| index_of.get(name.as_str()).copied())
+                .collect()
+        })
         .collect();
     let mut done = vec![false; modules.len()];
     let mut order = Vec::new();
     while order.len() < modules.len() {
-        let next = (0..modules.len()).find(|&index| !done[index] && before[index].iter().all(|&earlier| done[earlier]));
+        let next = (0..modules.len())
+            .find(|&index| !done[index] && before[index].iter().all(|&earlier| done[earlier]));
         match next {
             Some(index) => {
                 done[index] = true;
@@ -304,7 +393,10 @@ fn run_order(profile: &ResolvedProfile, modules: &[PlannedModule]) -> Result<Vec
             }
             None => {
                 let start = (0..modules.len()).find(|&index| !done[index]).unwrap_or(0);
-                return Err(PlanError::Cycle { profile: profile.name.clone(), cycle: describe_cycle(start, &before, &done, modules) });
+                return Err(PlanError::Cycle {
+                    profile: profile.name.clone(),
+                    cycle: describe_cycle(start, &before, &done, modules),
+                });
             }
         }
     }
@@ -313,17 +405,28 @@ fn run_order(profile: &ResolvedProfile, modules: &[PlannedModule]) -> Result<Vec
 
 /// Walks unfinished predecessors from `start` until a module repeats: `a -> b -> a`
 /// (read "a runs after b, which runs after a").
-fn describe_cycle(start: usize, before: &[BTreeSet<usize>], done: &[bool], modules: &[PlannedModule]) -> String {
+fn describe_cycle(
+    start: usize,
+    before: &[BTreeSet<usize>],
+    done: &[bool],
+    modules: &[PlannedModule],
+) -> String {
     let mut path = vec![start];
     let mut current = start;
     while let Some(&next) = before[current].iter().find(|&&earlier| !done[earlier]) {
         if let Some(position) = path.iter().position(|&seen| seen == next) {
-            let mut cycle: Vec<&str> = path[position..].iter().map(|&index| modules[index].name.as_str()).collect();
+            let mut cycle: Vec<&str> = path[position..]
+                .iter()
+                .map(|&index| modules[index].name.as_str())
+                .collect();
             cycle.push(modules[next].name.as_str());
             return cycle.join(" after ");
         }
         path.push(next);
         current = next;
     }
-    path.iter().map(|&index| modules[index].name.as_str()).collect::<Vec<_>>().join(" after ")
+    path.iter()
+        .map(|&index| modules[index].name.as_str())
+        .collect::<Vec<_>>()
+        .join(" after ")
 }

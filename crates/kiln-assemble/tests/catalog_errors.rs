@@ -16,7 +16,9 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Self {
-        let fixture = Fixture { root: tempfile::tempdir().unwrap() };
+        let fixture = Fixture {
+            root: tempfile::tempdir().unwrap(),
+        };
         fixture.module("base", "description: d\nkind: base\n");
         fixture
     }
@@ -29,7 +31,13 @@ impl Fixture {
     }
 
     fn file(&self, module: &str, path: &str, contents: &str) -> &Self {
-        let path = self.root.path().join("modules").join(module).join("files").join(path);
+        let path = self
+            .root
+            .path()
+            .join("modules")
+            .join(module)
+            .join("files")
+            .join(path);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, contents).unwrap();
         self
@@ -37,7 +45,14 @@ impl Fixture {
 
     fn profile(&self, name: &str, text: &str) -> &Self {
         fs::create_dir_all(self.root.path().join("profiles")).unwrap();
-        fs::write(self.root.path().join("profiles").join(format!("{name}.yaml")), text).unwrap();
+        fs::write(
+            self.root
+                .path()
+                .join("profiles")
+                .join(format!("{name}.yaml")),
+            text,
+        )
+        .unwrap();
         self
     }
 
@@ -65,7 +80,12 @@ impl Fixture {
 #[test]
 fn unknown_key_names_file_line_and_column() {
     let fixture = Fixture::new();
-    fixture.module("dhcp", "description: d\nkind: onboot\ncomand: [/bin/true]\n").profile("p", "modules: [base, dhcp]\n");
+    fixture
+        .module(
+            "dhcp",
+            "description: d\nkind: onboot\ncomand: [/bin/true]\n",
+        )
+        .profile("p", "modules: [base, dhcp]\n");
     insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`");
 }
 
@@ -87,9 +107,18 @@ fn missing_module_names_the_profile_and_the_expected_file() {
 fn dependency_cycle_is_named_in_order() {
     let fixture = Fixture::new();
     fixture
-        .module("a", "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [c]\n")
-        .module("b", "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [a]\n")
-        .module("c", "description: d\nkind: onboot\ncommand: [/bin/true]\nrequires: [b]\n")
+        .module(
+            "a",
+            "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [c]\n",
+        )
+        .module(
+            "b",
+            "description: d\nkind: onboot\ncommand: [/bin/true]\nafter: [a]\n",
+        )
+        .module(
+            "c",
+            "description: d\nkind: onboot\ncommand: [/bin/true]\nrequires: [b]\n",
+        )
         .profile("p", "modules: [base, a, b, c]\n");
     insta::assert_snapshot!(fixture.plan_error("p"), @"`after:`/`requires:` of profile `p`'s modules make a cycle: a after c after b after a; remove one of these constraints");
 }
@@ -97,14 +126,25 @@ fn dependency_cycle_is_named_in_order() {
 #[test]
 fn missing_requirement_says_which_profile_to_fix() {
     let fixture = Fixture::new();
-    fixture.module("sshd", "description: d\nkind: service\ncommand: [/bin/sshd]\nrequires: [base, syslog]\n").module("syslog", "description: d\nkind: service\ncommand: [/bin/syslogd]\n").profile("p", "modules: [base, sshd]\n");
+    fixture
+        .module(
+            "sshd",
+            "description: d\nkind: service\ncommand: [/bin/sshd]\nrequires: [base, syslog]\n",
+        )
+        .module(
+            "syslog",
+            "description: d\nkind: service\ncommand: [/bin/syslogd]\n",
+        )
+        .profile("p", "modules: [base, sshd]\n");
     insta::assert_snapshot!(fixture.plan_error("p"), @"module `sshd` requires module `syslog`, which profile `p` does not include: add `syslog` to `modules:` in <root>/profiles/p.yaml");
 }
 
 #[test]
 fn extends_cycle_is_an_error() {
     let fixture = Fixture::new();
-    fixture.profile("a", "extends: b\nmodules: [base]\n").profile("b", "extends: a\n");
+    fixture
+        .profile("a", "extends: b\nmodules: [base]\n")
+        .profile("b", "extends: a\n");
     insta::assert_snapshot!(fixture.plan_error("a"), @"<root>/profiles/b.yaml: `extends` makes a cycle: a -> b -> a; remove one of the `extends:`");
 }
 
@@ -128,16 +168,31 @@ fn options_are_substituted_into_the_init_config() {
     let service = &plan.init_config.services[0];
     assert_eq!(service.argv, ["/bin/agent", "--port", "4242"]);
     assert_eq!(service.env["AGENT_PORT"], "4242");
-    assert_eq!(plan.init_config.stop_grace_ms, 5_000, "services get a graceful stop at shutdown");
+    assert_eq!(
+        plan.init_config.stop_grace_ms, 5_000,
+        "services get a graceful stop at shutdown"
+    );
 }
 
 #[test]
 fn path_conflict_names_both_modules_and_the_path() {
     let fixture = Fixture::new();
-    fixture.file("base", "etc/motd", "hello\n").file("branding", "etc/motd", "welcome\n");
+    fixture
+        .file("base", "etc/motd", "hello\n")
+        .file("branding", "etc/motd", "welcome\n");
     let mut tree = ComposedTree::new();
-    add_files(&mut tree, "base", &fixture.path().join("modules/base/files")).unwrap();
-    let error = add_files(&mut tree, "branding", &fixture.path().join("modules/branding/files")).unwrap_err();
+    add_files(
+        &mut tree,
+        "base",
+        &fixture.path().join("modules/base/files"),
+    )
+    .unwrap();
+    let error = add_files(
+        &mut tree,
+        "branding",
+        &fixture.path().join("modules/branding/files"),
+    )
+    .unwrap_err();
     insta::assert_snapshot!(fixture.redact(&error.to_string()), @"modules `base` and `branding` both provide `etc/motd` with different contents; remove it from one of them, or whiteout it in `branding`");
 }
 
@@ -163,21 +218,53 @@ fn missing_kernel_option_names_module_option_and_kernel() {
 fn onboot_order_follows_after_and_keeps_profile_order_otherwise() {
     let fixture = Fixture::new();
     fixture
-        .module("dhcp", "description: d\nkind: onboot\ncommand: [/bin/dhcp]\nafter: [kmod]\n")
-        .module("kmod", "description: d\nkind: onboot\ncommand: [/bin/kmod]\n")
-        .module("sysctl", "description: d\nkind: onboot\ncommand: [/bin/sysctl]\n")
+        .module(
+            "dhcp",
+            "description: d\nkind: onboot\ncommand: [/bin/dhcp]\nafter: [kmod]\n",
+        )
+        .module(
+            "kmod",
+            "description: d\nkind: onboot\ncommand: [/bin/kmod]\n",
+        )
+        .module(
+            "sysctl",
+            "description: d\nkind: onboot\ncommand: [/bin/sysctl]\n",
+        )
         .profile("p", "modules: [base, dhcp, sysctl, kmod]\n");
     let catalog = Catalog::load(fixture.path()).unwrap();
     let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
-    let names: Vec<&str> = plan.init_config.onboot.iter().map(|step| step.name.as_str()).collect();
+    let names: Vec<&str> = plan
+        .init_config
+        .onboot
+        .iter()
+        .map(|step| step.name.as_str())
+        .collect();
     assert_eq!(names, ["sysctl", "kmod", "dhcp"]);
 }
 
 #[test]
 fn a_module_needing_pivot_root_moves_the_root_off_rootfs() {
     let fixture = Fixture::new();
-    fixture.module("runtime", "description: d\nkind: service\ncommand: [/bin/containerd]\nneeds_pivot_root: true\n").profile("with", "modules: [base, runtime]\n").profile("without", "modules: [base]\n");
+    fixture
+        .module(
+            "runtime",
+            "description: d\nkind: service\ncommand: [/bin/containerd]\nneeds_pivot_root: true\n",
+        )
+        .profile("with", "modules: [base, runtime]\n")
+        .profile("without", "modules: [base]\n");
     let catalog = Catalog::load(fixture.path()).unwrap();
-    assert!(kiln_assemble::plan(&catalog, "with", ImageArch::X86_64).unwrap().init_config.root.move_off_rootfs);
-    assert!(!kiln_assemble::plan(&catalog, "without", ImageArch::X86_64).unwrap().init_config.root.move_off_rootfs);
+    assert!(
+        kiln_assemble::plan(&catalog, "with", ImageArch::X86_64)
+            .unwrap()
+            .init_config
+            .root
+            .move_off_rootfs
+    );
+    assert!(
+        !kiln_assemble::plan(&catalog, "without", ImageArch::X86_64)
+            .unwrap()
+            .init_config
+            .root
+            .move_off_rootfs
+    );
 }

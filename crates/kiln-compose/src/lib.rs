@@ -36,17 +36,39 @@ const OPAQUE_WHITEOUT: &[u8] = b".wh..wh..opq";
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ComposeError {
     #[error("modules `{lower_module}` and `{upper_module}` both provide `{path}` with different {what}; remove it from one of them, or whiteout it in `{upper_module}`")]
-    Conflict { path: String, lower_module: String, upper_module: String, what: &'static str },
+    Conflict {
+        path: String,
+        lower_module: String,
+        upper_module: String,
+        what: &'static str,
+    },
     #[error("module `{module}`: `{path}` would be written through the symlink `{symlink}` (from module `{symlink_module}`); paths must stay inside the image root")]
-    ThroughSymlink { module: String, path: String, symlink: String, symlink_module: String },
+    ThroughSymlink {
+        module: String,
+        path: String,
+        symlink: String,
+        symlink_module: String,
+    },
     #[error("module `{module}`: invalid path {path:?} in its layer: {reason}")]
-    InvalidPath { module: String, path: String, reason: String },
+    InvalidPath {
+        module: String,
+        path: String,
+        reason: String,
+    },
     #[error("module `{module}`: its layer lists `{path}` twice")]
     DuplicateInLayer { module: String, path: String },
     #[error("module `{module}`: hard link `{path}` points at `{target}`, which is not a regular file in this layer or below")]
-    HardLinkTarget { module: String, path: String, target: String },
+    HardLinkTarget {
+        module: String,
+        path: String,
+        target: String,
+    },
     #[error("module `{module}`: tar entry `{path}` has type {entry_type:?}, which an initramfs cannot hold")]
-    UnsupportedEntry { module: String, path: String, entry_type: String },
+    UnsupportedEntry {
+        module: String,
+        path: String,
+        entry_type: String,
+    },
     #[error("module `{module}`: reading its layer: {message}")]
     Layer { module: String, message: String },
 }
@@ -96,7 +118,10 @@ impl ComposedTree {
 
     /// Stacks one module's layer (an uncompressed tar) on top of the tree.
     pub fn apply_layer(&mut self, module: &str, layer: impl Read) -> Result<(), ComposeError> {
-        let layer_error = |error: std::io::Error| ComposeError::Layer { module: module.to_string(), message: error.to_string() };
+        let layer_error = |error: std::io::Error| ComposeError::Layer {
+            module: module.to_string(),
+            message: error.to_string(),
+        };
         let mut archive = tar::Archive::new(layer);
         let mut additions: Vec<Entry> = Vec::new();
         let mut whiteouts: Vec<ArchivePath> = Vec::new();
@@ -107,24 +132,45 @@ impl ComposedTree {
             let header = item.header();
             let entry_type = header.entry_type();
             let permissions = header.mode().map_err(layer_error)? & 0o7777;
-            let uid = u32::try_from(header.uid().map_err(layer_error)?).map_err(|_| invalid(module, &raw_path, "uid does not fit 32 bits"))?;
-            let gid = u32::try_from(header.gid().map_err(layer_error)?).map_err(|_| invalid(module, &raw_path, "gid does not fit 32 bits"))?;
+            let uid = u32::try_from(header.uid().map_err(layer_error)?)
+                .map_err(|_| invalid(module, &raw_path, "uid does not fit 32 bits"))?;
+            let gid = u32::try_from(header.gid().map_err(layer_error)?)
+                .map_err(|_| invalid(module, &raw_path, "gid does not fit 32 bits"))?;
             if raw_path.starts_with(b"/") {
-                return Err(invalid(module, &raw_path, "absolute paths are not allowed in a layer"));
+                return Err(invalid(
+                    module,
+                    &raw_path,
+                    "absolute paths are not allowed in a layer",
+                ));
             }
-            let path = ArchivePath::new(&raw_path).map_err(|error| invalid(module, &raw_path, &error.to_string()))?;
-            let name = path.as_bytes().rsplit(|byte| *byte == b'/').next().unwrap_or_default().to_vec();
+            let path = ArchivePath::new(&raw_path)
+                .map_err(|error| invalid(module, &raw_path, &error.to_string()))?;
+            let name = path
+                .as_bytes()
+                .rsplit(|byte| *byte == b'/')
+                .next()
+                .unwrap_or_default()
+                .to_vec();
             if name == OPAQUE_WHITEOUT {
-                opaque_directories.push(path.parent().ok_or_else(|| invalid(module, &raw_path, "opaque whiteout at the root"))?);
+                opaque_directories
+                    .push(path.parent().ok_or_else(|| {
+                        invalid(module, &raw_path, "opaque whiteout at the root")
+                    })?);
                 continue;
             }
             if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-                let mut hidden_path = path.parent().map(|parent| parent.as_bytes().to_vec()).unwrap_or_default();
+                let mut hidden_path = path
+                    .parent()
+                    .map(|parent| parent.as_bytes().to_vec())
+                    .unwrap_or_default();
                 if !hidden_path.is_empty() {
                     hidden_path.push(b'/');
                 }
                 hidden_path.extend_from_slice(hidden);
-                whiteouts.push(ArchivePath::new(&hidden_path).map_err(|error| invalid(module, &raw_path, &error.to_string()))?);
+                whiteouts.push(
+                    ArchivePath::new(&hidden_path)
+                        .map_err(|error| invalid(module, &raw_path, &error.to_string()))?,
+                );
                 continue;
             }
             let kind = match entry_type {
@@ -135,12 +181,19 @@ impl ComposedTree {
                     EntryKind::File(Content::Bytes(Arc::from(data.into_boxed_slice())))
                 }
                 tar::EntryType::Symlink => {
-                    let target = item.link_name_bytes().ok_or_else(|| invalid(module, &raw_path, "symlink without a target"))?;
-                    EntryKind::Symlink { target: target.into_owned() }
+                    let target = item
+                        .link_name_bytes()
+                        .ok_or_else(|| invalid(module, &raw_path, "symlink without a target"))?;
+                    EntryKind::Symlink {
+                        target: target.into_owned(),
+                    }
                 }
                 tar::EntryType::Link => {
-                    let target = item.link_name_bytes().ok_or_else(|| invalid(module, &raw_path, "hard link without a target"))?;
-                    let target = ArchivePath::new(&target).map_err(|error| invalid(module, &raw_path, &error.to_string()))?;
+                    let target = item
+                        .link_name_bytes()
+                        .ok_or_else(|| invalid(module, &raw_path, "hard link without a target"))?;
+                    let target = ArchivePath::new(&target)
+                        .map_err(|error| invalid(module, &raw_path, &error.to_string()))?;
                     EntryKind::HardLink { target }
                 }
                 tar::EntryType::Char | tar::EntryType::Block => {
@@ -161,14 +214,24 @@ impl ComposedTree {
                     })
                 }
             };
-            additions.push(Entry { path, permissions, uid, gid, kind });
+            additions.push(Entry {
+                path,
+                permissions,
+                uid,
+                gid,
+                kind,
+            });
         }
         // Whiteouts hide what lower layers put there, never this layer's own entries.
         for directory in opaque_directories {
             let mut prefix = directory.as_bytes().to_vec();
             prefix.push(b'/');
-            let doomed: Vec<ArchivePath> =
-                self.entries.keys().filter(|path| path.as_bytes().starts_with(&prefix)).cloned().collect();
+            let doomed: Vec<ArchivePath> = self
+                .entries
+                .keys()
+                .filter(|path| path.as_bytes().starts_with(&prefix))
+                .cloned()
+                .collect();
             for path in doomed {
                 self.remove(&path);
             }
@@ -179,7 +242,10 @@ impl ComposedTree {
         let mut seen_in_layer = std::collections::HashSet::new();
         for entry in additions {
             if !seen_in_layer.insert(entry.path.clone()) {
-                return Err(ComposeError::DuplicateInLayer { module: module.to_string(), path: entry.path.display() });
+                return Err(ComposeError::DuplicateInLayer {
+                    module: module.to_string(),
+                    path: entry.path.display(),
+                });
             }
             self.add(module, entry)?;
         }
@@ -190,7 +256,11 @@ impl ComposedTree {
     pub fn add(&mut self, module: &str, entry: Entry) -> Result<(), ComposeError> {
         self.check_no_symlink_ancestor(module, &entry.path)?;
         if let EntryKind::HardLink { target } = &entry.kind {
-            match self.entries.get(target).map(|existing| &existing.entry.kind) {
+            match self
+                .entries
+                .get(target)
+                .map(|existing| &existing.entry.kind)
+            {
                 Some(EntryKind::File(_)) | Some(EntryKind::HardLink { .. }) => {}
                 _ => {
                     return Err(ComposeError::HardLinkTarget {
@@ -213,8 +283,16 @@ impl ComposedTree {
                 }
                 return Ok(()); // the same thing twice: keep the first origin
             }
-            if matches!(existing.entry.kind, EntryKind::Directory) && matches!(entry.kind, EntryKind::Directory) {
-                self.entries.insert(entry.path.clone(), ComposedEntry { entry, module: module.to_string() });
+            if matches!(existing.entry.kind, EntryKind::Directory)
+                && matches!(entry.kind, EntryKind::Directory)
+            {
+                self.entries.insert(
+                    entry.path.clone(),
+                    ComposedEntry {
+                        entry,
+                        module: module.to_string(),
+                    },
+                );
                 return Ok(());
             }
             self.remove(&entry.path.clone());
@@ -226,14 +304,29 @@ impl ComposedTree {
                 break;
             }
             ancestor = parent.parent();
-            self.entries
-                .insert(parent.clone(), ComposedEntry { entry: Entry::directory(parent, 0o755), module: module.to_string() });
+            self.entries.insert(
+                parent.clone(),
+                ComposedEntry {
+                    entry: Entry::directory(parent, 0o755),
+                    module: module.to_string(),
+                },
+            );
         }
-        self.entries.insert(entry.path.clone(), ComposedEntry { entry, module: module.to_string() });
+        self.entries.insert(
+            entry.path.clone(),
+            ComposedEntry {
+                entry,
+                module: module.to_string(),
+            },
+        );
         Ok(())
     }
 
-    fn check_no_symlink_ancestor(&self, module: &str, path: &ArchivePath) -> Result<(), ComposeError> {
+    fn check_no_symlink_ancestor(
+        &self,
+        module: &str,
+        path: &ArchivePath,
+    ) -> Result<(), ComposeError> {
         let mut ancestor = path.parent();
         while let Some(parent) = ancestor {
             if let Some(existing) = self.entries.get(&parent) {
@@ -288,15 +381,21 @@ impl ComposedTree {
     /// Removes one path. Hard links that pointed at it keep its contents:
     /// the first becomes the file, the others link to that one.
     fn remove(&mut self, path: &ArchivePath) {
-        let Some(removed) = self.entries.remove(path) else { return };
-        let EntryKind::File(content) = removed.entry.kind else { return };
+        let Some(removed) = self.entries.remove(path) else {
+            return;
+        };
+        let EntryKind::File(content) = removed.entry.kind else {
+            return;
+        };
         let links: Vec<ArchivePath> = self
             .entries
             .iter()
             .filter(|(_, existing)| matches!(&existing.entry.kind, EntryKind::HardLink { target } if target == path))
             .map(|(link, _)| link.clone())
             .collect();
-        let Some((first, rest)) = links.split_first() else { return };
+        let Some((first, rest)) = links.split_first() else {
+            return;
+        };
         if let Some(promoted) = self.entries.get_mut(first) {
             promoted.entry.kind = EntryKind::File(content);
             promoted.entry.permissions = removed.entry.permissions;
@@ -305,7 +404,9 @@ impl ComposedTree {
         }
         for link in rest {
             if let Some(existing) = self.entries.get_mut(link) {
-                existing.entry.kind = EntryKind::HardLink { target: first.clone() };
+                existing.entry.kind = EntryKind::HardLink {
+                    target: first.clone(),
+                };
             }
         }
     }
@@ -314,7 +415,8 @@ impl ComposedTree {
     pub fn to_archive_tree(&self) -> ArchiveTree {
         let mut tree = ArchiveTree::new();
         for composed in self.entries.values() {
-            tree.insert(composed.entry.clone()).expect("composed paths are unique and valid");
+            tree.insert(composed.entry.clone())
+                .expect("composed paths are unique and valid");
         }
         tree
     }
@@ -327,19 +429,31 @@ impl ComposedTree {
                 let entry = &composed.entry;
                 let (kind, size, sha256, target) = match &entry.kind {
                     EntryKind::Directory => ("directory", 0, None, None),
-                    EntryKind::File(content) => ("file", content.size(), Some(content_sha256(content)), None),
+                    EntryKind::File(content) => {
+                        ("file", content.size(), Some(content_sha256(content)), None)
+                    }
                     EntryKind::HardLink { target } => {
-                        let (size, digest) = match self.entries.get(target).map(|file| &file.entry.kind) {
-                            Some(EntryKind::File(content)) => (content.size(), Some(content_sha256(content))),
-                            _ => (0, None),
-                        };
+                        let (size, digest) =
+                            match self.entries.get(target).map(|file| &file.entry.kind) {
+                                Some(EntryKind::File(content)) => {
+                                    (content.size(), Some(content_sha256(content)))
+                                }
+                                _ => (0, None),
+                            };
                         ("hardlink", size, digest, Some(target.display()))
                     }
-                    EntryKind::Symlink { target } => {
-                        ("symlink", target.len() as u64, None, Some(String::from_utf8_lossy(target).into_owned()))
+                    EntryKind::Symlink { target } => (
+                        "symlink",
+                        target.len() as u64,
+                        None,
+                        Some(String::from_utf8_lossy(target).into_owned()),
+                    ),
+                    EntryKind::CharDevice { major, minor } => {
+                        ("char-device", 0, None, Some(format!("{major}:{minor}")))
                     }
-                    EntryKind::CharDevice { major, minor } => ("char-device", 0, None, Some(format!("{major}:{minor}"))),
-                    EntryKind::BlockDevice { major, minor } => ("block-device", 0, None, Some(format!("{major}:{minor}"))),
+                    EntryKind::BlockDevice { major, minor } => {
+                        ("block-device", 0, None, Some(format!("{major}:{minor}")))
+                    }
                     EntryKind::Fifo => ("fifo", 0, None, None),
                     EntryKind::Socket => ("socket", 0, None, None),
                 };
@@ -385,10 +499,12 @@ fn difference(lower: &Entry, upper: &Entry, tree: &ComposedTree) -> Option<&'sta
     let resolve = |entry: &Entry| -> Option<Content> {
         match &entry.kind {
             EntryKind::File(content) => Some(content.clone()),
-            EntryKind::HardLink { target } => match tree.entries.get(target).map(|file| &file.entry.kind) {
-                Some(EntryKind::File(content)) => Some(content.clone()),
-                _ => None,
-            },
+            EntryKind::HardLink { target } => {
+                match tree.entries.get(target).map(|file| &file.entry.kind) {
+                    Some(EntryKind::File(content)) => Some(content.clone()),
+                    _ => None,
+                }
+            }
             _ => None,
         }
     };
@@ -403,13 +519,17 @@ fn difference(lower: &Entry, upper: &Entry, tree: &ComposedTree) -> Option<&'sta
         return Some("modes or owners");
     }
     match (&lower.kind, &upper.kind) {
-        (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a != b => Some("symlink targets"),
-        (EntryKind::CharDevice { major: a, minor: b }, EntryKind::CharDevice { major: c, minor: d })
-        | (EntryKind::BlockDevice { major: a, minor: b }, EntryKind::BlockDevice { major: c, minor: d })
-            if (a, b) != (c, d) =>
-        {
-            Some("device numbers")
+        (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a != b => {
+            Some("symlink targets")
         }
+        (
+            EntryKind::CharDevice { major: a, minor: b },
+            EntryKind::CharDevice { major: c, minor: d },
+        )
+        | (
+            EntryKind::BlockDevice { major: a, minor: b },
+            EntryKind::BlockDevice { major: c, minor: d },
+        ) if (a, b) != (c, d) => Some("device numbers"),
         _ => match (resolve(lower), resolve(upper)) {
             (Some(a), Some(b)) if content_sha256(&a) != content_sha256(&b) => Some("contents"),
             _ => None,
@@ -438,7 +558,10 @@ pub struct RequiredKernelOption {
 
 /// Checks every required option against the text of a kernel `.config`.
 /// Returns one line per missing option naming the module that needs it.
-pub fn check_kernel_options(required: &[RequiredKernelOption], kernel_config: &str) -> Result<(), Vec<String>> {
+pub fn check_kernel_options(
+    required: &[RequiredKernelOption],
+    kernel_config: &str,
+) -> Result<(), Vec<String>> {
     let mut values: BTreeMap<&str, &str> = BTreeMap::new();
     for line in kernel_config.lines() {
         if let Some((name, value)) = line.split_once('=') {
@@ -450,14 +573,22 @@ pub fn check_kernel_options(required: &[RequiredKernelOption], kernel_config: &s
     let mut missing = Vec::new();
     for requirement in required {
         let value = values.get(requirement.option.as_str()).copied();
-        let satisfied = matches!(value, Some("y")) || (requirement.module_allowed && value == Some("m"));
+        let satisfied =
+            matches!(value, Some("y")) || (requirement.module_allowed && value == Some("m"));
         if !satisfied {
             missing.push(format!(
                 "module `{}` needs {}={} but the kernel has {}",
                 requirement.module,
                 requirement.option,
-                if requirement.module_allowed { "y or m" } else { "y" },
-                value.map_or_else(|| "it unset".to_string(), |value| format!("{}={value}", requirement.option))
+                if requirement.module_allowed {
+                    "y or m"
+                } else {
+                    "y"
+                },
+                value.map_or_else(
+                    || "it unset".to_string(),
+                    |value| format!("{}={value}", requirement.option)
+                )
             ));
         }
     }

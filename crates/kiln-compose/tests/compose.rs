@@ -17,12 +17,17 @@ fn layer(items: &[Item<'_>]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for item in items {
         let mut header = tar::Header::new_gnu();
-        let (name, kind, data, link, mode): (&str, tar::EntryType, &[u8], Option<&str>, u32) = match item {
-            Item::Dir(name) => (name, tar::EntryType::Directory, b"", None, 0o755),
-            Item::File(name, data, mode) => (name, tar::EntryType::Regular, data.as_bytes(), None, *mode),
-            Item::Link(name, target) => (name, tar::EntryType::Link, b"", Some(target), 0o644),
-            Item::Symlink(name, target) => (name, tar::EntryType::Symlink, b"", Some(target), 0o777),
-        };
+        let (name, kind, data, link, mode): (&str, tar::EntryType, &[u8], Option<&str>, u32) =
+            match item {
+                Item::Dir(name) => (name, tar::EntryType::Directory, b"", None, 0o755),
+                Item::File(name, data, mode) => {
+                    (name, tar::EntryType::Regular, data.as_bytes(), None, *mode)
+                }
+                Item::Link(name, target) => (name, tar::EntryType::Link, b"", Some(target), 0o644),
+                Item::Symlink(name, target) => {
+                    (name, tar::EntryType::Symlink, b"", Some(target), 0o777)
+                }
+            };
         let raw = &mut header.as_gnu_mut().unwrap().name;
         raw[..name.len()].copy_from_slice(name.as_bytes());
         header.set_entry_type(kind);
@@ -47,10 +52,26 @@ fn path(text: &str) -> ArchivePath {
 #[test]
 fn layers_stack_and_remember_their_module() {
     let mut tree = ComposedTree::new();
-    tree.apply_layer("base", &layer(&[Item::Dir("etc/"), Item::File("etc/os-release", "ID=kiln\n", 0o644)])[..]).unwrap();
-    tree.apply_layer("sshd", &layer(&[Item::Dir("etc/"), Item::File("etc/dropbear/banner", "hi\n", 0o600)])[..]).unwrap();
-    let origins: Vec<(String, String)> =
-        tree.entries().map(|composed| (composed.entry.path.display(), composed.module.clone())).collect();
+    tree.apply_layer(
+        "base",
+        &layer(&[
+            Item::Dir("etc/"),
+            Item::File("etc/os-release", "ID=kiln\n", 0o644),
+        ])[..],
+    )
+    .unwrap();
+    tree.apply_layer(
+        "sshd",
+        &layer(&[
+            Item::Dir("etc/"),
+            Item::File("etc/dropbear/banner", "hi\n", 0o600),
+        ])[..],
+    )
+    .unwrap();
+    let origins: Vec<(String, String)> = tree
+        .entries()
+        .map(|composed| (composed.entry.path.display(), composed.module.clone()))
+        .collect();
     insta::assert_debug_snapshot!(origins, @r#"
     [
         (
@@ -77,11 +98,24 @@ fn layers_stack_and_remember_their_module() {
 #[test]
 fn different_contents_from_two_modules_is_an_error_naming_both() {
     let mut tree = ComposedTree::new();
-    tree.apply_layer("base", &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..]).unwrap();
-    let error = tree.apply_layer("debug", &layer(&[Item::File("etc/motd", "debug build\n", 0o644)])[..]).unwrap_err();
+    tree.apply_layer(
+        "base",
+        &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..],
+    )
+    .unwrap();
+    let error = tree
+        .apply_layer(
+            "debug",
+            &layer(&[Item::File("etc/motd", "debug build\n", 0o644)])[..],
+        )
+        .unwrap_err();
     insta::assert_snapshot!(error.to_string(), @"modules `base` and `debug` both provide `etc/motd` with different contents; remove it from one of them, or whiteout it in `debug`");
     // The same bytes from two modules are not a conflict.
-    tree.apply_layer("again", &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..]).unwrap();
+    tree.apply_layer(
+        "again",
+        &layer(&[Item::File("etc/motd", "welcome\n", 0o644)])[..],
+    )
+    .unwrap();
     assert_eq!(tree.get(&path("etc/motd")).unwrap().module, "base");
 }
 
@@ -102,24 +136,53 @@ fn whiteouts_remove_lower_paths_and_opaque_directories_empty_them() {
         &layer(&[
             Item::File("etc/.wh.motd", "", 0o644),
             Item::File("usr/share/doc/.wh..wh..opq", "", 0o644),
-            Item::File("usr/share/doc/README", "kept: same layer as the opaque marker\n", 0o644),
+            Item::File(
+                "usr/share/doc/README",
+                "kept: same layer as the opaque marker\n",
+                0o644,
+            ),
         ])[..],
     )
     .unwrap();
-    let paths: Vec<String> = tree.entries().map(|composed| composed.entry.path.display()).collect();
-    assert_eq!(paths, ["etc", "usr", "usr/share", "usr/share/doc", "usr/share/doc/README"]);
+    let paths: Vec<String> = tree
+        .entries()
+        .map(|composed| composed.entry.path.display())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "etc",
+            "usr",
+            "usr/share",
+            "usr/share/doc",
+            "usr/share/doc/README"
+        ]
+    );
 }
 
 #[test]
 fn paths_that_escape_the_root_are_rejected() {
     let mut tree = ComposedTree::new();
-    let error = tree.apply_layer("evil", &layer(&[Item::File("../etc/passwd", "x", 0o644)])[..]).unwrap_err();
+    let error = tree
+        .apply_layer(
+            "evil",
+            &layer(&[Item::File("../etc/passwd", "x", 0o644)])[..],
+        )
+        .unwrap_err();
     insta::assert_snapshot!(error.to_string(), @r#"module `evil`: invalid path "../etc/passwd" in its layer: invalid archive path "../etc/passwd": it contains a `..` component"#);
-    let error = tree.apply_layer("evil", &layer(&[Item::File("/etc/passwd", "x", 0o644)])[..]).unwrap_err();
+    let error = tree
+        .apply_layer("evil", &layer(&[Item::File("/etc/passwd", "x", 0o644)])[..])
+        .unwrap_err();
     insta::assert_snapshot!(error.to_string(), @r#"module `evil`: invalid path "/etc/passwd" in its layer: absolute paths are not allowed in a layer"#);
 
-    tree.apply_layer("base", &layer(&[Item::Symlink("lib", "/run/host/lib")])[..]).unwrap();
-    let error = tree.apply_layer("evil", &layer(&[Item::File("lib/libc.so.6", "x", 0o755)])[..]).unwrap_err();
+    tree.apply_layer("base", &layer(&[Item::Symlink("lib", "/run/host/lib")])[..])
+        .unwrap();
+    let error = tree
+        .apply_layer(
+            "evil",
+            &layer(&[Item::File("lib/libc.so.6", "x", 0o755)])[..],
+        )
+        .unwrap_err();
     assert!(matches!(error, ComposeError::ThroughSymlink { .. }));
     insta::assert_snapshot!(error.to_string(), @"module `evil`: `lib/libc.so.6` would be written through the symlink `lib` (from module `base`); paths must stay inside the image root");
 }
@@ -129,13 +192,29 @@ fn hard_links_survive_their_target_being_whited_out() {
     let mut tree = ComposedTree::new();
     tree.apply_layer(
         "busybox",
-        &layer(&[Item::File("bin/busybox", "ELF", 0o755), Item::Link("bin/sh", "bin/busybox"), Item::Link("bin/ls", "bin/busybox")])[..],
+        &layer(&[
+            Item::File("bin/busybox", "ELF", 0o755),
+            Item::Link("bin/sh", "bin/busybox"),
+            Item::Link("bin/ls", "bin/busybox"),
+        ])[..],
     )
     .unwrap();
-    tree.apply_layer("slim", &layer(&[Item::File("bin/.wh.busybox", "", 0o644)])[..]).unwrap();
+    tree.apply_layer(
+        "slim",
+        &layer(&[Item::File("bin/.wh.busybox", "", 0o644)])[..],
+    )
+    .unwrap();
     assert!(tree.get(&path("bin/busybox")).is_none());
-    assert!(matches!(tree.get(&path("bin/ls")).unwrap().entry.kind, EntryKind::File(_)));
-    assert_eq!(tree.get(&path("bin/sh")).unwrap().entry.kind, EntryKind::HardLink { target: path("bin/ls") });
+    assert!(matches!(
+        tree.get(&path("bin/ls")).unwrap().entry.kind,
+        EntryKind::File(_)
+    ));
+    assert_eq!(
+        tree.get(&path("bin/sh")).unwrap().entry.kind,
+        EntryKind::HardLink {
+            target: path("bin/ls")
+        }
+    );
     let mut archive = tree.to_archive_tree();
     archive.complete().unwrap();
 }
@@ -143,7 +222,9 @@ fn hard_links_survive_their_target_being_whited_out() {
 #[test]
 fn a_hard_link_to_nothing_is_rejected() {
     let mut tree = ComposedTree::new();
-    let error = tree.apply_layer("broken", &layer(&[Item::Link("bin/sh", "bin/busybox")])[..]).unwrap_err();
+    let error = tree
+        .apply_layer("broken", &layer(&[Item::Link("bin/sh", "bin/busybox")])[..])
+        .unwrap_err();
     insta::assert_snapshot!(error.to_string(), @"module `broken`: hard link `bin/sh` points at `bin/busybox`, which is not a regular file in this layer or below");
 }
 
@@ -151,9 +232,21 @@ fn a_hard_link_to_nothing_is_rejected() {
 fn missing_kernel_options_name_the_module_that_needs_them() {
     let config = "CONFIG_OVERLAY_FS=m\nCONFIG_PACKET=y\n# CONFIG_VLAN_8021Q is not set\n";
     let required = [
-        RequiredKernelOption { module: "dhcp".into(), option: "CONFIG_PACKET".into(), module_allowed: false },
-        RequiredKernelOption { module: "dhcp".into(), option: "CONFIG_VLAN_8021Q".into(), module_allowed: true },
-        RequiredKernelOption { module: "docker".into(), option: "CONFIG_OVERLAY_FS".into(), module_allowed: false },
+        RequiredKernelOption {
+            module: "dhcp".into(),
+            option: "CONFIG_PACKET".into(),
+            module_allowed: false,
+        },
+        RequiredKernelOption {
+            module: "dhcp".into(),
+            option: "CONFIG_VLAN_8021Q".into(),
+            module_allowed: true,
+        },
+        RequiredKernelOption {
+            module: "docker".into(),
+            option: "CONFIG_OVERLAY_FS".into(),
+            module_allowed: false,
+        },
     ];
     let missing = check_kernel_options(&required, config).unwrap_err();
     insta::assert_snapshot!(missing.join("\n"), @r"
@@ -178,7 +271,22 @@ fn prune_removes_a_subtree_and_counts_its_bytes() {
     )
     .unwrap();
     assert_eq!(tree.prune(&path("usr/share/doc")), 12);
-    let left: Vec<String> = tree.entries().map(|composed| composed.entry.path.display()).collect();
-    assert_eq!(left, ["usr", "usr/share", "usr/share/docs-are-not-doc", "usr/share/docs-are-not-doc/keep"]);
-    assert_eq!(tree.prune(&path("usr/share/doc")), 0, "pruning what is not there removes nothing");
+    let left: Vec<String> = tree
+        .entries()
+        .map(|composed| composed.entry.path.display())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "usr",
+            "usr/share",
+            "usr/share/docs-are-not-doc",
+            "usr/share/docs-are-not-doc/keep"
+        ]
+    );
+    assert_eq!(
+        tree.prune(&path("usr/share/doc")),
+        0,
+        "pruning what is not there removes nothing"
+    );
 }

@@ -16,9 +16,16 @@ use crate::ImageArch;
 #[derive(Debug, thiserror::Error)]
 pub enum InitBuildError {
     #[error("running cargo to build a binary for {target}: {source}")]
-    Spawn { target: String, source: std::io::Error },
+    Spawn {
+        target: String,
+        source: std::io::Error,
+    },
     #[error("building a binary for {target} failed ({status}); last lines of cargo's output:\n{tail}\nif the target is missing: rustup target add {target}")]
-    Failed { target: String, status: String, tail: String },
+    Failed {
+        target: String,
+        status: String,
+        tail: String,
+    },
     #[error("cargo finished but {path} is missing")]
     Missing { path: String },
 }
@@ -32,13 +39,22 @@ pub fn musl_target(arch: ImageArch) -> &'static str {
 
 /// Builds `kiln-init` from the workspace at `workspace` into `target_dir`
 /// and returns the binary's path.
-pub fn build_init_binary(workspace: &Path, target_dir: &Path, arch: ImageArch) -> Result<PathBuf, InitBuildError> {
+pub fn build_init_binary(
+    workspace: &Path,
+    target_dir: &Path,
+    arch: ImageArch,
+) -> Result<PathBuf, InitBuildError> {
     build_crate_binary(workspace, target_dir, arch, "kiln-init")
 }
 
 /// Builds the binary named like `package` (a workspace package) for `arch`, static musl,
 /// with the same reproducibility settings as kiln-init, and returns its path.
-pub fn build_crate_binary(workspace: &Path, target_dir: &Path, arch: ImageArch, package: &str) -> Result<PathBuf, InitBuildError> {
+pub fn build_crate_binary(
+    workspace: &Path,
+    target_dir: &Path,
+    arch: ImageArch,
+    package: &str,
+) -> Result<PathBuf, InitBuildError> {
     let target = musl_target(arch);
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
@@ -60,7 +76,16 @@ pub fn build_crate_binary(workspace: &Path, target_dir: &Path, arch: ImageArch, 
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--release", "--package", package, "--bin", package, "--target", target])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            package,
+            "--bin",
+            package,
+            "--target",
+            target,
+        ])
         .arg("--target-dir")
         .arg(target_dir)
         // Separated by 0x1f so no flag is split on spaces in a path.
@@ -73,7 +98,10 @@ pub fn build_crate_binary(workspace: &Path, target_dir: &Path, arch: ImageArch, 
         .env("CARGO_PROFILE_RELEASE_INCREMENTAL", "false")
         .env("SOURCE_DATE_EPOCH", "0")
         .output()
-        .map_err(|source| InitBuildError::Spawn { target: target.to_string(), source })?;
+        .map_err(|source| InitBuildError::Spawn {
+            target: target.to_string(),
+            source,
+        })?;
     if !output.status.success() {
         let text = String::from_utf8_lossy(&output.stderr);
         let lines: Vec<&str> = text.lines().collect();
@@ -85,7 +113,9 @@ pub fn build_crate_binary(workspace: &Path, target_dir: &Path, arch: ImageArch, 
     }
     let binary = target_dir.join(target).join("release").join(package);
     if !binary.is_file() {
-        return Err(InitBuildError::Missing { path: binary.display().to_string() });
+        return Err(InitBuildError::Missing {
+            path: binary.display().to_string(),
+        });
     }
     Ok(binary)
 }

@@ -54,7 +54,9 @@ impl ImageArch {
         match text {
             "x86_64" | "amd64" => Ok(ImageArch::X86_64),
             "aarch64" | "arm64" => Ok(ImageArch::Aarch64),
-            other => Err(format!("unknown architecture `{other}`: use x86_64 or aarch64")),
+            other => Err(format!(
+                "unknown architecture `{other}`: use x86_64 or aarch64"
+            )),
         }
     }
 
@@ -69,15 +71,26 @@ impl ImageArch {
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: String, source: io::Error },
+    Io {
+        action: &'static str,
+        path: String,
+        source: io::Error,
+    },
     #[error("output name {name:?} is not a plain file name (letters, digits, `-`, `_`, `.`)")]
     BadName { name: String },
     #[error("the kernel command line contains a newline; give it as one line")]
     MultilineCmdline,
 }
 
-fn io_error<'path>(action: &'static str, path: &'path Path) -> impl FnOnce(io::Error) -> OutputError + 'path {
-    move |source| OutputError::Io { action, path: path.display().to_string(), source }
+fn io_error<'path>(
+    action: &'static str,
+    path: &'path Path,
+) -> impl FnOnce(io::Error) -> OutputError + 'path {
+    move |source| OutputError::Io {
+        action,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// One pinned input, as `manifest.json` lists it.
@@ -151,7 +164,10 @@ pub fn boot_ipxe(arch: ImageArch, cmdline: &str) -> String {
 }
 
 /// Writes every output into `request.directory`, atomically as a whole.
-pub fn write_outputs<F: Serialize>(request: &OutputRequest<'_, F>, epoch: u32) -> Result<WrittenOutputs, OutputError> {
+pub fn write_outputs<F: Serialize>(
+    request: &OutputRequest<'_, F>,
+    epoch: u32,
+) -> Result<WrittenOutputs, OutputError> {
     if request.cmdline.contains('\n') {
         return Err(OutputError::MultilineCmdline);
     }
@@ -167,38 +183,64 @@ pub fn write_outputs<F: Serialize>(request: &OutputRequest<'_, F>, epoch: u32) -
         .tempdir_in(&parent)
         .map_err(io_error("creating a temporary directory in", &parent))?;
     let stage = staging.path();
-    fs::set_permissions(stage, fs::Permissions::from_mode(0o755)).map_err(io_error("setting the mode of", stage))?;
+    fs::set_permissions(stage, fs::Permissions::from_mode(0o755))
+        .map_err(io_error("setting the mode of", stage))?;
 
     let kernel_name = kernel_file_name(request.arch);
     let initramfs_name = initramfs_file_name(request.arch);
     copy_file(request.kernel_image, &stage.join(&kernel_name))?;
     copy_file(request.initramfs, &stage.join(&initramfs_name))?;
-    write_file(&stage.join("cmdline"), format!("{}\n", request.cmdline).as_bytes())?;
-    write_file(&stage.join("boot.ipxe"), boot_ipxe(request.arch, request.cmdline).as_bytes())?;
+    write_file(
+        &stage.join("cmdline"),
+        format!("{}\n", request.cmdline).as_bytes(),
+    )?;
+    write_file(
+        &stage.join("boot.ipxe"),
+        boot_ipxe(request.arch, request.cmdline).as_bytes(),
+    )?;
     let tarball_name = tarball_file_name(request.profile, request.arch);
     let tarball = deterministic_tar_gz(
-        &[(kernel_name.as_str(), &stage.join(&kernel_name)), (initramfs_name.as_str(), &stage.join(&initramfs_name))],
+        &[
+            (kernel_name.as_str(), &stage.join(&kernel_name)),
+            (initramfs_name.as_str(), &stage.join(&initramfs_name)),
+        ],
         epoch,
     )?;
     write_file(&stage.join(&tarball_name), &tarball)?;
-    let mut manifest_json = serde_json::to_vec_pretty(request.manifest).expect("manifest serialises");
+    let mut manifest_json =
+        serde_json::to_vec_pretty(request.manifest).expect("manifest serialises");
     manifest_json.push(b'\n');
     write_file(&stage.join("manifest.json"), &manifest_json)?;
 
     let mut sha256sums = BTreeMap::new();
-    for name in [&kernel_name, &initramfs_name, &"cmdline".to_string(), &"boot.ipxe".to_string(), &tarball_name, &"manifest.json".to_string()] {
+    for name in [
+        &kernel_name,
+        &initramfs_name,
+        &"cmdline".to_string(),
+        &"boot.ipxe".to_string(),
+        &tarball_name,
+        &"manifest.json".to_string(),
+    ] {
         let bytes = fs::read(stage.join(name)).map_err(io_error("reading", &stage.join(name)))?;
         sha256sums.insert(name.clone(), hex::encode(Sha256::digest(&bytes)));
     }
-    let sums_text: String = sha256sums.iter().map(|(name, digest)| format!("{digest}  {name}\n")).collect();
+    let sums_text: String = sha256sums
+        .iter()
+        .map(|(name, digest)| format!("{digest}  {name}\n"))
+        .collect();
     write_file(&stage.join("SHA256SUMS"), sums_text.as_bytes())?;
-    fs::File::open(stage).and_then(|handle| handle.sync_all()).map_err(io_error("syncing", stage))?;
+    fs::File::open(stage)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io_error("syncing", stage))?;
 
     // Publish: move an old directory aside, rename the new one in, then delete the old.
     let staged = staging.keep();
     let previous = parent.join(format!(
         ".kiln-previous-{}",
-        directory.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
+        directory
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     let _ = fs::remove_dir_all(&previous);
     let had_previous = directory.exists();
@@ -210,7 +252,11 @@ pub fn write_outputs<F: Serialize>(request: &OutputRequest<'_, F>, epoch: u32) -
             let _ = fs::rename(&previous, directory);
         }
         let _ = fs::remove_dir_all(&staged);
-        return Err(OutputError::Io { action: "renaming the finished outputs to", path: directory.display().to_string(), source });
+        return Err(OutputError::Io {
+            action: "renaming the finished outputs to",
+            path: directory.display().to_string(),
+            source,
+        });
     }
     if had_previous {
         let _ = fs::remove_dir_all(&previous);
@@ -218,17 +264,24 @@ pub fn write_outputs<F: Serialize>(request: &OutputRequest<'_, F>, epoch: u32) -
     if let Ok(handle) = fs::File::open(&parent) {
         let _ = handle.sync_all();
     }
-    Ok(WrittenOutputs { directory: directory.to_path_buf(), sha256sums })
+    Ok(WrittenOutputs {
+        directory: directory.to_path_buf(),
+        sha256sums,
+    })
 }
 
 fn check_file_name(name: &str) -> Result<(), OutputError> {
     let fine = !name.is_empty()
         && !name.starts_with('.')
-        && name.chars().all(|character| character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.'));
+        && name.chars().all(|character| {
+            character.is_ascii_alphanumeric() || matches!(character, '-' | '_' | '.')
+        });
     if fine {
         Ok(())
     } else {
-        Err(OutputError::BadName { name: name.to_string() })
+        Err(OutputError::BadName {
+            name: name.to_string(),
+        })
     }
 }
 
@@ -240,7 +293,8 @@ fn copy_file(from: &Path, to: &Path) -> Result<(), OutputError> {
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), OutputError> {
     let mut file = fs::File::create(path).map_err(io_error("creating", path))?;
     file.write_all(bytes).map_err(io_error("writing", path))?;
-    file.set_permissions(fs::Permissions::from_mode(0o644)).map_err(io_error("setting the mode of", path))?;
+    file.set_permissions(fs::Permissions::from_mode(0o644))
+        .map_err(io_error("setting the mode of", path))?;
     file.sync_all().map_err(io_error("syncing", path))
 }
 
@@ -256,7 +310,9 @@ pub fn deterministic_tar_gz(files: &[(&str, &Path)], epoch: u32) -> Result<Vec<u
     for (name, source) in files {
         let bytes = fs::read(source).map_err(io_error("reading", source))?;
         let mut header = tar::Header::new_ustar();
-        header.set_path(name).map_err(io_error("naming a tar entry for", source))?;
+        header
+            .set_path(name)
+            .map_err(io_error("naming a tar entry for", source))?;
         header.set_entry_type(tar::EntryType::Regular);
         header.set_mode(0o644);
         header.set_uid(0);
@@ -264,8 +320,18 @@ pub fn deterministic_tar_gz(files: &[(&str, &Path)], epoch: u32) -> Result<Vec<u
         header.set_mtime(u64::from(epoch));
         header.set_size(bytes.len() as u64);
         header.set_cksum();
-        builder.append(&header, &bytes[..]).map_err(io_error("archiving", source))?;
+        builder
+            .append(&header, &bytes[..])
+            .map_err(io_error("archiving", source))?;
     }
-    let encoder = builder.into_inner().map_err(|source| OutputError::Io { action: "finishing", path: "the tarball".into(), source })?;
-    encoder.finish().map_err(|source| OutputError::Io { action: "compressing", path: "the tarball".into(), source })
+    let encoder = builder.into_inner().map_err(|source| OutputError::Io {
+        action: "finishing",
+        path: "the tarball".into(),
+        source,
+    })?;
+    encoder.finish().map_err(|source| OutputError::Io {
+        action: "compressing",
+        path: "the tarball".into(),
+        source,
+    })
 }

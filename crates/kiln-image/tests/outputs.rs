@@ -48,18 +48,42 @@ fn outputs_carry_hooks_names_and_check_with_sha256sum() {
     fs::write(&initramfs, b"initramfs bytes").unwrap();
     let out = work.path().join("out/hook");
     let written = write_into(&out, &kernel, &initramfs);
-    let mut names: Vec<String> = fs::read_dir(&out).unwrap().map(|item| item.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|item| item.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(
         names,
-        ["SHA256SUMS", "boot.ipxe", "cmdline", "hook_x86_64.tar.gz", "initramfs-x86_64", "manifest.json", "vmlinuz-x86_64"]
+        [
+            "SHA256SUMS",
+            "boot.ipxe",
+            "cmdline",
+            "hook_x86_64.tar.gz",
+            "initramfs-x86_64",
+            "manifest.json",
+            "vmlinuz-x86_64"
+        ]
     );
     assert_eq!(written.sha256sums.len(), 6);
     // The real sha256sum accepts the file.
-    let check = Command::new("sha256sum").args(["--check", "--strict", "SHA256SUMS"]).current_dir(&out).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let check = Command::new("sha256sum")
+        .args(["--check", "--strict", "SHA256SUMS"])
+        .current_dir(&out)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
     // GNU tar lists the tarball with the two files, owned by root, at the epoch.
-    let listing = Command::new("tar").args(["--numeric-owner", "-tvzf", "hook_x86_64.tar.gz"]).current_dir(&out).env("TZ", "UTC").output().unwrap();
+    let listing = Command::new("tar")
+        .args(["--numeric-owner", "-tvzf", "hook_x86_64.tar.gz"])
+        .current_dir(&out)
+        .env("TZ", "UTC")
+        .output()
+        .unwrap();
     insta::assert_snapshot!(String::from_utf8_lossy(&listing.stdout), @r"
     -rw-r--r-- 0/0              12 2025-05-20 00:00 vmlinuz-x86_64
     -rw-r--r-- 0/0              15 2025-05-20 00:00 initramfs-x86_64
@@ -85,16 +109,35 @@ fn the_tarball_is_identical_in_different_conditions() {
     // SAFETY: umask only changes this process's file creation mask; nextest
     // runs each test in its own process.
     let previous = unsafe { libc::umask(0o077) };
-    fs::set_permissions(second.path().join("vmlinuz"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let stamp = Command::new("touch").args(["-d", "2001-01-01"]).arg(second.path().join("initramfs")).status().unwrap();
+    fs::set_permissions(
+        second.path().join("vmlinuz"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let stamp = Command::new("touch")
+        .args(["-d", "2001-01-01"])
+        .arg(second.path().join("initramfs"))
+        .status()
+        .unwrap();
     assert!(stamp.success());
     std::env::set_var("TZ", "Asia/Kolkata");
-    let one = write_into(&first.path().join("out"), &first.path().join("vmlinuz"), &first.path().join("initramfs"));
+    let one = write_into(
+        &first.path().join("out"),
+        &first.path().join("vmlinuz"),
+        &first.path().join("initramfs"),
+    );
     std::env::set_var("TZ", "UTC");
     // SAFETY: as above.
     unsafe { libc::umask(previous) };
-    let two = write_into(&second.path().join("out"), &second.path().join("vmlinuz"), &second.path().join("initramfs"));
-    assert_eq!(one.sha256sums, two.sha256sums, "outputs differ between two conditions");
+    let two = write_into(
+        &second.path().join("out"),
+        &second.path().join("vmlinuz"),
+        &second.path().join("initramfs"),
+    );
+    assert_eq!(
+        one.sha256sums, two.sha256sums,
+        "outputs differ between two conditions"
+    );
     assert_eq!(
         fs::read(first.path().join("out/hook_x86_64.tar.gz")).unwrap(),
         fs::read(second.path().join("out/hook_x86_64.tar.gz")).unwrap()
@@ -122,13 +165,20 @@ fn a_failed_build_keeps_the_previous_outputs() {
         manifest: &manifest,
     };
     let error = write_outputs(&request, 1).unwrap_err().to_string();
-    assert!(error.starts_with("reading ") && error.contains("missing-kernel"), "{error}");
+    assert!(
+        error.starts_with("reading ") && error.contains("missing-kernel"),
+        "{error}"
+    );
     assert_eq!(fs::read(out.join("SHA256SUMS")).unwrap(), before);
-    let leftovers: Vec<String> = fs::read_dir(work.path().join("out")).unwrap().map(|item| item.unwrap().file_name().into_string().unwrap()).collect();
+    let leftovers: Vec<String> = fs::read_dir(work.path().join("out"))
+        .unwrap()
+        .map(|item| item.unwrap().file_name().into_string().unwrap())
+        .collect();
     assert_eq!(leftovers, ["hook"], "no staging directory may remain");
 }
 
 #[test]
 fn boot_script_for_aarch64_names_its_files() {
-    assert!(boot_ipxe(ImageArch::Aarch64, "console=ttyAMA0").contains("kernel vmlinuz-aarch64 initrd=initramfs-aarch64 console=ttyAMA0"));
+    assert!(boot_ipxe(ImageArch::Aarch64, "console=ttyAMA0")
+        .contains("kernel vmlinuz-aarch64 initrd=initramfs-aarch64 console=ttyAMA0"));
 }

@@ -21,7 +21,12 @@ pub const METADATA_FORMAT: u32 = 1;
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ArtifactOrigin {
     /// Built by kiln from a source tarball and fragments.
-    Built { flavor: Flavor, source_sha256: String, fragments: Vec<String>, toolchain: ToolchainIdentity },
+    Built {
+        flavor: Flavor,
+        source_sha256: String,
+        fragments: Vec<String>,
+        toolchain: ToolchainIdentity,
+    },
     /// Taken from a prebuilt Debian `linux-image-*` package.
     DebianPackage { file_name: String, sha256: String },
 }
@@ -76,8 +81,12 @@ impl KernelArtifact {
     /// Reads `DIR/kernel.json`.
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
         let path = dir.join(METADATA);
-        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Read { path: path.clone(), source })?;
-        let mut artifact: KernelArtifact = serde_json::from_str(&text).map_err(|source| ArtifactError::Parse { path, source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| ArtifactError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut artifact: KernelArtifact =
+            serde_json::from_str(&text).map_err(|source| ArtifactError::Parse { path, source })?;
         artifact.dir = dir.to_path_buf();
         Ok(artifact)
     }
@@ -96,15 +105,24 @@ impl KernelArtifact {
     }
     /// `Some` on architectures with device trees.
     pub fn dtbs_tar_path(&self) -> Option<PathBuf> {
-        self.files.contains_key(DTBS_TAR).then(|| self.dir.join(DTBS_TAR))
+        self.files
+            .contains_key(DTBS_TAR)
+            .then(|| self.dir.join(DTBS_TAR))
     }
 }
 
 /// Records every file in `work_dir`, writes `kernel.json`, syncs, and renames `work_dir` to
 /// `destination` atomically. If `destination` appeared meanwhile (a concurrent build of the
 /// same key), that one is kept: same key, same bytes.
-pub fn publish(work_dir: &Path, destination: &Path, mut artifact: KernelArtifact) -> Result<KernelArtifact, ArtifactError> {
-    let write_error = |source| ArtifactError::Write { path: work_dir.to_path_buf(), source };
+pub fn publish(
+    work_dir: &Path,
+    destination: &Path,
+    mut artifact: KernelArtifact,
+) -> Result<KernelArtifact, ArtifactError> {
+    let write_error = |source| ArtifactError::Write {
+        path: work_dir.to_path_buf(),
+        source,
+    };
     let mut files = BTreeMap::new();
     for entry in std::fs::read_dir(work_dir).map_err(write_error)? {
         let entry = entry.map_err(write_error)?;
@@ -112,22 +130,33 @@ pub fn publish(work_dir: &Path, destination: &Path, mut artifact: KernelArtifact
         if name == METADATA {
             continue;
         }
-        let sha256 = crate::source::sha256_file(&entry.path()).map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
+        let sha256 = crate::source::sha256_file(&entry.path())
+            .map_err(|error| write_error(std::io::Error::other(error.to_string())))?;
         let size = entry.metadata().map_err(write_error)?.len();
-        std::fs::File::open(entry.path()).and_then(|file| file.sync_all()).map_err(write_error)?;
+        std::fs::File::open(entry.path())
+            .and_then(|file| file.sync_all())
+            .map_err(write_error)?;
         files.insert(name, FileRecord { sha256, size });
     }
     artifact.files = files;
-    let json = serde_json::to_string_pretty(&artifact).map_err(|error| write_error(std::io::Error::other(error)))?;
+    let json = serde_json::to_string_pretty(&artifact)
+        .map_err(|error| write_error(std::io::Error::other(error)))?;
     std::fs::write(work_dir.join(METADATA), json + "\n").map_err(write_error)?;
-    std::fs::File::open(work_dir).and_then(|dir| dir.sync_all()).map_err(write_error)?;
+    std::fs::File::open(work_dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_error)?;
     if let Some(parent) = destination.parent() {
         std::fs::create_dir_all(parent).map_err(write_error)?;
     }
     match std::fs::rename(work_dir, destination) {
         Ok(()) => {}
         Err(_) if destination.join(METADATA).is_file() => {}
-        Err(source) => return Err(ArtifactError::Write { path: destination.to_path_buf(), source }),
+        Err(source) => {
+            return Err(ArtifactError::Write {
+                path: destination.to_path_buf(),
+                source,
+            })
+        }
     }
     KernelArtifact::load(destination)
 }

@@ -15,15 +15,21 @@ pub struct KernelCache {
 impl KernelCache {
     /// A cache rooted at `kiln_cache/kernel`.
     pub fn new(kiln_cache: &Path) -> Self {
-        KernelCache { root: kiln_cache.join("kernel") }
+        KernelCache {
+            root: kiln_cache.join("kernel"),
+        }
     }
 
     /// `$KILN_CACHE`, else `$XDG_CACHE_HOME/kiln`, else `$HOME/.cache/kiln`.
     pub fn from_environment() -> Option<Self> {
         let kiln_cache = std::env::var_os("KILN_CACHE")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("kiln")))
-            .or_else(|| std::env::var_os("HOME").map(|dir| PathBuf::from(dir).join(".cache/kiln")))?;
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|dir| PathBuf::from(dir).join("kiln"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|dir| PathBuf::from(dir).join(".cache/kiln"))
+            })?;
         Some(Self::new(&kiln_cache))
     }
 
@@ -68,12 +74,16 @@ impl KernelCache {
 }
 
 fn remove_stale_work_dirs(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else { return };
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let mut parts = name.rsplitn(3, '-');
         let (_attempt, pid) = (parts.next(), parts.next());
-        let Some(pid) = pid.and_then(|pid| pid.parse::<u32>().ok()) else { continue };
+        let Some(pid) = pid.and_then(|pid| pid.parse::<u32>().ok()) else {
+            continue;
+        };
         if !Path::new("/proc").join(pid.to_string()).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }

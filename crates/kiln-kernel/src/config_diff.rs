@@ -61,6 +61,9 @@ CONFIG_NEW_DEPENDENCY=y
 
     #[test]
     fn identical_configs_give_an_empty_fragment() {
-        assert_eq!(fragment_from_difference("CONFIG_A=y\n# CONFIG_B is not set\n", "CONFIG_A=y\n"), "");
+        assert_eq!(
+            fragment_from_difference("CONFIG_A=y\n# CONFIG_B is not set\n", "CONFIG_A=y\n"),
+            ""
+        );
     }
 }

@@ -49,15 +49,29 @@ pub fn package_key(package_sha256: &str, arch: Arch, source_date_epoch: u64) -> 
 
 /// Verifies `package` against `sha256`, extracts kernel, System.map, config and modules, and
 /// publishes them as an artifact (cached by key like a build).
-pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_date_epoch: u64, cache: &KernelCache) -> Result<KernelArtifact, DebianPackageError> {
+pub fn import_debian_package(
+    package: &Path,
+    sha256: &str,
+    arch: Arch,
+    source_date_epoch: u64,
+    cache: &KernelCache,
+) -> Result<KernelArtifact, DebianPackageError> {
     let (key, key_material) = package_key(sha256, arch, source_date_epoch);
     let destination = cache.artifact_dir(&key);
     if destination.join(artifact::METADATA).is_file() {
         return Ok(KernelArtifact::load(&destination)?);
     }
     verify_sha256(package, sha256)?;
-    let read_error = |source| DebianPackageError::Read { path: package.to_path_buf(), source };
-    let work = cache.work_dir("debian-package").map_err(|source| DebianPackageError::Write { path: cache.tmp_dir(), source })?;
+    let read_error = |source| DebianPackageError::Read {
+        path: package.to_path_buf(),
+        source,
+    };
+    let work = cache
+        .work_dir("debian-package")
+        .map_err(|source| DebianPackageError::Write {
+            path: cache.tmp_dir(),
+            source,
+        })?;
     let write_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DebianPackageError::Write { path, source }
@@ -71,10 +85,14 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
     let mut found = false;
     while let Some(entry) = archive.next_entry() {
         let entry = entry.map_err(read_error)?;
-        let name = String::from_utf8_lossy(entry.header().identifier()).trim_end_matches('/').to_string();
+        let name = String::from_utf8_lossy(entry.header().identifier())
+            .trim_end_matches('/')
+            .to_string();
         let reader: Box<dyn std::io::Read> = match name.as_str() {
             "data.tar.xz" => Box::new(xz2::read::XzDecoder::new_multi_decoder(entry)),
-            "data.tar.zst" => Box::new(zstd::stream::read::Decoder::new(entry).map_err(read_error)?),
+            "data.tar.zst" => {
+                Box::new(zstd::stream::read::Decoder::new(entry).map_err(read_error)?)
+            }
             "data.tar" => Box::new(entry),
             _ => continue,
         };
@@ -85,7 +103,9 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
         break;
     }
     if !found {
-        return Err(DebianPackageError::NoData { path: package.to_path_buf() });
+        return Err(DebianPackageError::NoData {
+            path: package.to_path_buf(),
+        });
     }
 
     let boot = unpacked.join("boot");
@@ -94,13 +114,25 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|entry| entry.file_name().to_string_lossy().strip_prefix("vmlinuz-").map(str::to_string))
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_string_lossy()
+                .strip_prefix("vmlinuz-")
+                .map(str::to_string)
+        })
         .min()
-        .ok_or_else(|| DebianPackageError::NoKernel { path: package.to_path_buf() })?;
+        .ok_or_else(|| DebianPackageError::NoKernel {
+            path: package.to_path_buf(),
+        })?;
 
     let out = work.path().join("artifact");
     std::fs::create_dir_all(&out).map_err(write_error(&out))?;
-    for (from, to) in [(format!("vmlinuz-{release}"), artifact::IMAGE), (format!("System.map-{release}"), artifact::SYSTEM_MAP), (format!("config-{release}"), artifact::CONFIG)] {
+    for (from, to) in [
+        (format!("vmlinuz-{release}"), artifact::IMAGE),
+        (format!("System.map-{release}"), artifact::SYSTEM_MAP),
+        (format!("config-{release}"), artifact::CONFIG),
+    ] {
         let from = boot.join(from);
         std::fs::copy(&from, out.join(to)).map_err(write_error(&from))?;
     }
@@ -123,11 +155,18 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
         .arg(&stage)
         .arg(&release)
         .status()
-        .map_err(|source| DebianPackageError::Depmod { release: release.clone(), detail: source.to_string() })?;
+        .map_err(|source| DebianPackageError::Depmod {
+            release: release.clone(),
+            detail: source.to_string(),
+        })?;
     if !status.success() {
-        return Err(DebianPackageError::Depmod { release: release.clone(), detail: status.to_string() });
+        return Err(DebianPackageError::Depmod {
+            release: release.clone(),
+            detail: status.to_string(),
+        });
     }
-    crate::modules_tar::write_tar_file(&stage, &out.join(artifact::MODULES_TAR), source_date_epoch).map_err(write_error(&stage))?;
+    crate::modules_tar::write_tar_file(&stage, &out.join(artifact::MODULES_TAR), source_date_epoch)
+        .map_err(write_error(&stage))?;
 
     let metadata = KernelArtifact {
         dir: PathBuf::new(),
@@ -137,7 +176,10 @@ pub fn import_debian_package(package: &Path, sha256: &str, arch: Arch, source_da
         release,
         source_date_epoch,
         origin: ArtifactOrigin::DebianPackage {
-            file_name: package.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default(),
+            file_name: package
+                .file_name()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             sha256: sha256.to_string(),
         },
         key_material,

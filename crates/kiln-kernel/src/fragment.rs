@@ -53,7 +53,11 @@ pub fn render(symbol: &str, value: &OptionValue) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum FragmentError {
     #[error("{file}:{line}: `{text}` is neither `CONFIG_NAME=value`, `# CONFIG_NAME is not set` nor a comment; fix the line (comments go on their own line, starting with `#`)")]
-    Syntax { file: String, line: usize, text: String },
+    Syntax {
+        file: String,
+        line: usize,
+        text: String,
+    },
     #[error("cannot read kernel config fragment {path}: {source}; kernel-configs/ needs common.config, arch/ARCH.config and flavor/FLAVOR.config")]
     Read {
         path: PathBuf,
@@ -75,7 +79,11 @@ pub fn parse_config_lines(file: &str, text: &str) -> Result<Vec<ConfigLine>, Fra
         if let Some(rest) = line.strip_prefix("# CONFIG_") {
             if let Some(symbol) = rest.strip_suffix(" is not set") {
                 if is_symbol(symbol) {
-                    lines.push(ConfigLine { symbol: symbol.to_string(), value: OptionValue::NotSet, line: index + 1 });
+                    lines.push(ConfigLine {
+                        symbol: symbol.to_string(),
+                        value: OptionValue::NotSet,
+                        line: index + 1,
+                    });
                     continue;
                 }
             }
@@ -83,19 +91,34 @@ pub fn parse_config_lines(file: &str, text: &str) -> Result<Vec<ConfigLine>, Fra
         if line.starts_with('#') {
             continue;
         }
-        let parsed = line.strip_prefix("CONFIG_").and_then(|rest| rest.split_once('='));
+        let parsed = line
+            .strip_prefix("CONFIG_")
+            .and_then(|rest| rest.split_once('='));
         match parsed {
             Some((symbol, value)) if is_symbol(symbol) && is_value(value) => {
-                lines.push(ConfigLine { symbol: symbol.to_string(), value: OptionValue::Set(value.to_string()), line: index + 1 });
+                lines.push(ConfigLine {
+                    symbol: symbol.to_string(),
+                    value: OptionValue::Set(value.to_string()),
+                    line: index + 1,
+                });
             }
-            _ => return Err(FragmentError::Syntax { file: file.to_string(), line: index + 1, text: raw.to_string() }),
+            _ => {
+                return Err(FragmentError::Syntax {
+                    file: file.to_string(),
+                    line: index + 1,
+                    text: raw.to_string(),
+                })
+            }
         }
     }
     Ok(lines)
 }
 
 fn is_symbol(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
 fn is_value(text: &str) -> bool {
@@ -144,12 +167,17 @@ pub fn fragment_names(config_dir: &Path, arch: Arch, flavor: Flavor) -> Vec<(Str
 }
 
 /// Reads the fragments of (arch, flavor) from `config_dir` (the `kernel-configs/` directory).
-pub fn load_fragments(config_dir: &Path, arch: Arch, flavor: Flavor) -> Result<Vec<Fragment>, FragmentError> {
+pub fn load_fragments(
+    config_dir: &Path,
+    arch: Arch,
+    flavor: Flavor,
+) -> Result<Vec<Fragment>, FragmentError> {
     fragment_names(config_dir, arch, flavor)
         .into_iter()
         .map(|(name, _required)| {
             let path = config_dir.join(&name);
-            let text = std::fs::read_to_string(&path).map_err(|source| FragmentError::Read { path, source })?;
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| FragmentError::Read { path, source })?;
             Ok(Fragment { name, text })
         })
         .collect()
@@ -172,7 +200,12 @@ pub fn requested_options(fragments: &[Fragment]) -> Result<Vec<RequestedOption>,
         for line in fragment.lines()? {
             requested.insert(
                 line.symbol.clone(),
-                RequestedOption { symbol: line.symbol, value: line.value, fragment: fragment.name.clone(), line: line.line },
+                RequestedOption {
+                    symbol: line.symbol,
+                    value: line.value,
+                    fragment: fragment.name.clone(),
+                    line: line.line,
+                },
             );
         }
     }
@@ -187,10 +220,15 @@ pub fn merge_fragments(base_config: &str, fragments: &[Fragment]) -> Result<Stri
     for fragment in fragments {
         let assignments = fragment.lines()?;
         // Within one fragment the last assignment wins, as in Kconfig; keep only that one.
-        let last_index: BTreeMap<&str, usize> =
-            assignments.iter().enumerate().map(|(index, line)| (line.symbol.as_str(), index)).collect();
+        let last_index: BTreeMap<&str, usize> = assignments
+            .iter()
+            .enumerate()
+            .map(|(index, line)| (line.symbol.as_str(), index))
+            .collect();
         lines.retain(|line| match parse_config_lines("", line) {
-            Ok(parsed) => parsed.first().is_none_or(|assignment| !last_index.contains_key(assignment.symbol.as_str())),
+            Ok(parsed) => parsed
+                .first()
+                .is_none_or(|assignment| !last_index.contains_key(assignment.symbol.as_str())),
             Err(_) => true,
         });
         lines.push(format!("# kiln: merged from {}", fragment.name));
@@ -210,27 +248,52 @@ mod tests {
     use super::*;
 
     fn fragment(name: &str, text: &str) -> Fragment {
-        Fragment { name: name.to_string(), text: text.to_string() }
+        Fragment {
+            name: name.to_string(),
+            text: text.to_string(),
+        }
     }
 
     #[test]
     fn parses_assignments_and_skips_comments() {
-        let text = "# a comment\n\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"-kiln\"\nCONFIG_D=0x10\n";
+        let text =
+            "# a comment\n\nCONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"-kiln\"\nCONFIG_D=0x10\n";
         let lines = parse_config_lines("f.config", text).unwrap();
-        let rendered: Vec<String> = lines.iter().map(|line| format!("{}:{}", line.line, line.to_config_text())).collect();
-        assert_eq!(rendered, ["3:CONFIG_A=y", "4:# CONFIG_B is not set", "5:CONFIG_C=\"-kiln\"", "6:CONFIG_D=0x10"]);
+        let rendered: Vec<String> = lines
+            .iter()
+            .map(|line| format!("{}:{}", line.line, line.to_config_text()))
+            .collect();
+        assert_eq!(
+            rendered,
+            [
+                "3:CONFIG_A=y",
+                "4:# CONFIG_B is not set",
+                "5:CONFIG_C=\"-kiln\"",
+                "6:CONFIG_D=0x10"
+            ]
+        );
     }
 
     #[test]
     fn rejects_a_trailing_comment_naming_file_and_line() {
-        let error = parse_config_lines("flavor/virt.config", "CONFIG_A=y\nCONFIG_E1000=y # QEMU's NIC\n").unwrap_err();
+        let error = parse_config_lines(
+            "flavor/virt.config",
+            "CONFIG_A=y\nCONFIG_E1000=y # QEMU's NIC\n",
+        )
+        .unwrap_err();
         insta::assert_snapshot!(error.to_string(), @"flavor/virt.config:2: `CONFIG_E1000=y # QEMU's NIC` is neither `CONFIG_NAME=value`, `# CONFIG_NAME is not set` nor a comment; fix the line (comments go on their own line, starting with `#`)");
     }
 
     #[test]
     fn merge_overrides_base_and_earlier_fragments() {
         let base = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=m\n# comment kept\n";
-        let fragments = [fragment("common.config", "CONFIG_B=y\nCONFIG_D=m\n"), fragment("flavor/virt.config", "# CONFIG_A is not set\nCONFIG_D=y\nCONFIG_D=m\n")];
+        let fragments = [
+            fragment("common.config", "CONFIG_B=y\nCONFIG_D=m\n"),
+            fragment(
+                "flavor/virt.config",
+                "# CONFIG_A is not set\nCONFIG_D=y\nCONFIG_D=m\n",
+            ),
+        ];
         let merged = merge_fragments(base, &fragments).unwrap();
         insta::assert_snapshot!(merged, @r"
         CONFIG_C=m
@@ -245,10 +308,27 @@ mod tests {
 
     #[test]
     fn later_fragments_win_in_requested_options() {
-        let fragments = [fragment("common.config", "CONFIG_A=y\nCONFIG_B=y\n"), fragment("arch/x86_64.config", "CONFIG_A=m\n")];
+        let fragments = [
+            fragment("common.config", "CONFIG_A=y\nCONFIG_B=y\n"),
+            fragment("arch/x86_64.config", "CONFIG_A=m\n"),
+        ];
         let requested = requested_options(&fragments).unwrap();
-        let summary: Vec<String> = requested.iter().map(|option| format!("{}={} ({}:{})", option.symbol, option.value.as_config_text(), option.fragment, option.line)).collect();
-        assert_eq!(summary, ["A=m (arch/x86_64.config:1)", "B=y (common.config:2)"]);
+        let summary: Vec<String> = requested
+            .iter()
+            .map(|option| {
+                format!(
+                    "{}={} ({}:{})",
+                    option.symbol,
+                    option.value.as_config_text(),
+                    option.fragment,
+                    option.line
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            ["A=m (arch/x86_64.config:1)", "B=y (common.config:2)"]
+        );
     }
 
     #[test]
@@ -257,7 +337,10 @@ mod tests {
         for arch in Arch::ALL {
             for flavor in Flavor::ALL {
                 let fragments = load_fragments(&config_dir, arch, flavor).unwrap();
-                assert!(requested_options(&fragments).unwrap().len() > 20, "{arch} {flavor}");
+                assert!(
+                    requested_options(&fragments).unwrap().len() > 20,
+                    "{arch} {flavor}"
+                );
             }
         }
     }

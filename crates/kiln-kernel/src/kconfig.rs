@@ -36,7 +36,9 @@ pub struct SymbolDefinition {
 impl SymbolDefinition {
     /// `Some("x86")` when defined under `arch/x86/`, `None` when architecture-independent.
     pub fn architecture_dir(&self) -> Option<&str> {
-        self.file.strip_prefix("arch/").and_then(|rest| rest.split('/').next())
+        self.file
+            .strip_prefix("arch/")
+            .and_then(|rest| rest.split('/').next())
     }
 }
 
@@ -85,7 +87,20 @@ pub fn parse_kconfig(file: &str, text: &str) -> Vec<SymbolDefinition> {
         };
         let starts_block = matches!(
             keyword,
-            "config" | "menuconfig" | "choice" | "endchoice" | "menu" | "endmenu" | "if" | "endif" | "comment" | "source" | "rsource" | "osource" | "orsource" | "mainmenu"
+            "config"
+                | "menuconfig"
+                | "choice"
+                | "endchoice"
+                | "menu"
+                | "endmenu"
+                | "if"
+                | "endif"
+                | "comment"
+                | "source"
+                | "rsource"
+                | "osource"
+                | "orsource"
+                | "mainmenu"
         );
         if starts_block {
             if let Block::Config(definition) = std::mem::replace(&mut block, Block::None) {
@@ -94,7 +109,10 @@ pub fn parse_kconfig(file: &str, text: &str) -> Vec<SymbolDefinition> {
         }
         match keyword {
             "config" | "menuconfig" => {
-                let inherited: Vec<String> = context.iter().flat_map(|(_, conditions)| conditions.iter().cloned()).collect();
+                let inherited: Vec<String> = context
+                    .iter()
+                    .flat_map(|(_, conditions)| conditions.iter().cloned())
+                    .collect();
                 block = Block::Config(SymbolDefinition {
                     symbol: rest.to_string(),
                     file: file.to_string(),
@@ -117,10 +135,13 @@ pub fn parse_kconfig(file: &str, text: &str) -> Vec<SymbolDefinition> {
             "endif" | "endmenu" | "endchoice" => {
                 context.pop();
             }
-            "comment" | "source" | "rsource" | "osource" | "orsource" | "mainmenu" => block = Block::Other,
+            "comment" | "source" | "rsource" | "osource" | "orsource" | "mainmenu" => {
+                block = Block::Other
+            }
             "help" | "---help---" => help_indent = Some(indent),
             "depends" => {
-                let expression = strip_comment(rest.strip_prefix("on").unwrap_or(rest).trim()).to_string();
+                let expression =
+                    strip_comment(rest.strip_prefix("on").unwrap_or(rest).trim()).to_string();
                 match &mut block {
                     Block::Config(definition) => definition.depends_on.push(expression),
                     Block::Menu(position) => {
@@ -138,7 +159,8 @@ pub fn parse_kconfig(file: &str, text: &str) -> Vec<SymbolDefinition> {
                     }
                 }
             }
-            "bool" | "tristate" | "string" | "int" | "hex" | "def_bool" | "def_tristate" | "prompt" => {
+            "bool" | "tristate" | "string" | "int" | "hex" | "def_bool" | "def_tristate"
+            | "prompt" => {
                 if let Block::Config(definition) = &mut block {
                     let symbol_type = match keyword {
                         "bool" | "def_bool" => Some(SymbolType::Bool),
@@ -149,7 +171,9 @@ pub fn parse_kconfig(file: &str, text: &str) -> Vec<SymbolDefinition> {
                         _ => definition.symbol_type,
                     };
                     definition.symbol_type = symbol_type;
-                    if keyword == "prompt" || (!keyword.starts_with("def_") && rest.starts_with('"')) {
+                    if keyword == "prompt"
+                        || (!keyword.starts_with("def_") && rest.starts_with('"'))
+                    {
                         definition.has_prompt = true;
                     }
                 }
@@ -196,9 +220,17 @@ impl KconfigIndex {
         for (file, text) in files {
             for definition in parse_kconfig(file, text) {
                 for target in &definition.selects {
-                    index.selected_by.entry(target.clone()).or_default().insert(definition.symbol.clone());
+                    index
+                        .selected_by
+                        .entry(target.clone())
+                        .or_default()
+                        .insert(definition.symbol.clone());
                 }
-                index.definitions.entry(definition.symbol.clone()).or_default().push(definition);
+                index
+                    .definitions
+                    .entry(definition.symbol.clone())
+                    .or_default()
+                    .push(definition);
             }
         }
         index
@@ -213,11 +245,20 @@ impl KconfigIndex {
             if !entry.file_type().is_file() || !name.starts_with("Kconfig") {
                 continue;
             }
-            let relative = entry.path().strip_prefix(source_dir).unwrap_or(entry.path()).to_string_lossy().into_owned();
+            let relative = entry
+                .path()
+                .strip_prefix(source_dir)
+                .unwrap_or(entry.path())
+                .to_string_lossy()
+                .into_owned();
             let text = std::fs::read_to_string(entry.path())?;
             files.push((relative, text));
         }
-        Ok(Self::from_files(files.iter().map(|(path, text)| (path.as_str(), text.as_str()))))
+        Ok(Self::from_files(
+            files
+                .iter()
+                .map(|(path, text)| (path.as_str(), text.as_str())),
+        ))
     }
 
     pub fn definitions(&self, symbol: &str) -> &[SymbolDefinition] {
@@ -225,7 +266,11 @@ impl KconfigIndex {
     }
 
     pub fn selected_by(&self, symbol: &str) -> impl Iterator<Item = &str> {
-        self.selected_by.get(symbol).into_iter().flatten().map(String::as_str)
+        self.selected_by
+            .get(symbol)
+            .into_iter()
+            .flatten()
+            .map(String::as_str)
     }
 }
 
@@ -245,7 +290,11 @@ pub fn evaluate(expression: &str, value_of: &dyn Fn(&str) -> Option<String>) -> 
         return None;
     }
     let tokens = tokenize(expression)?;
-    let mut parser = Parser { tokens: &tokens, position: 0, value_of };
+    let mut parser = Parser {
+        tokens: &tokens,
+        position: 0,
+        value_of,
+    };
     let result = parser.or()?;
     (parser.position == tokens.len()).then_some(result)
 }
@@ -255,7 +304,9 @@ pub fn expression_symbols(expression: &str) -> Vec<String> {
     let mut symbols = Vec::new();
     for token in tokenize(expression).unwrap_or_default() {
         if let Token::Word(word) = token {
-            let is_constant = matches!(word.as_str(), "y" | "m" | "n") || word.starts_with('"') || word.bytes().all(|byte| byte.is_ascii_digit());
+            let is_constant = matches!(word.as_str(), "y" | "m" | "n")
+                || word.starts_with('"')
+                || word.bytes().all(|byte| byte.is_ascii_digit());
             if !is_constant && !symbols.contains(&word) {
                 symbols.push(word);
             }
@@ -281,7 +332,9 @@ fn tokenize(expression: &str) -> Option<Vec<Token>> {
             position += 1;
             continue;
         }
-        let operator = ["&&", "||", "!=", "<=", ">=", "=", "<", ">", "!", "(", ")"].into_iter().find(|operator| rest.starts_with(operator));
+        let operator = ["&&", "||", "!=", "<=", ">=", "=", "<", ">", "!", "(", ")"]
+            .into_iter()
+            .find(|operator| rest.starts_with(operator));
         if let Some(operator) = operator {
             tokens.push(Token::Operator(operator));
             position += operator.len();
@@ -290,7 +343,11 @@ fn tokenize(expression: &str) -> Option<Vec<Token>> {
             tokens.push(Token::Word(format!("\"{}\"", &rest[1..end - 1])));
             position += end;
         } else if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
-            let end = rest.find(|character: char| !(character.is_ascii_alphanumeric() || character == '_' || character == '-')).unwrap_or(rest.len());
+            let end = rest
+                .find(|character: char| {
+                    !(character.is_ascii_alphanumeric() || character == '_' || character == '-')
+                })
+                .unwrap_or(rest.len());
             tokens.push(Token::Word(rest[..end].to_string()));
             position += end;
         } else {
@@ -429,12 +486,24 @@ config PAGE_POOL
     #[test]
     fn parses_dependencies_including_enclosing_if() {
         let definitions = parse_kconfig("drivers/net/ethernet/google/Kconfig", NET_KCONFIG);
-        let gve = definitions.iter().find(|definition| definition.symbol == "GVE").unwrap();
-        assert_eq!(gve.depends_on, ["NET_VENDOR_GOOGLE", "(PCI_MSI && (X86 || CPU_LITTLE_ENDIAN))"]);
+        let gve = definitions
+            .iter()
+            .find(|definition| definition.symbol == "GVE")
+            .unwrap();
+        assert_eq!(
+            gve.depends_on,
+            [
+                "NET_VENDOR_GOOGLE",
+                "(PCI_MSI && (X86 || CPU_LITTLE_ENDIAN))"
+            ]
+        );
         assert_eq!(gve.symbol_type, Some(SymbolType::Tristate));
         assert!(gve.has_prompt);
         assert_eq!(gve.selects, ["PAGE_POOL"]);
-        let page_pool = definitions.iter().find(|definition| definition.symbol == "PAGE_POOL").unwrap();
+        let page_pool = definitions
+            .iter()
+            .find(|definition| definition.symbol == "PAGE_POOL")
+            .unwrap();
         assert!(!page_pool.has_prompt);
         assert_eq!(page_pool.depends_on, Vec::<String>::new());
     }
@@ -448,19 +517,35 @@ config PAGE_POOL
     }
 
     fn check(expression: &str, values: &[(&str, &str)], expected: Option<Tristate>) {
-        let lookup = |symbol: &str| values.iter().find(|(name, _)| *name == symbol).map(|(_, value)| value.to_string());
+        let lookup = |symbol: &str| {
+            values
+                .iter()
+                .find(|(name, _)| *name == symbol)
+                .map(|(_, value)| value.to_string())
+        };
         assert_eq!(evaluate(expression, &lookup), expected, "{expression}");
     }
 
     #[test]
     fn evaluates_tristate_expressions() {
-        check("A && (B || C)", &[("A", "y"), ("C", "m")], Some(Tristate::Module));
+        check(
+            "A && (B || C)",
+            &[("A", "y"), ("C", "m")],
+            Some(Tristate::Module),
+        );
         check("!X86_32", &[], Some(Tristate::Yes));
         check("X86 || CPU_LITTLE_ENDIAN", &[], Some(Tristate::No));
         check("NR_CPUS > 1", &[("NR_CPUS", "64")], Some(Tristate::Yes));
-        check("ARCH = \"x86\"", &[("ARCH", "\"x86\"")], Some(Tristate::Yes));
+        check(
+            "ARCH = \"x86\"",
+            &[("ARCH", "\"x86\"")],
+            Some(Tristate::Yes),
+        );
         check("m", &[], Some(Tristate::Module));
         check("$(cc-option,-mfoo)", &[], None);
-        assert_eq!(expression_symbols("PCI_MSI && (X86 || CPU_LITTLE_ENDIAN) && m"), ["PCI_MSI", "X86", "CPU_LITTLE_ENDIAN"]);
+        assert_eq!(
+            expression_symbols("PCI_MSI && (X86 || CPU_LITTLE_ENDIAN) && m"),
+            ["PCI_MSI", "X86", "CPU_LITTLE_ENDIAN"]
+        );
     }
 }

@@ -37,9 +37,17 @@ pub fn key_material(inputs: &KeyInputs<'_>) -> String {
     let mut text = format!("kiln-kernel-artifact format {FORMAT_VERSION}\n");
     text.push_str(&format!("source sha256:{}\n", inputs.source_sha256));
     text.push_str(&format!("arch {}\n", inputs.arch));
-    text.push_str(&format!("flavor {} base {}\n", inputs.flavor, inputs.flavor.base_config_target()));
+    text.push_str(&format!(
+        "flavor {} base {}\n",
+        inputs.flavor,
+        inputs.flavor.base_config_target()
+    ));
     for fragment in inputs.fragments {
-        text.push_str(&format!("fragment {} sha256:{}\n", fragment.name, hex::encode(Sha256::digest(fragment.text.as_bytes()))));
+        text.push_str(&format!(
+            "fragment {} sha256:{}\n",
+            fragment.name,
+            hex::encode(Sha256::digest(fragment.text.as_bytes()))
+        ));
     }
     text.push_str(&format!("compiler {}\n", inputs.toolchain.compiler));
     text.push_str(&format!("linker {}\n", inputs.toolchain.linker));
@@ -57,7 +65,10 @@ pub fn artifact_key(inputs: &KeyInputs<'_>) -> String {
 mod tests {
     use super::*;
 
-    fn inputs_with<'a>(fragments: &'a [Fragment], toolchain: &'a ToolchainIdentity) -> KeyInputs<'a> {
+    fn inputs_with<'a>(
+        fragments: &'a [Fragment],
+        toolchain: &'a ToolchainIdentity,
+    ) -> KeyInputs<'a> {
         KeyInputs {
             source_sha256: "4d415b3d364834fd818270e88813e90323bbfce4f519a0e6bd4940ddcd7df693",
             arch: Arch::Aarch64,
@@ -78,7 +89,10 @@ mod tests {
 
     #[test]
     fn material_lists_every_input() {
-        let fragments = [Fragment { name: "common.config".to_string(), text: "CONFIG_NET=y\n".to_string() }];
+        let fragments = [Fragment {
+            name: "common.config".to_string(),
+            text: "CONFIG_NET=y\n".to_string(),
+        }];
         let toolchain = toolchain();
         insta::assert_snapshot!(key_material(&inputs_with(&fragments, &toolchain)), @r#"
         kiln-kernel-artifact format 1
@@ -95,17 +109,38 @@ mod tests {
 
     #[test]
     fn every_input_changes_the_key() {
-        let fragments = [Fragment { name: "common.config".to_string(), text: "CONFIG_NET=y\n".to_string() }];
+        let fragments = [Fragment {
+            name: "common.config".to_string(),
+            text: "CONFIG_NET=y\n".to_string(),
+        }];
         let toolchain = toolchain();
         let base = artifact_key(&inputs_with(&fragments, &toolchain));
         let mut changed = Vec::new();
-        let edited = [Fragment { name: "common.config".to_string(), text: "CONFIG_NET=y\n# comment\n".to_string() }];
+        let edited = [Fragment {
+            name: "common.config".to_string(),
+            text: "CONFIG_NET=y\n# comment\n".to_string(),
+        }];
         changed.push(artifact_key(&inputs_with(&edited, &toolchain)));
-        changed.push(artifact_key(&KeyInputs { arch: Arch::X86_64, ..inputs_with(&fragments, &toolchain) }));
-        changed.push(artifact_key(&KeyInputs { flavor: Flavor::Generic, ..inputs_with(&fragments, &toolchain) }));
-        changed.push(artifact_key(&KeyInputs { source_date_epoch: 1, ..inputs_with(&fragments, &toolchain) }));
-        changed.push(artifact_key(&KeyInputs { source_sha256: "00", ..inputs_with(&fragments, &toolchain) }));
-        let other_compiler = ToolchainIdentity { compiler: "gcc 13".to_string(), ..toolchain.clone() };
+        changed.push(artifact_key(&KeyInputs {
+            arch: Arch::X86_64,
+            ..inputs_with(&fragments, &toolchain)
+        }));
+        changed.push(artifact_key(&KeyInputs {
+            flavor: Flavor::Generic,
+            ..inputs_with(&fragments, &toolchain)
+        }));
+        changed.push(artifact_key(&KeyInputs {
+            source_date_epoch: 1,
+            ..inputs_with(&fragments, &toolchain)
+        }));
+        changed.push(artifact_key(&KeyInputs {
+            source_sha256: "00",
+            ..inputs_with(&fragments, &toolchain)
+        }));
+        let other_compiler = ToolchainIdentity {
+            compiler: "gcc 13".to_string(),
+            ..toolchain.clone()
+        };
         changed.push(artifact_key(&inputs_with(&fragments, &other_compiler)));
         for key in &changed {
             assert_ne!(key, &base);

@@ -46,7 +46,9 @@ pub mod timestamp;
 pub mod verify;
 
 pub use artifact::KernelArtifact;
-pub use build::{build_kernel, configure_kernel, BuildObserver, BuildRequest, BuildStep, KernelError};
+pub use build::{
+    build_kernel, configure_kernel, BuildObserver, BuildRequest, BuildStep, KernelError,
+};
 pub use cache::KernelCache;
 pub use source::KernelSource;
 pub use target::{Arch, Flavor};

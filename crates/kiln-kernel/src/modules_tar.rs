@@ -43,28 +43,55 @@ pub fn write_tar<W: Write>(root: &Path, writer: W, epoch: u64) -> std::io::Resul
     let mut paths: Vec<PathBuf> = Vec::new();
     for entry in walkdir::WalkDir::new(root).min_depth(1) {
         let entry = entry.map_err(std::io::Error::other)?;
-        paths.push(entry.path().strip_prefix(root).map_err(std::io::Error::other)?.to_path_buf());
+        paths.push(
+            entry
+                .path()
+                .strip_prefix(root)
+                .map_err(std::io::Error::other)?
+                .to_path_buf(),
+        );
     }
-    paths.sort_by(|left, right| left.as_os_str().as_encoded_bytes().cmp(right.as_os_str().as_encoded_bytes()));
+    paths.sort_by(|left, right| {
+        left.as_os_str()
+            .as_encoded_bytes()
+            .cmp(right.as_os_str().as_encoded_bytes())
+    });
     let mut builder = tar::Builder::new(writer);
     for relative in paths {
         let full = root.join(&relative);
         let metadata = std::fs::symlink_metadata(&full)?;
         let mode = metadata.permissions().mode();
-        let with_context = |error: std::io::Error| std::io::Error::new(error.kind(), format!("{}: {error}", full.display()));
+        let with_context = |error: std::io::Error| {
+            std::io::Error::new(error.kind(), format!("{}: {error}", full.display()))
+        };
         if metadata.file_type().is_symlink() {
             let target = std::fs::read_link(&full)?;
             let mut header = normalized_header(EntryKind::Symlink, mode, epoch);
-            builder.append_link(&mut header, &relative, &target).map_err(with_context)?;
+            builder
+                .append_link(&mut header, &relative, &target)
+                .map_err(with_context)?;
         } else if metadata.is_dir() {
             let mut header = normalized_header(EntryKind::Directory, mode, epoch);
-            builder.append_data(&mut header, &relative, std::io::empty()).map_err(with_context)?;
+            builder
+                .append_data(&mut header, &relative, std::io::empty())
+                .map_err(with_context)?;
         } else if metadata.is_file() {
-            let mut header = normalized_header(EntryKind::File { size: metadata.len() }, mode, epoch);
+            let mut header = normalized_header(
+                EntryKind::File {
+                    size: metadata.len(),
+                },
+                mode,
+                epoch,
+            );
             let file = std::fs::File::open(&full).map_err(with_context)?;
-            builder.append_data(&mut header, &relative, file).map_err(with_context)?;
+            builder
+                .append_data(&mut header, &relative, file)
+                .map_err(with_context)?;
         } else {
-            return Err(std::io::Error::other(format!("{}: not a file, directory or symlink; kiln does not pack device nodes here", full.display())));
+            return Err(std::io::Error::other(format!(
+                "{}: not a file, directory or symlink; kiln does not pack device nodes here",
+                full.display()
+            )));
         }
     }
     builder.into_inner()
@@ -75,7 +102,9 @@ pub fn write_tar_file(root: &Path, destination: &Path, epoch: u64) -> std::io::R
     let file = std::io::BufWriter::new(std::fs::File::create(destination)?);
     let mut file = write_tar(root, file, epoch)?;
     file.flush()?;
-    file.into_inner().map_err(|error| error.into_error())?.sync_all()
+    file.into_inner()
+        .map_err(|error| error.into_error())?
+        .sync_all()
 }
 
 /// `mode uid:gid mtime path[ -> target]` per entry: for tests and `kiln inspect`-style output.
@@ -86,8 +115,19 @@ pub fn list_entries(tar_bytes: &[u8]) -> std::io::Result<Vec<String>> {
         let entry = entry?;
         let header = entry.header();
         let path = entry.path()?.display().to_string();
-        let link = entry.link_name()?.map(|target| format!(" -> {}", target.display())).unwrap_or_default();
-        lines.push(format!("{:o} {}:{} {} {}{}", header.mode()?, header.uid()?, header.gid()?, header.mtime()?, path, link));
+        let link = entry
+            .link_name()?
+            .map(|target| format!(" -> {}", target.display()))
+            .unwrap_or_default();
+        lines.push(format!(
+            "{:o} {}:{} {} {}{}",
+            header.mode()?,
+            header.uid()?,
+            header.gid()?,
+            header.mtime()?,
+            path,
+            link
+        ));
     }
     Ok(lines)
 }
@@ -99,7 +139,10 @@ mod tests {
 
     fn populate(root: &Path, create_order_reversed: bool) {
         let mut files = vec![
-            ("lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/google/gve/gve.ko", 0o644),
+            (
+                "lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/google/gve/gve.ko",
+                0o644,
+            ),
             ("lib/modules/6.1.0-kiln/modules.dep", 0o644),
             ("lib/modules/6.1.0-kiln/modules-extra/x.ko", 0o600),
         ];
@@ -112,7 +155,11 @@ mod tests {
             std::fs::write(&full, path.as_bytes()).unwrap();
             std::fs::set_permissions(&full, std::fs::Permissions::from_mode(mode)).unwrap();
         }
-        symlink("kernel/drivers", root.join("lib/modules/6.1.0-kiln/drivers-link")).unwrap();
+        symlink(
+            "kernel/drivers",
+            root.join("lib/modules/6.1.0-kiln/drivers-link"),
+        )
+        .unwrap();
     }
 
     #[test]

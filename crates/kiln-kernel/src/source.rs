@@ -26,7 +26,11 @@ pub enum SourceError {
         source: std::io::Error,
     },
     #[error("{path} has sha256 {actual}, expected {expected}: the file changed or the pin is stale; re-download it or update the pin in kiln.lock")]
-    DigestMismatch { path: PathBuf, expected: String, actual: String },
+    DigestMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
     #[error("cannot extract {path} into {destination}: {source}; check free space in the cache, then retry")]
     Extract {
         path: PathBuf,
@@ -40,7 +44,10 @@ pub enum SourceError {
 
 /// Streams `path` through sha256; hex.
 pub fn sha256_file(path: &Path) -> Result<String, SourceError> {
-    let read_error = |source| SourceError::Read { path: path.to_path_buf(), source };
+    let read_error = |source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut file = std::fs::File::open(path).map_err(read_error)?;
     let mut hasher = Sha256::new();
     let mut buffer = vec![0u8; 1 << 20];
@@ -58,7 +65,11 @@ pub fn sha256_file(path: &Path) -> Result<String, SourceError> {
 pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), SourceError> {
     let actual = sha256_file(path)?;
     if actual != expected.to_ascii_lowercase() {
-        return Err(SourceError::DigestMismatch { path: path.to_path_buf(), expected: expected.to_string(), actual });
+        return Err(SourceError::DigestMismatch {
+            path: path.to_path_buf(),
+            expected: expected.to_string(),
+            actual,
+        });
     }
     Ok(())
 }
@@ -66,7 +77,10 @@ pub fn verify_sha256(path: &Path, expected: &str) -> Result<(), SourceError> {
 /// A tar stream, decompressed according to the file name (`.xz`, `.zst`, or plain).
 pub fn open_tar_stream(path: &Path) -> std::io::Result<Box<dyn Read>> {
     let file = std::io::BufReader::new(std::fs::File::open(path)?);
-    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(if name.ends_with(".xz") || name.ends_with(".txz") {
         Box::new(xz2::read::XzDecoder::new_multi_decoder(file))
     } else if name.ends_with(".zst") {
@@ -79,14 +93,22 @@ pub fn open_tar_stream(path: &Path) -> std::io::Result<Box<dyn Read>> {
 /// The source tree of `source`, extracting it first if this digest was never extracted.
 /// Returns the top-level directory (the one holding the kernel's `Makefile`).
 /// `on_extract` is called before a (slow, ~20 s) extraction starts.
-pub fn extracted_source(source: &KernelSource, cache: &KernelCache, on_extract: &mut dyn FnMut()) -> Result<PathBuf, SourceError> {
+pub fn extracted_source(
+    source: &KernelSource,
+    cache: &KernelCache,
+    on_extract: &mut dyn FnMut(),
+) -> Result<PathBuf, SourceError> {
     let destination = cache.source_dir(&source.sha256);
     if let Some(tree) = top_level_dir(&destination) {
         return Ok(tree);
     }
     verify_sha256(&source.tarball, &source.sha256)?;
     on_extract();
-    let extract_error = |source_error| SourceError::Extract { path: source.tarball.clone(), destination: destination.clone(), source: source_error };
+    let extract_error = |source_error| SourceError::Extract {
+        path: source.tarball.clone(),
+        destination: destination.clone(),
+        source: source_error,
+    };
     let work = cache.work_dir("source").map_err(extract_error)?;
     let stream = open_tar_stream(&source.tarball).map_err(extract_error)?;
     let mut archive = tar::Archive::new(stream);
@@ -94,16 +116,21 @@ pub fn extracted_source(source: &KernelSource, cache: &KernelCache, on_extract: 
     archive.set_preserve_mtime(true);
     archive.unpack(work.path()).map_err(extract_error)?;
     if top_level_dir(work.path()).is_none() {
-        return Err(SourceError::NotKernelSource { path: source.tarball.clone() });
+        return Err(SourceError::NotKernelSource {
+            path: source.tarball.clone(),
+        });
     }
-    std::fs::create_dir_all(destination.parent().unwrap_or(Path::new("."))).map_err(extract_error)?;
+    std::fs::create_dir_all(destination.parent().unwrap_or(Path::new(".")))
+        .map_err(extract_error)?;
     match std::fs::rename(work.path(), &destination) {
         Ok(()) => {}
         // Another build extracted the same digest first: use theirs.
         Err(_) if top_level_dir(&destination).is_some() => {}
         Err(error) => return Err(extract_error(error)),
     }
-    top_level_dir(&destination).ok_or(SourceError::NotKernelSource { path: source.tarball.clone() })
+    top_level_dir(&destination).ok_or(SourceError::NotKernelSource {
+        path: source.tarball.clone(),
+    })
 }
 
 fn top_level_dir(dir: &Path) -> Option<PathBuf> {

@@ -5,7 +5,9 @@ use std::str::FromStr;
 
 /// A CPU architecture, named as kiln names it (`x86_64`, `aarch64`), which is not always
 /// how the kernel names it (`ARCH=arm64`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Arch {
     X86_64,
@@ -87,13 +89,17 @@ impl FromStr for Arch {
         match text {
             "x86_64" | "amd64" => Ok(Arch::X86_64),
             "aarch64" | "arm64" => Ok(Arch::Aarch64),
-            other => Err(format!("unknown architecture `{other}`: use x86_64 or aarch64")),
+            other => Err(format!(
+                "unknown architecture `{other}`: use x86_64 or aarch64"
+            )),
         }
     }
 }
 
 /// Which hardware a kernel is for. Each flavor has fragments in `kernel-configs/flavor/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Flavor {
     /// QEMU and cloud VMs: small, quick to build, booted in CI.
@@ -138,7 +144,9 @@ impl FromStr for Flavor {
         match text {
             "virt" => Ok(Flavor::Virt),
             "generic" => Ok(Flavor::Generic),
-            other => Err(format!("unknown kernel flavor `{other}`: use virt or generic")),
+            other => Err(format!(
+                "unknown kernel flavor `{other}`: use virt or generic"
+            )),
         }
     }
 }

@@ -102,33 +102,65 @@ impl fmt::Display for OptionProblem {
 
 /// Compares each requested option with the final `.config` and explains every mismatch.
 /// `arch_dir` is the kernel's `SRCARCH` (`x86`, `arm64`).
-pub fn verify_options(requested: &[RequestedOption], final_config: &str, index: &KconfigIndex, arch_dir: &str) -> Vec<OptionProblem> {
+pub fn verify_options(
+    requested: &[RequestedOption],
+    final_config: &str,
+    index: &KconfigIndex,
+    arch_dir: &str,
+) -> Vec<OptionProblem> {
     let values = parse_config_map(final_config);
     requested
         .iter()
         .filter_map(|request| {
-            let actual = values.get(&request.symbol).cloned().unwrap_or(OptionValue::NotSet);
+            let actual = values
+                .get(&request.symbol)
+                .cloned()
+                .unwrap_or(OptionValue::NotSet);
             if actual == request.value {
                 return None;
             }
-            Some(OptionProblem { requested: request.clone(), reason: explain(request, &actual, &values, index, arch_dir), actual })
+            Some(OptionProblem {
+                requested: request.clone(),
+                reason: explain(request, &actual, &values, index, arch_dir),
+                actual,
+            })
         })
         .collect()
 }
 
-fn explain(request: &RequestedOption, actual: &OptionValue, values: &BTreeMap<String, OptionValue>, index: &KconfigIndex, arch_dir: &str) -> Reason {
+fn explain(
+    request: &RequestedOption,
+    actual: &OptionValue,
+    values: &BTreeMap<String, OptionValue>,
+    index: &KconfigIndex,
+    arch_dir: &str,
+) -> Reason {
     let all = index.definitions(&request.symbol);
     if all.is_empty() {
         return Reason::UnknownSymbol;
     }
-    let relevant: Vec<_> = all.iter().filter(|definition| definition.architecture_dir().is_none_or(|dir| dir == arch_dir)).collect();
+    let relevant: Vec<_> = all
+        .iter()
+        .filter(|definition| {
+            definition
+                .architecture_dir()
+                .is_none_or(|dir| dir == arch_dir)
+        })
+        .collect();
     if relevant.is_empty() {
-        let mut defined_for: Vec<String> = all.iter().filter_map(|definition| definition.architecture_dir().map(str::to_string)).collect();
+        let mut defined_for: Vec<String> = all
+            .iter()
+            .filter_map(|definition| definition.architecture_dir().map(str::to_string))
+            .collect();
         defined_for.sort();
         defined_for.dedup();
         return Reason::OtherArchitecture { defined_for };
     }
-    let value_of = |symbol: &str| values.get(symbol).map(|value| value.as_config_text().to_string());
+    let value_of = |symbol: &str| {
+        values
+            .get(symbol)
+            .map(|value| value.as_config_text().to_string())
+    };
     let enabled_selectors = || -> Vec<String> {
         index
             .selected_by(&request.symbol)
@@ -137,27 +169,55 @@ fn explain(request: &RequestedOption, actual: &OptionValue, values: &BTreeMap<St
             .collect()
     };
     let requested_text = request.value.as_config_text();
-    if requested_text == "m" && relevant.iter().all(|definition| definition.symbol_type == Some(SymbolType::Bool)) {
+    if requested_text == "m"
+        && relevant
+            .iter()
+            .all(|definition| definition.symbol_type == Some(SymbolType::Bool))
+    {
         return Reason::NotTristate;
     }
     if request.value == OptionValue::NotSet {
         let selected_by = enabled_selectors();
-        return if selected_by.is_empty() { Reason::Unexplained } else { Reason::SelectedBy { selected_by } };
+        return if selected_by.is_empty() {
+            Reason::Unexplained
+        } else {
+            Reason::SelectedBy { selected_by }
+        };
     }
     if requested_text == "m" && actual.as_config_text() == "y" {
-        let selected_by: Vec<String> = enabled_selectors().into_iter().filter(|selector| selector.ends_with("=y")).collect();
+        let selected_by: Vec<String> = enabled_selectors()
+            .into_iter()
+            .filter(|selector| selector.ends_with("=y"))
+            .collect();
         if !selected_by.is_empty() {
             return Reason::ForcedBuiltIn { selected_by };
         }
     }
-    let needed = if requested_text == "y" { Tristate::Yes } else { Tristate::Module };
+    let needed = if requested_text == "y" {
+        Tristate::Yes
+    } else {
+        Tristate::Module
+    };
     let mut unmet = Vec::new();
-    unmet_dependencies(&request.symbol, needed, &value_of, index, arch_dir, 0, &mut unmet);
+    unmet_dependencies(
+        &request.symbol,
+        needed,
+        &value_of,
+        index,
+        arch_dir,
+        0,
+        &mut unmet,
+    );
     if !unmet.is_empty() {
         return Reason::UnmetDependency { unmet };
     }
     if relevant.iter().all(|definition| !definition.has_prompt) {
-        return Reason::NoPrompt { selectable_by: index.selected_by(&request.symbol).map(str::to_string).collect() };
+        return Reason::NoPrompt {
+            selectable_by: index
+                .selected_by(&request.symbol)
+                .map(str::to_string)
+                .collect(),
+        };
     }
     Reason::Unexplained
 }
@@ -174,18 +234,29 @@ fn unmet_dependencies(
     depth: usize,
     unmet: &mut Vec<UnmetDependency>,
 ) {
-    let relevant = index.definitions(symbol).iter().filter(|definition| definition.architecture_dir().is_none_or(|dir| dir == arch_dir));
+    let relevant = index.definitions(symbol).iter().filter(|definition| {
+        definition
+            .architecture_dir()
+            .is_none_or(|dir| dir == arch_dir)
+    });
     let mut disabled = Vec::new();
     for definition in relevant {
         for expression in &definition.depends_on {
-            let Some(value) = evaluate(expression, value_of) else { continue };
+            let Some(value) = evaluate(expression, value_of) else {
+                continue;
+            };
             if value >= needed {
                 continue;
             }
             let symbols = expression_symbols(expression);
             let values = symbols
                 .iter()
-                .map(|name| format!("{name}={}", value_of(name).unwrap_or_else(|| "n".to_string())))
+                .map(|name| {
+                    format!(
+                        "{name}={}",
+                        value_of(name).unwrap_or_else(|| "n".to_string())
+                    )
+                })
                 .collect();
             let dependency = UnmetDependency {
                 symbol: symbol.to_string(),
@@ -193,11 +264,17 @@ fn unmet_dependencies(
                 defined_at: format!("{}:{}", definition.file, definition.line),
                 values,
             };
-            if unmet.iter().any(|known| known.symbol == dependency.symbol && known.expression == dependency.expression) {
+            if unmet.iter().any(|known| {
+                known.symbol == dependency.symbol && known.expression == dependency.expression
+            }) {
                 continue;
             }
             unmet.push(dependency);
-            disabled.extend(symbols.into_iter().filter(|name| value_of(name).is_none_or(|value| value == "n")));
+            disabled.extend(
+                symbols
+                    .into_iter()
+                    .filter(|name| value_of(name).is_none_or(|value| value == "n")),
+            );
         }
     }
     if depth >= 3 {
@@ -205,7 +282,15 @@ fn unmet_dependencies(
     }
     for name in disabled {
         if !unmet.iter().any(|known| known.symbol == name) {
-            unmet_dependencies(&name, Tristate::Module, value_of, index, arch_dir, depth + 1, unmet);
+            unmet_dependencies(
+                &name,
+                Tristate::Module,
+                value_of,
+                index,
+                arch_dir,
+                depth + 1,
+                unmet,
+            );
         }
     }
 }
@@ -227,8 +312,15 @@ mod tests {
 
     fn check(fragment: &str, final_config: &str, arch_dir: &str) -> String {
         let index = KconfigIndex::from_files(KCONFIG.iter().copied());
-        let requested = requested_options(&[Fragment { name: "test.config".to_string(), text: fragment.to_string() }]).unwrap();
-        verify_options(&requested, final_config, &index, arch_dir).iter().map(|problem| format!("{problem}\n")).collect()
+        let requested = requested_options(&[Fragment {
+            name: "test.config".to_string(),
+            text: fragment.to_string(),
+        }])
+        .unwrap();
+        verify_options(&requested, final_config, &index, arch_dir)
+            .iter()
+            .map(|problem| format!("{problem}\n"))
+            .collect()
     }
 
     #[test]
@@ -243,7 +335,8 @@ CONFIG_CRC32=m
 # CONFIG_CRC32 is not set
 CONFIG_EXT4_FS=y
 ";
-        let final_config = "CONFIG_ARM64=y\nCONFIG_CPU_LITTLE_ENDIAN=y\nCONFIG_EXT4_FS=y\nCONFIG_CRC32=y\n";
+        let final_config =
+            "CONFIG_ARM64=y\nCONFIG_CPU_LITTLE_ENDIAN=y\nCONFIG_EXT4_FS=y\nCONFIG_CRC32=y\n";
         insta::assert_snapshot!(check(fragment, final_config, "arm64"), @r#"
         # CONFIG_CRC32 is not set (test.config:7) is y: enabled options select it: EXT4_FS=y
         CONFIG_GVE=m (test.config:2) is not set: missing dependency: GVE `depends on (PCI_MSI && (X86 || CPU_LITTLE_ENDIAN))` (drivers/net/ethernet/google/Kconfig:1) with PCI_MSI=n, X86=n, CPU_LITTLE_ENDIAN=y; PCI_MSI `depends on PCI` (drivers/pci/Kconfig:4) with PCI=n; enable those in a fragment too
@@ -262,6 +355,13 @@ CONFIG_EXT4_FS=y
 
     #[test]
     fn surviving_options_are_not_problems() {
-        assert_eq!(check("CONFIG_PCI=y\n# CONFIG_PCI_MSI is not set\n", "CONFIG_PCI=y\n", "x86"), "");
+        assert_eq!(
+            check(
+                "CONFIG_PCI=y\n# CONFIG_PCI_MSI is not set\n",
+                "CONFIG_PCI=y\n",
+                "x86"
+            ),
+            ""
+        );
     }
 }

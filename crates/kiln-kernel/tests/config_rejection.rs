@@ -34,8 +34,12 @@ fn options_kconfig_cannot_enable_fail_with_name_and_reason() {
     );
     let cache = KernelCache::from_environment().expect("HOME or KILN_CACHE");
     let request = common::request(Arch::Aarch64, Flavor::Virt, configs.path().to_path_buf());
-    let error = kiln_kernel::configure_kernel(&request, &cache, &mut kiln_kernel::build::NoProgress).unwrap_err();
-    let KernelError::ConfigRejected { problems, .. } = &error else { panic!("expected a rejected config, got: {error}") };
+    let error =
+        kiln_kernel::configure_kernel(&request, &cache, &mut kiln_kernel::build::NoProgress)
+            .unwrap_err();
+    let KernelError::ConfigRejected { problems, .. } = &error else {
+        panic!("expected a rejected config, got: {error}")
+    };
     let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
     insta::assert_snapshot!(lines.join("\n"), @r#"
     CONFIG_USB_USBNET=m (flavor/virt-aarch64.config:8) is not set: missing dependency: USB_USBNET `depends on USB_NET_DRIVERS` (drivers/net/usb/Kconfig:133) with USB_NET_DRIVERS=n; USB_NET_DRIVERS `depends on USB && NET` (drivers/net/usb/Kconfig:8) with USB=n, NET=y; USB `depends on USB_SUPPORT` (drivers/usb/Kconfig:44) with USB_SUPPORT=n; USB `depends on USB_ARCH_HAS_HCD` (drivers/usb/Kconfig:44) with USB_ARCH_HAS_HCD=n; USB_ARCH_HAS_HCD `depends on USB_SUPPORT` (drivers/usb/Kconfig:41) with USB_SUPPORT=n; enable those in a fragment too
@@ -43,7 +47,10 @@ fn options_kconfig_cannot_enable_fail_with_name_and_reason() {
     CONFIG_X86_X32_ABI=y (flavor/virt-aarch64.config:6) is not set: wrong architecture: defined only for arch/x86
     "#);
     let message = error.to_string();
-    assert!(message.contains("3 requested kernel option(s) did not survive"), "{message}");
+    assert!(
+        message.contains("3 requested kernel option(s) did not survive"),
+        "{message}"
+    );
     // Nothing was published for these inputs.
     let key = kiln_kernel::build::prepare_inputs(&request).unwrap().key;
     assert!(!cache.artifact_dir(&key).exists());

@@ -32,7 +32,10 @@ impl ProxySettings {
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY` (upper case first, then lower case).
     pub fn from_environment() -> Self {
         let read = |upper: &str, lower: &str| {
-            std::env::var(upper).ok().or_else(|| std::env::var(lower).ok()).filter(|value| !value.is_empty())
+            std::env::var(upper)
+                .ok()
+                .or_else(|| std::env::var(lower).ok())
+                .filter(|value| !value.is_empty())
         };
         Self {
             https_proxy: read("HTTPS_PROXY", "https_proxy"),
@@ -55,7 +58,11 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 5, initial_backoff: Duration::from_millis(250), max_backoff: Duration::from_secs(8) }
+        Self {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+        }
     }
 }
 
@@ -109,7 +116,11 @@ pub(crate) struct RepositoryConnection {
 
 impl std::fmt::Debug for RepositoryConnection {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        formatter.debug_struct("RepositoryConnection").field("registry", &self.registry).field("repository", &self.repository).finish()
+        formatter
+            .debug_struct("RepositoryConnection")
+            .field("registry", &self.registry)
+            .field("repository", &self.repository)
+            .finish()
     }
 }
 
@@ -128,17 +139,28 @@ fn install_crypto_provider() {
 
 impl RepositoryConnection {
     /// A client for `reference`'s registry, with its credential (if any) and nothing else.
-    pub(crate) fn open(reference: &Reference, options: &RegistryOptions) -> Result<Self, RegistryError> {
+    pub(crate) fn open(
+        reference: &Reference,
+        options: &RegistryOptions,
+    ) -> Result<Self, RegistryError> {
         install_crypto_provider();
         let registry = reference.resolve_registry().to_owned();
         let mut extra_root_certificates = Vec::new();
         for path in &options.extra_ca_certificate_files {
-            let data = std::fs::read(path)
-                .map_err(|source| RegistryError::CaCertificate { path: path.clone(), reason: source.to_string() })?;
+            let data = std::fs::read(path).map_err(|source| RegistryError::CaCertificate {
+                path: path.clone(),
+                reason: source.to_string(),
+            })?;
             if !String::from_utf8_lossy(&data).contains("-----BEGIN CERTIFICATE-----") {
-                return Err(RegistryError::CaCertificate { path: path.clone(), reason: "no PEM certificate in it".to_owned() });
+                return Err(RegistryError::CaCertificate {
+                    path: path.clone(),
+                    reason: "no PEM certificate in it".to_owned(),
+                });
             }
-            extra_root_certificates.push(Certificate { encoding: CertificateEncoding::Pem, data });
+            extra_root_certificates.push(Certificate {
+                encoding: CertificateEncoding::Pem,
+                data,
+            });
         }
         let configuration = ClientConfig {
             protocol: ClientProtocol::HttpsExcept(options.insecure_registries.clone()),
@@ -155,10 +177,15 @@ impl RepositoryConnection {
         };
         // `Client::new` would fall back to a default client on error, silently dropping the CA
         // files and proxies; `try_from` reports it.
-        let client = Client::try_from(configuration)
-            .map_err(|error| RegistryError::ClientSetup { registry: registry.clone(), reason: error.to_string() })?;
+        let client =
+            Client::try_from(configuration).map_err(|error| RegistryError::ClientSetup {
+                registry: registry.clone(),
+                reason: error.to_string(),
+            })?;
         let authentication = match options.credentials.for_registry(&registry) {
-            Some(credential) => RegistryAuth::Basic(credential.username.clone(), credential.password.clone()),
+            Some(credential) => {
+                RegistryAuth::Basic(credential.username.clone(), credential.password.clone())
+            }
             None => RegistryAuth::Anonymous,
         };
         let credential_source = match options.credentials.for_registry(&registry) {
@@ -176,7 +203,11 @@ impl RepositoryConnection {
     }
 
     /// Runs `attempt` until it succeeds, fails permanently, or the retry policy is spent.
-    pub(crate) async fn with_retries<T, Attempt, AttemptFuture>(&self, operation: &str, mut attempt: Attempt) -> Result<T, RegistryError>
+    pub(crate) async fn with_retries<T, Attempt, AttemptFuture>(
+        &self,
+        operation: &str,
+        mut attempt: Attempt,
+    ) -> Result<T, RegistryError>
     where
         Attempt: FnMut() -> AttemptFuture,
         AttemptFuture: std::future::Future<Output = Result<T, AttemptFailure>>,
@@ -208,7 +239,12 @@ impl RepositoryConnection {
     }
 
     /// Sorts an `oci-client` error into transient or permanent, as a kiln error.
-    pub(crate) fn classify(&self, operation: &'static str, what: &str, error: OciDistributionError) -> AttemptFailure {
+    pub(crate) fn classify(
+        &self,
+        operation: &'static str,
+        what: &str,
+        error: OciDistributionError,
+    ) -> AttemptFailure {
         let registry = self.registry.clone();
         let repository = self.repository.clone();
         let authentication_failed = |status| {
@@ -229,7 +265,11 @@ impl RepositoryConnection {
             })
         };
         let not_found = || {
-            AttemptFailure::Permanent(RegistryError::NotFound { registry: registry.clone(), repository: repository.clone(), what: what.to_owned() })
+            AttemptFailure::Permanent(RegistryError::NotFound {
+                registry: registry.clone(),
+                repository: repository.clone(),
+                what: what.to_owned(),
+            })
         };
         let refused = |status: String, message: String| {
             AttemptFailure::Permanent(RegistryError::Refused {
@@ -241,17 +281,28 @@ impl RepositoryConnection {
             })
         };
         match error {
-            OciDistributionError::UnauthorizedError { .. } | OciDistributionError::AuthenticationFailure(_) => authentication_failed(401),
+            OciDistributionError::UnauthorizedError { .. }
+            | OciDistributionError::AuthenticationFailure(_) => authentication_failed(401),
             OciDistributionError::RegistryError { envelope, .. } => {
-                let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|error| &error.code).collect();
-                if codes.iter().any(|code| matches!(code, OciErrorCode::Unauthorized)) {
+                let codes: Vec<&OciErrorCode> =
+                    envelope.errors.iter().map(|error| &error.code).collect();
+                if codes
+                    .iter()
+                    .any(|code| matches!(code, OciErrorCode::Unauthorized))
+                {
                     authentication_failed(401)
-                } else if codes.iter().any(|code| matches!(code, OciErrorCode::Denied)) {
+                } else if codes
+                    .iter()
+                    .any(|code| matches!(code, OciErrorCode::Denied))
+                {
                     denied(403)
                 } else if codes.iter().any(|code| {
                     matches!(
                         code,
-                        OciErrorCode::ManifestUnknown | OciErrorCode::BlobUnknown | OciErrorCode::NameUnknown | OciErrorCode::NotFound
+                        OciErrorCode::ManifestUnknown
+                            | OciErrorCode::BlobUnknown
+                            | OciErrorCode::NameUnknown
+                            | OciErrorCode::NotFound
                     )
                 }) {
                     not_found()
@@ -266,25 +317,45 @@ impl RepositoryConnection {
                 500..=599 => AttemptFailure::Transient(format!("{code}: {}", first_line(&message))),
                 _ => refused(code.to_string(), first_line(&message)),
             },
-            OciDistributionError::RequestError(request_error) => self.classify_request_error(operation, what, &request_error),
-            OciDistributionError::IoError(io_error) => AttemptFailure::Transient(io_error.to_string()),
+            OciDistributionError::RequestError(request_error) => {
+                self.classify_request_error(operation, what, &request_error)
+            }
+            OciDistributionError::IoError(io_error) => {
+                AttemptFailure::Transient(io_error.to_string())
+            }
             other => refused("-".to_owned(), other.to_string()),
         }
     }
 
-    pub(crate) fn classify_request_error(&self, operation: &'static str, what: &str, error: &reqwest::Error) -> AttemptFailure {
+    pub(crate) fn classify_request_error(
+        &self,
+        operation: &'static str,
+        what: &str,
+        error: &reqwest::Error,
+    ) -> AttemptFailure {
         let chain = error_chain(error);
         if let Some(status) = error.status() {
             let status = status.as_u16();
             return self.classify(
                 operation,
                 what,
-                OciDistributionError::ServerError { code: status, url: String::new(), message: chain },
+                OciDistributionError::ServerError {
+                    code: status,
+                    url: String::new(),
+                    message: chain,
+                },
             );
         }
         let lowercase = chain.to_ascii_lowercase();
         // rustls's words for an unknown CA, a wrong name, or a plain-HTTP server on the port.
-        let tls_failure = ["certificate", "tls", "handshake", "corrupt message", "invalidcontenttype", "peer"];
+        let tls_failure = [
+            "certificate",
+            "tls",
+            "handshake",
+            "corrupt message",
+            "invalidcontenttype",
+            "peer",
+        ];
         if tls_failure.iter().any(|word| lowercase.contains(word)) {
             return AttemptFailure::Permanent(RegistryError::Tls {
                 registry: self.registry.clone(),
@@ -297,7 +368,12 @@ impl RepositoryConnection {
 }
 
 fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().chars().take(300).collect()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(300)
+        .collect()
 }
 
 /// An error and its causes, joined by `: `.

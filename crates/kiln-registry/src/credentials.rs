@@ -26,7 +26,11 @@ pub struct RegistryCredential {
 
 impl fmt::Debug for RegistryCredential {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.debug_struct("RegistryCredential").field("username", &self.username).field("password", &"<hidden>").finish()
+        formatter
+            .debug_struct("RegistryCredential")
+            .field("username", &self.username)
+            .field("password", &"<hidden>")
+            .finish()
     }
 }
 
@@ -57,8 +61,15 @@ struct DockerConfigAuth {
 /// path dropped, lowercase, Docker Hub's aliases folded into `index.docker.io` (the name
 /// `oci-client` resolves `docker.io` to).
 pub fn normalise_registry_name(text: &str) -> String {
-    let without_scheme = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://")).unwrap_or(text);
-    let host_and_port = without_scheme.split('/').next().unwrap_or_default().to_ascii_lowercase();
+    let without_scheme = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(text);
+    let host_and_port = without_scheme
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     match host_and_port.as_str() {
         "docker.io" | "index.docker.io" | "registry-1.docker.io" => "index.docker.io".to_owned(),
         _ => host_and_port,
@@ -68,7 +79,10 @@ pub fn normalise_registry_name(text: &str) -> String {
 impl RegistryCredentials {
     /// No credentials: every registry is accessed anonymously.
     pub fn none() -> Self {
-        Self { by_registry: BTreeMap::new(), source_description: "no credentials file (none was given or found)".to_owned() }
+        Self {
+            by_registry: BTreeMap::new(),
+            source_description: "no credentials file (none was given or found)".to_owned(),
+        }
     }
 
     /// The Docker config file kiln reads by default: `$DOCKER_CONFIG/config.json` if
@@ -92,19 +106,33 @@ impl RegistryCredentials {
     /// (base64 of `user:password`) or `username` and `password`. Entries with neither
     /// (credential helpers keep their secrets elsewhere) are skipped.
     pub fn from_docker_config_file(path: &Path) -> Result<Self, RegistryError> {
-        let error = |reason: String| RegistryError::DockerConfig { path: path.to_owned(), reason };
+        let error = |reason: String| RegistryError::DockerConfig {
+            path: path.to_owned(),
+            reason,
+        };
         let bytes = std::fs::read(path).map_err(|source| error(source.to_string()))?;
-        let file: DockerConfigFile = serde_json::from_slice(&bytes).map_err(|source| error(source.to_string()))?;
+        let file: DockerConfigFile =
+            serde_json::from_slice(&bytes).map_err(|source| error(source.to_string()))?;
         let mut by_registry = BTreeMap::new();
         for (key, entry) in file.auths {
-            let credential = if let Some(encoded) = entry.auth.filter(|encoded| !encoded.is_empty()) {
+            let credential = if let Some(encoded) = entry.auth.filter(|encoded| !encoded.is_empty())
+            {
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(encoded.trim())
-                    .map_err(|source| error(format!("auths.{key:?}.auth is not base64: {source}")))?;
-                let decoded = String::from_utf8(decoded).map_err(|_| error(format!("auths.{key:?}.auth is not UTF-8")))?;
-                let (username, password) =
-                    decoded.split_once(':').ok_or_else(|| error(format!("auths.{key:?}.auth does not decode to user:password")))?;
-                RegistryCredential { username: username.to_owned(), password: password.to_owned() }
+                    .map_err(|source| {
+                        error(format!("auths.{key:?}.auth is not base64: {source}"))
+                    })?;
+                let decoded = String::from_utf8(decoded)
+                    .map_err(|_| error(format!("auths.{key:?}.auth is not UTF-8")))?;
+                let (username, password) = decoded.split_once(':').ok_or_else(|| {
+                    error(format!(
+                        "auths.{key:?}.auth does not decode to user:password"
+                    ))
+                })?;
+                RegistryCredential {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                }
             } else if let (Some(username), Some(password)) = (entry.username, entry.password) {
                 RegistryCredential { username, password }
             } else {
@@ -112,7 +140,10 @@ impl RegistryCredentials {
             };
             by_registry.insert(normalise_registry_name(&key), credential);
         }
-        Ok(Self { by_registry, source_description: path.display().to_string() })
+        Ok(Self {
+            by_registry,
+            source_description: path.display().to_string(),
+        })
     }
 
     /// Adds (or replaces) the credential for `registry` (`host` or `host:port`).
@@ -120,7 +151,8 @@ impl RegistryCredentials {
         if self.by_registry.is_empty() {
             self.source_description = "the credentials given on the command line".to_owned();
         }
-        self.by_registry.insert(normalise_registry_name(registry), credential);
+        self.by_registry
+            .insert(normalise_registry_name(registry), credential);
     }
 
     /// The credential stored for exactly this registry (`host:port` compared as text after
@@ -156,20 +188,37 @@ mod tests {
                 "credsStore":"desktop"}"#,
         );
         let alice = credentials.for_registry("127.0.0.1:5000").unwrap();
-        assert_eq!((alice.username.as_str(), alice.password.as_str()), ("alice", "s3cret:with:colons"));
-        assert_eq!(credentials.for_registry("registry.example:443").unwrap().username, "bob");
+        assert_eq!(
+            (alice.username.as_str(), alice.password.as_str()),
+            ("alice", "s3cret:with:colons")
+        );
+        assert_eq!(
+            credentials
+                .for_registry("registry.example:443")
+                .unwrap()
+                .username,
+            "bob"
+        );
         assert!(credentials.for_registry("helper.example").is_none());
         assert!(!format!("{alice:?}").contains("s3cret"));
     }
 
     #[test]
     fn lookup_is_exact_on_host_and_port() {
-        let credentials = credentials_from(r#"{"auths":{"127.0.0.1:5000":{"username":"a","password":"b"},"docker.io":{"username":"d","password":"e"}}}"#);
+        let credentials = credentials_from(
+            r#"{"auths":{"127.0.0.1:5000":{"username":"a","password":"b"},"docker.io":{"username":"d","password":"e"}}}"#,
+        );
         assert!(credentials.for_registry("127.0.0.1:5000").is_some());
         assert!(credentials.for_registry("127.0.0.1:5001").is_none());
         assert!(credentials.for_registry("127.0.0.1").is_none());
         assert!(credentials.for_registry("127.0.0.2:5000").is_none());
-        assert_eq!(credentials.for_registry("index.docker.io").unwrap().username, "d");
+        assert_eq!(
+            credentials
+                .for_registry("index.docker.io")
+                .unwrap()
+                .username,
+            "d"
+        );
     }
 
     #[test]
@@ -177,7 +226,14 @@ mod tests {
         let directory = tempfile::tempdir().unwrap();
         let path = directory.path().join("config.json");
         std::fs::write(&path, r#"{"auths":{"r:1":{"auth":"bm8tY29sb24="}}}"#).unwrap();
-        let message = RegistryCredentials::from_docker_config_file(&path).unwrap_err().to_string();
-        assert!(message.contains("config.json") && message.contains("\"r:1\"") && message.contains("user:password"), "{message}");
+        let message = RegistryCredentials::from_docker_config_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("config.json")
+                && message.contains("\"r:1\"")
+                && message.contains("user:password"),
+            "{message}"
+        );
     }
 }

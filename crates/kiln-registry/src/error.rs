@@ -78,7 +78,9 @@ pub enum RegistryError {
         what: String,
     },
     /// Any other client error (4xx). Never retried.
-    #[error("registry {registry} refused {operation} for repository {repository} ({status}): {message}")]
+    #[error(
+        "registry {registry} refused {operation} for repository {repository} ({status}): {message}"
+    )]
     Refused {
         /// The registry.
         registry: String,

@@ -56,7 +56,11 @@ pub use pull::{layout_reference_name, partial_download_directory, PulledImage, R
 pub use push::{repository_and_tag_for_reference_name, PushReport, PushedImage};
 
 fn runtime() -> Result<tokio::runtime::Runtime, RegistryError> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(RegistryError::Runtime)
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(RegistryError::Runtime)
 }
 
 /// Resolves `reference` (`host:port/repository:tag` or `…@sha256:…`) to the digest of the
@@ -70,7 +74,11 @@ fn runtime() -> Result<tokio::runtime::Runtime, RegistryError> {
 ///
 /// Blocking: runs its own tokio runtime; do not call it from inside one (use
 /// [`resolve_reference_async`]).
-pub fn resolve_reference(reference: &str, platform: OciPlatform, options: &RegistryOptions) -> Result<ResolvedReference, RegistryError> {
+pub fn resolve_reference(
+    reference: &str,
+    platform: OciPlatform,
+    options: &RegistryOptions,
+) -> Result<ResolvedReference, RegistryError> {
     runtime()?.block_on(resolve_reference_async(reference, platform, options))
 }
 
@@ -98,7 +106,9 @@ pub fn pull_image(
     if offline {
         return pull::pull_image_offline(reference, platform, layout);
     }
-    runtime()?.block_on(pull::pull_image_async(reference, platform, layout, options, observer))
+    runtime()?.block_on(pull::pull_image_async(
+        reference, platform, layout, options, observer,
+    ))
 }
 
 /// Pushes every named image in `layout` (only those for `architecture`, e.g. `arm64`, when
@@ -111,5 +121,11 @@ pub fn push_layout(
     options: &RegistryOptions,
     observer: Arc<dyn TransferObserver>,
 ) -> Result<PushReport, RegistryError> {
-    runtime()?.block_on(push::push_layout_async(layout, destination, architecture, options, observer))
+    runtime()?.block_on(push::push_layout_async(
+        layout,
+        destination,
+        architecture,
+        options,
+        observer,
+    ))
 }

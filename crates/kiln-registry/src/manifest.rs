@@ -17,11 +17,16 @@ pub const OCI_IMAGE_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1
 /// Docker schema 2 manifest.
 pub const DOCKER_MANIFEST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v2+json";
 /// Docker schema 2 manifest list.
-pub const DOCKER_MANIFEST_LIST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub const DOCKER_MANIFEST_LIST_MEDIA_TYPE: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// The manifest media types kiln asks registries for.
-pub const ACCEPTED_MANIFEST_MEDIA_TYPES: [&str; 4] =
-    [OCI_IMAGE_MANIFEST_MEDIA_TYPE, OCI_IMAGE_INDEX_MEDIA_TYPE, DOCKER_MANIFEST_MEDIA_TYPE, DOCKER_MANIFEST_LIST_MEDIA_TYPE];
+pub const ACCEPTED_MANIFEST_MEDIA_TYPES: [&str; 4] = [
+    OCI_IMAGE_MANIFEST_MEDIA_TYPE,
+    OCI_IMAGE_INDEX_MEDIA_TYPE,
+    DOCKER_MANIFEST_MEDIA_TYPE,
+    DOCKER_MANIFEST_LIST_MEDIA_TYPE,
+];
 
 /// The fields of a descriptor kiln needs.
 #[derive(Clone, Debug, Deserialize)]
@@ -54,7 +59,11 @@ pub struct RemotePlatform {
 impl RemotePlatform {
     /// `os/architecture[/variant]`.
     pub fn display_name(&self) -> String {
-        match self.variant.as_deref().filter(|variant| !variant.is_empty()) {
+        match self
+            .variant
+            .as_deref()
+            .filter(|variant| !variant.is_empty())
+        {
             Some(variant) => format!("{}/{}/{variant}", self.os, self.architecture),
             None => format!("{}/{}", self.os, self.architecture),
         }
@@ -86,7 +95,10 @@ impl RemoteManifest {
     pub fn parse(bytes: &[u8]) -> Result<Self, String> {
         let manifest: Self = serde_json::from_slice(bytes).map_err(|error| error.to_string())?;
         if manifest.schema_version != 2 {
-            return Err(format!("schemaVersion {} (only 2 is supported)", manifest.schema_version));
+            return Err(format!(
+                "schemaVersion {} (only 2 is supported)",
+                manifest.schema_version
+            ));
         }
         if manifest.is_index() == manifest.config.is_some() {
             return Err("it has neither exactly a config nor a manifests list".to_owned());
@@ -125,7 +137,10 @@ fn normalised_variant(architecture: &str, variant: Option<&str>) -> String {
 
 /// The entry of `entries` (an index's `manifests`) for `platform`, or `Err` with the
 /// platforms that are there, sorted and comma-separated.
-pub fn select_platform_manifest(entries: &[RemoteDescriptor], platform: OciPlatform) -> Result<&RemoteDescriptor, String> {
+pub fn select_platform_manifest(
+    entries: &[RemoteDescriptor],
+    platform: OciPlatform,
+) -> Result<&RemoteDescriptor, String> {
     let wanted_variant = normalised_variant(platform.oci_architecture(), platform.oci_variant());
     let candidates: Vec<&RemoteDescriptor> = entries
         .iter()
@@ -133,23 +148,39 @@ pub fn select_platform_manifest(entries: &[RemoteDescriptor], platform: OciPlatf
             entry.platform.as_ref().is_some_and(|entry_platform| {
                 entry_platform.os == platform.oci_os()
                     && entry_platform.architecture == platform.oci_architecture()
-                    && normalised_variant(&entry_platform.architecture, entry_platform.variant.as_deref()) == wanted_variant
+                    && normalised_variant(
+                        &entry_platform.architecture,
+                        entry_platform.variant.as_deref(),
+                    ) == wanted_variant
             })
         })
         .collect();
     let exact = candidates.iter().find(|entry| {
-        entry.platform.as_ref().and_then(|entry_platform| entry_platform.variant.as_deref()) == platform.oci_variant()
+        entry
+            .platform
+            .as_ref()
+            .and_then(|entry_platform| entry_platform.variant.as_deref())
+            == platform.oci_variant()
     });
     if let Some(entry) = exact.or(candidates.first()) {
         return Ok(entry);
     }
     let mut available: Vec<String> = entries
         .iter()
-        .map(|entry| entry.platform.as_ref().map_or_else(|| "(no platform)".to_owned(), RemotePlatform::display_name))
+        .map(|entry| {
+            entry
+                .platform
+                .as_ref()
+                .map_or_else(|| "(no platform)".to_owned(), RemotePlatform::display_name)
+        })
         .collect();
     available.sort();
     available.dedup();
-    Err(if available.is_empty() { "(no manifests)".to_owned() } else { available.join(", ") })
+    Err(if available.is_empty() {
+        "(no manifests)".to_owned()
+    } else {
+        available.join(", ")
+    })
 }
 
 /// Parses `sha256:<hex>`; `None` for other algorithms or malformed text.
@@ -177,28 +208,57 @@ mod tests {
     #[test]
     fn arm64_without_variant_matches_v8_and_exact_variant_wins() {
         let entries = [entry('a', "amd64", None), entry('b', "arm64", None)];
-        assert!(select_platform_manifest(&entries, OciPlatform::LinuxArm64).unwrap().digest.contains('b'));
-        assert!(select_platform_manifest(&entries, OciPlatform::LinuxAmd64).unwrap().digest.contains('a'));
-        let entries = [entry('b', "arm64", None), entry('c', "arm64", Some("v8")), entry('d', "arm64", Some("v9"))];
-        assert!(select_platform_manifest(&entries, OciPlatform::LinuxArm64).unwrap().digest.contains('c'));
+        assert!(select_platform_manifest(&entries, OciPlatform::LinuxArm64)
+            .unwrap()
+            .digest
+            .contains('b'));
+        assert!(select_platform_manifest(&entries, OciPlatform::LinuxAmd64)
+            .unwrap()
+            .digest
+            .contains('a'));
+        let entries = [
+            entry('b', "arm64", None),
+            entry('c', "arm64", Some("v8")),
+            entry('d', "arm64", Some("v9")),
+        ];
+        assert!(select_platform_manifest(&entries, OciPlatform::LinuxArm64)
+            .unwrap()
+            .digest
+            .contains('c'));
         let entries = [entry('a', "amd64", Some("v1"))];
         assert!(select_platform_manifest(&entries, OciPlatform::LinuxAmd64).is_ok());
     }
 
     #[test]
     fn missing_platform_lists_what_the_index_has() {
-        let entries = [entry('a', "amd64", None), entry('e', "s390x", None), entry('f', "arm", Some("v7")), entry('d', "arm64", Some("v9"))];
+        let entries = [
+            entry('a', "amd64", None),
+            entry('e', "s390x", None),
+            entry('f', "arm", Some("v7")),
+            entry('d', "arm64", Some("v9")),
+        ];
         let available = select_platform_manifest(&entries, OciPlatform::LinuxArm64).unwrap_err();
-        assert_eq!(available, "linux/amd64, linux/arm/v7, linux/arm64/v9, linux/s390x");
+        assert_eq!(
+            available,
+            "linux/amd64, linux/arm/v7, linux/arm64/v9, linux/s390x"
+        );
     }
 
     #[test]
     fn manifests_and_indexes_are_told_apart() {
         let index = br#"{"schemaVersion":2,"manifests":[]}"#;
         assert!(RemoteManifest::parse(index).unwrap().is_index());
-        assert_eq!(RemoteManifest::parse(index).unwrap().effective_media_type(), OCI_IMAGE_INDEX_MEDIA_TYPE);
+        assert_eq!(
+            RemoteManifest::parse(index).unwrap().effective_media_type(),
+            OCI_IMAGE_INDEX_MEDIA_TYPE
+        );
         let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"x","digest":"sha256:00","size":1},"layers":[]}"#;
-        assert_eq!(RemoteManifest::parse(manifest).unwrap().effective_media_type(), DOCKER_MANIFEST_MEDIA_TYPE);
+        assert_eq!(
+            RemoteManifest::parse(manifest)
+                .unwrap()
+                .effective_media_type(),
+            DOCKER_MANIFEST_MEDIA_TYPE
+        );
         assert!(RemoteManifest::parse(br#"{"schemaVersion":1}"#).is_err());
     }
 }

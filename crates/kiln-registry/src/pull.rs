@@ -31,7 +31,9 @@ use kiln_oci::{OciDescriptor, OciLayout, OciPlatform, Sha256Digest};
 
 use crate::connection::{AttemptFailure, RegistryOptions, RepositoryConnection};
 use crate::error::RegistryError;
-use crate::manifest::{parse_sha256, select_platform_manifest, RemoteManifest, ACCEPTED_MANIFEST_MEDIA_TYPES};
+use crate::manifest::{
+    parse_sha256, select_platform_manifest, RemoteManifest, ACCEPTED_MANIFEST_MEDIA_TYPES,
+};
 use crate::observer::{BlobOutcome, TransferObserver};
 
 /// What a reference resolves to for one platform.
@@ -66,13 +68,19 @@ pub struct PulledImage {
 }
 
 pub(crate) fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
-    Reference::try_from(reference)
-        .map_err(|error| RegistryError::InvalidReference { reference: reference.to_owned(), reason: error.to_string() })
+    Reference::try_from(reference).map_err(|error| RegistryError::InvalidReference {
+        reference: reference.to_owned(),
+        reason: error.to_string(),
+    })
 }
 
 /// The reference name a pulled image gets in the layout: `registry/repository@sha256:…`,
 /// which always follows the OCI `ref.name` grammar and says exactly what it is.
-pub fn layout_reference_name(registry: &str, repository: &str, manifest_digest: &Sha256Digest) -> String {
+pub fn layout_reference_name(
+    registry: &str,
+    repository: &str,
+    manifest_digest: &Sha256Digest,
+) -> String {
     format!("{registry}/{repository}@{manifest_digest}")
 }
 
@@ -138,7 +146,11 @@ impl RepositoryConnection {
         Ok((bytes, actual, manifest))
     }
 
-    fn parse_manifest(&self, bytes: &[u8], digest: Sha256Digest) -> Result<RemoteManifest, RegistryError> {
+    fn parse_manifest(
+        &self,
+        bytes: &[u8],
+        digest: Sha256Digest,
+    ) -> Result<RemoteManifest, RegistryError> {
         RemoteManifest::parse(bytes).map_err(|reason| RegistryError::InvalidManifest {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
@@ -155,31 +167,47 @@ impl RepositoryConnection {
         platform: OciPlatform,
         layout: Option<&OciLayout>,
     ) -> Result<ResolvedManifests, RegistryError> {
-        let expected = reference.digest().map(|digest| self.sha256_or_error(digest)).transpose()?;
-        let (top_bytes, top_digest, top_manifest) = self.fetch_manifest(reference, expected, layout).await?;
+        let expected = reference
+            .digest()
+            .map(|digest| self.sha256_or_error(digest))
+            .transpose()?;
+        let (top_bytes, top_digest, top_manifest) =
+            self.fetch_manifest(reference, expected, layout).await?;
         if !top_manifest.is_index() {
-            return Ok(ResolvedManifests { index: None, manifest: (top_bytes, top_digest, top_manifest) });
+            return Ok(ResolvedManifests {
+                index: None,
+                manifest: (top_bytes, top_digest, top_manifest),
+            });
         }
         let entries = top_manifest.manifests.as_deref().unwrap_or_default();
-        let entry = select_platform_manifest(entries, platform).map_err(|available| RegistryError::PlatformNotFound {
-            registry: self.registry.clone(),
-            repository: self.repository.clone(),
-            digest: top_digest,
-            requested: platform.to_string(),
-            available,
+        let entry = select_platform_manifest(entries, platform).map_err(|available| {
+            RegistryError::PlatformNotFound {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                digest: top_digest,
+                requested: platform.to_string(),
+                available,
+            }
         })?;
         let child_digest = self.sha256_or_error(&entry.digest)?;
         let child_reference = reference.clone_with_digest(child_digest.to_string());
-        let (bytes, digest, manifest) = self.fetch_manifest(&child_reference, Some(child_digest), layout).await?;
+        let (bytes, digest, manifest) = self
+            .fetch_manifest(&child_reference, Some(child_digest), layout)
+            .await?;
         if manifest.is_index() {
             return Err(RegistryError::InvalidManifest {
                 registry: self.registry.clone(),
                 repository: self.repository.clone(),
                 digest,
-                reason: format!("index {top_digest} lists it for {platform}, but it is an index itself"),
+                reason: format!(
+                    "index {top_digest} lists it for {platform}, but it is an index itself"
+                ),
             });
         }
-        Ok(ResolvedManifests { index: Some((top_bytes, top_digest, top_manifest)), manifest: (bytes, digest, manifest) })
+        Ok(ResolvedManifests {
+            index: Some((top_bytes, top_digest, top_manifest)),
+            manifest: (bytes, digest, manifest),
+        })
     }
 
     fn resolved_reference(&self, resolved: &ResolvedManifests) -> ResolvedReference {
@@ -203,16 +231,26 @@ impl RepositoryConnection {
         observer: &dyn TransferObserver,
     ) -> Result<u64, AttemptFailure> {
         let partial_error = |source: std::io::Error| {
-            AttemptFailure::Permanent(RegistryError::PartialDownload { path: partial_path.to_owned(), source })
+            AttemptFailure::Permanent(RegistryError::PartialDownload {
+                path: partial_path.to_owned(),
+                source,
+            })
         };
-        let mut resumed_from = tokio::fs::metadata(partial_path).await.map(|metadata| metadata.len()).unwrap_or(0);
+        let mut resumed_from = tokio::fs::metadata(partial_path)
+            .await
+            .map(|metadata| metadata.len())
+            .unwrap_or(0);
         if resumed_from > blob.size {
-            tokio::fs::remove_file(partial_path).await.map_err(partial_error)?;
+            tokio::fs::remove_file(partial_path)
+                .await
+                .map_err(partial_error)?;
             resumed_from = 0;
         }
         let mut hasher = Sha256::new();
         if resumed_from > 0 {
-            let mut existing = tokio::fs::File::open(partial_path).await.map_err(partial_error)?;
+            let mut existing = tokio::fs::File::open(partial_path)
+                .await
+                .map_err(partial_error)?;
             let mut buffer = vec![0_u8; 1 << 20];
             loop {
                 let read = existing.read(&mut buffer).await.map_err(partial_error)?;
@@ -222,7 +260,12 @@ impl RepositoryConnection {
                 hasher.update(&buffer[..read]);
             }
         }
-        let mut file = tokio::fs::OpenOptions::new().create(true).append(true).open(partial_path).await.map_err(partial_error)?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(partial_path)
+            .await
+            .map_err(partial_error)?;
         let mut written = resumed_from;
         let mut received = 0_u64;
         observer.blob_started(&blob.digest, blob.size, resumed_from);
@@ -247,7 +290,11 @@ impl RepositoryConnection {
             while let Some(chunk) = stream.next().await {
                 let chunk = match chunk {
                     Ok(chunk) => chunk,
-                    Err(error) if error.get_ref().is_some_and(|inner| inner.is::<DigestError>()) => {
+                    Err(error)
+                        if error
+                            .get_ref()
+                            .is_some_and(|inner| inner.is::<DigestError>()) =>
+                    {
                         // oci-client's own check of a full response: the bytes are all here.
                         break;
                     }
@@ -290,7 +337,9 @@ impl RepositoryConnection {
         drop(file);
         let actual = Sha256Digest::from_array(hasher.finalize().into());
         if actual != blob.digest {
-            tokio::fs::remove_file(partial_path).await.map_err(partial_error)?;
+            tokio::fs::remove_file(partial_path)
+                .await
+                .map_err(partial_error)?;
             if resumed_from > 0 {
                 return Err(AttemptFailure::Transient(format!(
                     "blob {} resumed at byte {resumed_from} did not verify; fetching it again from the start",
@@ -309,18 +358,35 @@ impl RepositoryConnection {
         let layout = layout.clone();
         let partial = partial_path.to_owned();
         let media_type = blob.media_type.clone();
-        let committed = tokio::task::spawn_blocking(move || -> Result<OciDescriptor, RegistryError> {
-            let file = std::fs::File::open(&partial).map_err(|source| RegistryError::PartialDownload { path: partial.clone(), source })?;
-            let descriptor = layout.put_blob_from_reader(&media_type, std::io::BufReader::new(file))?;
-            std::fs::remove_file(&partial).map_err(|source| RegistryError::PartialDownload { path: partial.clone(), source })?;
-            Ok(descriptor)
-        })
-        .await
-        .map_err(|error| AttemptFailure::Permanent(RegistryError::Runtime(std::io::Error::other(error))))?
-        .map_err(AttemptFailure::Permanent)?;
+        let committed =
+            tokio::task::spawn_blocking(move || -> Result<OciDescriptor, RegistryError> {
+                let file = std::fs::File::open(&partial).map_err(|source| {
+                    RegistryError::PartialDownload {
+                        path: partial.clone(),
+                        source,
+                    }
+                })?;
+                let descriptor =
+                    layout.put_blob_from_reader(&media_type, std::io::BufReader::new(file))?;
+                std::fs::remove_file(&partial).map_err(|source| {
+                    RegistryError::PartialDownload {
+                        path: partial.clone(),
+                        source,
+                    }
+                })?;
+                Ok(descriptor)
+            })
+            .await
+            .map_err(|error| {
+                AttemptFailure::Permanent(RegistryError::Runtime(std::io::Error::other(error)))
+            })?
+            .map_err(AttemptFailure::Permanent)?;
         if committed.digest != blob.digest {
             // The partial file changed under us between the check and the copy.
-            return Err(AttemptFailure::Transient(format!("blob {} changed while it was being committed", blob.digest)));
+            return Err(AttemptFailure::Transient(format!(
+                "blob {} changed while it was being committed",
+                blob.digest
+            )));
         }
         Ok(received)
     }
@@ -349,7 +415,10 @@ pub(crate) async fn resolve_reference_async(
 ) -> Result<ResolvedReference, RegistryError> {
     let parsed = parse_reference(reference)?;
     let connection = RepositoryConnection::open(&parsed, options)?;
-    connection.client.store_auth_if_needed(&connection.registry, &connection.authentication).await;
+    connection
+        .client
+        .store_auth_if_needed(&connection.registry, &connection.authentication)
+        .await;
     let resolved = connection.resolve(&parsed, platform, None).await?;
     Ok(connection.resolved_reference(&resolved))
 }
@@ -363,7 +432,10 @@ pub(crate) async fn pull_image_async(
 ) -> Result<PulledImage, RegistryError> {
     let parsed = parse_reference(reference)?;
     let connection = RepositoryConnection::open(&parsed, options)?;
-    connection.client.store_auth_if_needed(&connection.registry, &connection.authentication).await;
+    connection
+        .client
+        .store_auth_if_needed(&connection.registry, &connection.authentication)
+        .await;
     let resolved = connection.resolve(&parsed, platform, Some(layout)).await?;
     let resolved_reference = connection.resolved_reference(&resolved);
 
@@ -375,14 +447,24 @@ pub(crate) async fn pull_image_async(
         if layout.blob_path(&digest).exists() {
             observer.blob_finished(&digest, BlobOutcome::AlreadyPresent);
             blobs_already_present.push(digest);
-        } else if !blobs_to_fetch.iter().any(|blob: &BlobToFetch| blob.digest == digest) {
-            blobs_to_fetch.push(BlobToFetch { digest, size: descriptor.size, media_type: descriptor.media_type.clone() });
+        } else if !blobs_to_fetch
+            .iter()
+            .any(|blob: &BlobToFetch| blob.digest == digest)
+        {
+            blobs_to_fetch.push(BlobToFetch {
+                digest,
+                size: descriptor.size,
+                media_type: descriptor.media_type.clone(),
+            });
         }
     }
     let partial_directory = partial_download_directory(layout);
     tokio::fs::create_dir_all(&partial_directory)
         .await
-        .map_err(|source| RegistryError::PartialDownload { path: partial_directory.clone(), source })?;
+        .map_err(|source| RegistryError::PartialDownload {
+            path: partial_directory.clone(),
+            source,
+        })?;
 
     let downloads = futures_util::stream::iter(blobs_to_fetch.iter().map(|blob| {
         let connection = &connection;
@@ -392,7 +474,13 @@ pub(crate) async fn pull_image_async(
         async move {
             let received = connection
                 .with_retries(&format!("downloading blob {}", blob.digest), || {
-                    connection.download_blob_attempt(parsed, blob, layout, &partial_path, observer.as_ref())
+                    connection.download_blob_attempt(
+                        parsed,
+                        blob,
+                        layout,
+                        &partial_path,
+                        observer.as_ref(),
+                    )
                 })
                 .await?;
             observer.blob_finished(&blob.digest, BlobOutcome::Downloaded);
@@ -405,13 +493,28 @@ pub(crate) async fn pull_image_async(
     // Blobs first, manifests after, the reference last: a reference never points at
     // something missing.
     if let Some((index_bytes, index_digest, index)) = &resolved.index {
-        store_manifest_bytes(layout, index.effective_media_type(), index_bytes, *index_digest)?;
+        store_manifest_bytes(
+            layout,
+            index.effective_media_type(),
+            index_bytes,
+            *index_digest,
+        )?;
     }
-    let mut manifest_descriptor = store_manifest_bytes(layout, manifest.effective_media_type(), manifest_bytes, *manifest_digest)?;
+    let mut manifest_descriptor = store_manifest_bytes(
+        layout,
+        manifest.effective_media_type(),
+        manifest_bytes,
+        *manifest_digest,
+    )?;
     manifest_descriptor.platform = Some(OciDescriptorPlatform::from(platform));
-    let layout_reference_name = layout_reference_name(&connection.registry, &connection.repository, manifest_digest);
+    let layout_reference_name = layout_reference_name(
+        &connection.registry,
+        &connection.repository,
+        manifest_digest,
+    );
     layout.add_manifest_ref(&layout_reference_name, &manifest_descriptor)?;
-    let mut downloaded_blobs: Vec<Sha256Digest> = finished.iter().map(|(digest, _)| *digest).collect();
+    let mut downloaded_blobs: Vec<Sha256Digest> =
+        finished.iter().map(|(digest, _)| *digest).collect();
     downloaded_blobs.sort();
     Ok(PulledImage {
         resolved: resolved_reference,
@@ -422,22 +525,46 @@ pub(crate) async fn pull_image_async(
     })
 }
 
-fn store_manifest_bytes(layout: &OciLayout, media_type: &str, bytes: &[u8], digest: Sha256Digest) -> Result<OciDescriptor, RegistryError> {
+fn store_manifest_bytes(
+    layout: &OciLayout,
+    media_type: &str,
+    bytes: &[u8],
+    digest: Sha256Digest,
+) -> Result<OciDescriptor, RegistryError> {
     let descriptor = layout.put_blob_bytes(media_type, bytes)?;
-    debug_assert_eq!(descriptor.digest, digest, "manifest bytes were verified before storing");
+    debug_assert_eq!(
+        descriptor.digest, digest,
+        "manifest bytes were verified before storing"
+    );
     Ok(descriptor)
 }
 
 /// Offline pull: the same resolution and checks, reading only the layout.
-pub(crate) fn pull_image_offline(reference: &str, platform: OciPlatform, layout: &OciLayout) -> Result<PulledImage, RegistryError> {
+pub(crate) fn pull_image_offline(
+    reference: &str,
+    platform: OciPlatform,
+    layout: &OciLayout,
+) -> Result<PulledImage, RegistryError> {
     let parsed = parse_reference(reference)?;
     let registry = parsed.resolve_registry().to_owned();
     let repository = parsed.repository().to_owned();
-    let digest_text = parsed.digest().ok_or_else(|| RegistryError::OfflineNeedsDigest { reference: reference.to_owned() })?;
-    let unsupported = |digest: &str| RegistryError::UnsupportedDigest { registry: registry.clone(), repository: repository.clone(), digest: digest.to_owned() };
+    let digest_text = parsed
+        .digest()
+        .ok_or_else(|| RegistryError::OfflineNeedsDigest {
+            reference: reference.to_owned(),
+        })?;
+    let unsupported = |digest: &str| RegistryError::UnsupportedDigest {
+        registry: registry.clone(),
+        repository: repository.clone(),
+        digest: digest.to_owned(),
+    };
     let read_manifest = |digest: Sha256Digest| -> Result<RemoteManifest, RegistryError> {
         if !layout.blob_path(&digest).exists() {
-            return Err(RegistryError::OfflineMissing { what: "manifest", digest, layout: layout.directory().to_owned() });
+            return Err(RegistryError::OfflineMissing {
+                what: "manifest",
+                digest,
+                layout: layout.directory().to_owned(),
+            });
         }
         let bytes = layout.read_blob(&digest)?;
         RemoteManifest::parse(&bytes).map_err(|reason| RegistryError::InvalidManifest {
@@ -450,15 +577,15 @@ pub(crate) fn pull_image_offline(reference: &str, platform: OciPlatform, layout:
     let top_digest = parse_sha256(digest_text).ok_or_else(|| unsupported(digest_text))?;
     let top = read_manifest(top_digest)?;
     let (manifest_digest, manifest, index_digest) = if top.is_index() {
-        let entry = select_platform_manifest(top.manifests.as_deref().unwrap_or_default(), platform).map_err(|available| {
-            RegistryError::PlatformNotFound {
-                registry: registry.clone(),
-                repository: repository.clone(),
-                digest: top_digest,
-                requested: platform.to_string(),
-                available,
-            }
-        })?;
+        let entry =
+            select_platform_manifest(top.manifests.as_deref().unwrap_or_default(), platform)
+                .map_err(|available| RegistryError::PlatformNotFound {
+                    registry: registry.clone(),
+                    repository: repository.clone(),
+                    digest: top_digest,
+                    requested: platform.to_string(),
+                    available,
+                })?;
         let child = parse_sha256(&entry.digest).ok_or_else(|| unsupported(&entry.digest))?;
         (child, read_manifest(child)?, Some(top_digest))
     } else {
@@ -466,14 +593,25 @@ pub(crate) fn pull_image_offline(reference: &str, platform: OciPlatform, layout:
     };
     let mut blobs_already_present = Vec::new();
     for descriptor in manifest.blobs() {
-        let digest = parse_sha256(&descriptor.digest).ok_or_else(|| unsupported(&descriptor.digest))?;
+        let digest =
+            parse_sha256(&descriptor.digest).ok_or_else(|| unsupported(&descriptor.digest))?;
         if !layout.blob_path(&digest).exists() {
-            return Err(RegistryError::OfflineMissing { what: "blob", digest, layout: layout.directory().to_owned() });
+            return Err(RegistryError::OfflineMissing {
+                what: "blob",
+                digest,
+                layout: layout.directory().to_owned(),
+            });
         }
         blobs_already_present.push(digest);
     }
-    let manifest_size = std::fs::metadata(layout.blob_path(&manifest_digest)).map(|metadata| metadata.len()).unwrap_or(0);
-    let mut descriptor = OciDescriptor::new(manifest.effective_media_type(), manifest_digest, manifest_size);
+    let manifest_size = std::fs::metadata(layout.blob_path(&manifest_digest))
+        .map(|metadata| metadata.len())
+        .unwrap_or(0);
+    let mut descriptor = OciDescriptor::new(
+        manifest.effective_media_type(),
+        manifest_digest,
+        manifest_size,
+    );
     descriptor.platform = Some(OciDescriptorPlatform::from(platform));
     let layout_reference_name = layout_reference_name(&registry, &repository, &manifest_digest);
     layout.add_manifest_ref(&layout_reference_name, &descriptor)?;

@@ -63,11 +63,23 @@ pub fn repository_and_tag_for_reference_name(reference_name: &str) -> (String, S
     let repository: String = repository_part
         .to_ascii_lowercase()
         .chars()
-        .map(|character| if character.is_ascii_alphanumeric() || matches!(character, '/' | '.' | '-' | '_') { character } else { '-' })
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || matches!(character, '/' | '.' | '-' | '_') {
+                character
+            } else {
+                '-'
+            }
+        })
         .collect();
     let mut tag: String = tag_part
         .chars()
-        .map(|character| if character.is_ascii_alphanumeric() || matches!(character, '_' | '.' | '-') { character } else { '_' })
+        .map(|character| {
+            if character.is_ascii_alphanumeric() || matches!(character, '_' | '.' | '-') {
+                character
+            } else {
+                '_'
+            }
+        })
         .collect();
     if tag.starts_with(['.', '-']) {
         tag.insert(0, '_');
@@ -85,24 +97,47 @@ pub(crate) async fn push_layout_async(
 ) -> Result<PushReport, RegistryError> {
     let destination = destination.trim_end_matches('/');
     let index = layout.read_index()?;
-    let mut report = PushReport { destination: destination.to_owned(), ..PushReport::default() };
+    let mut report = PushReport {
+        destination: destination.to_owned(),
+        ..PushReport::default()
+    };
     for descriptor in &index.manifests {
-        let Some(reference_name) = descriptor.reference_name() else { continue };
+        let Some(reference_name) = descriptor.reference_name() else {
+            continue;
+        };
         if let Some(architecture) = architecture {
-            if descriptor.platform.as_ref().is_none_or(|platform| platform.architecture != architecture) {
+            if descriptor
+                .platform
+                .as_ref()
+                .is_none_or(|platform| platform.architecture != architecture)
+            {
                 continue;
             }
         }
         let (repository, tag) = repository_and_tag_for_reference_name(reference_name);
         let target_text = format!("{destination}/{repository}:{tag}");
-        let target = Reference::try_from(target_text.as_str()).map_err(|error| RegistryError::UnpushableReferenceName {
-            reference_name: reference_name.to_owned(),
-            layout: layout.directory().to_owned(),
-            reason: format!("{target_text}: {error}"),
+        let target = Reference::try_from(target_text.as_str()).map_err(|error| {
+            RegistryError::UnpushableReferenceName {
+                reference_name: reference_name.to_owned(),
+                layout: layout.directory().to_owned(),
+                reason: format!("{target_text}: {error}"),
+            }
         })?;
         let connection = RepositoryConnection::open(&target, options)?;
-        connection.client.store_auth_if_needed(&connection.registry, &connection.authentication).await;
-        let media_type = push_manifest_tree(&connection, &target, layout, descriptor, true, observer.clone(), &mut report).await?;
+        connection
+            .client
+            .store_auth_if_needed(&connection.registry, &connection.authentication)
+            .await;
+        let media_type = push_manifest_tree(
+            &connection,
+            &target,
+            layout,
+            descriptor,
+            true,
+            observer.clone(),
+            &mut report,
+        )
+        .await?;
         let read_back = connection
             .with_retries(&format!("reading back {target_text}"), || async {
                 connection
@@ -123,14 +158,20 @@ pub(crate) async fn push_layout_async(
         }
         report.images.push(PushedImage {
             layout_reference_name: reference_name.to_owned(),
-            pinned_reference: format!("{}/{}@{}", connection.registry, connection.repository, descriptor.digest),
+            pinned_reference: format!(
+                "{}/{}@{}",
+                connection.registry, connection.repository, descriptor.digest
+            ),
             pushed_reference: format!("{}/{}:{tag}", connection.registry, connection.repository),
             manifest_digest: descriptor.digest,
             media_type,
-            platform: descriptor.platform.as_ref().map(|platform| match &platform.variant {
-                Some(variant) => format!("{}/{}/{variant}", platform.os, platform.architecture),
-                None => format!("{}/{}", platform.os, platform.architecture),
-            }),
+            platform: descriptor
+                .platform
+                .as_ref()
+                .map(|platform| match &platform.variant {
+                    Some(variant) => format!("{}/{}/{variant}", platform.os, platform.architecture),
+                    None => format!("{}/{}", platform.os, platform.architecture),
+                }),
         });
     }
     Ok(report)
@@ -149,30 +190,52 @@ fn push_manifest_tree<'a>(
 ) -> futures_util::future::BoxFuture<'a, Result<String, RegistryError>> {
     Box::pin(async move {
         let bytes = layout.read_blob(&descriptor.digest)?;
-        let manifest = RemoteManifest::parse(&bytes).map_err(|reason| RegistryError::InvalidManifest {
-            registry: "layout".to_owned(),
-            repository: layout.directory().display().to_string(),
-            digest: descriptor.digest,
-            reason,
-        })?;
+        let manifest =
+            RemoteManifest::parse(&bytes).map_err(|reason| RegistryError::InvalidManifest {
+                registry: "layout".to_owned(),
+                repository: layout.directory().display().to_string(),
+                digest: descriptor.digest,
+                reason,
+            })?;
         if manifest.is_index() {
             for child in manifest.manifests.as_deref().unwrap_or_default() {
-                let child_digest = parse_sha256(&child.digest).ok_or_else(|| RegistryError::UnsupportedDigest {
-                    registry: "layout".to_owned(),
-                    repository: layout.directory().display().to_string(),
-                    digest: child.digest.clone(),
+                let child_digest = parse_sha256(&child.digest).ok_or_else(|| {
+                    RegistryError::UnsupportedDigest {
+                        registry: "layout".to_owned(),
+                        repository: layout.directory().display().to_string(),
+                        digest: child.digest.clone(),
+                    }
                 })?;
-                let child_descriptor = OciDescriptor::new(&child.media_type, child_digest, child.size);
-                push_manifest_tree(connection, target, layout, &child_descriptor, false, observer.clone(), report).await?;
+                let child_descriptor =
+                    OciDescriptor::new(&child.media_type, child_digest, child.size);
+                push_manifest_tree(
+                    connection,
+                    target,
+                    layout,
+                    &child_descriptor,
+                    false,
+                    observer.clone(),
+                    report,
+                )
+                .await?;
             }
         } else {
             for blob in manifest.blobs() {
-                let digest = parse_sha256(&blob.digest).ok_or_else(|| RegistryError::UnsupportedDigest {
-                    registry: "layout".to_owned(),
-                    repository: layout.directory().display().to_string(),
-                    digest: blob.digest.clone(),
-                })?;
-                let uploaded = upload_blob(connection, target, layout, digest, blob.size, observer.clone()).await?;
+                let digest =
+                    parse_sha256(&blob.digest).ok_or_else(|| RegistryError::UnsupportedDigest {
+                        registry: "layout".to_owned(),
+                        repository: layout.directory().display().to_string(),
+                        digest: blob.digest.clone(),
+                    })?;
+                let uploaded = upload_blob(
+                    connection,
+                    target,
+                    layout,
+                    digest,
+                    blob.size,
+                    observer.clone(),
+                )
+                .await?;
                 if uploaded {
                     report.blobs_uploaded += 1;
                 } else {
@@ -181,13 +244,20 @@ fn push_manifest_tree<'a>(
             }
         }
         let media_type = manifest.effective_media_type().to_owned();
-        let manifest_target = if by_tag { target.clone() } else { target.clone_with_digest(descriptor.digest.to_string()) };
-        let content_type: reqwest::header::HeaderValue = media_type.parse().map_err(|_| RegistryError::InvalidManifest {
-            registry: "layout".to_owned(),
-            repository: layout.directory().display().to_string(),
-            digest: descriptor.digest,
-            reason: format!("media type {media_type:?} is not a valid header value"),
-        })?;
+        let manifest_target = if by_tag {
+            target.clone()
+        } else {
+            target.clone_with_digest(descriptor.digest.to_string())
+        };
+        let content_type: reqwest::header::HeaderValue =
+            media_type
+                .parse()
+                .map_err(|_| RegistryError::InvalidManifest {
+                    registry: "layout".to_owned(),
+                    repository: layout.directory().display().to_string(),
+                    digest: descriptor.digest,
+                    reason: format!("media type {media_type:?} is not a valid header value"),
+                })?;
         let what = format!("manifest {}", descriptor.digest);
         connection
             .with_retries(&format!("pushing {what}"), || {
@@ -221,7 +291,11 @@ async fn upload_blob(
     let what = format!("blob {digest}");
     let exists = connection
         .with_retries(&format!("checking {what}"), || async {
-            connection.client.blob_exists(target, &digest_text).await.map_err(|error| connection.classify("push", &what, error))
+            connection
+                .client
+                .blob_exists(target, &digest_text)
+                .await
+                .map_err(|error| connection.classify("push", &what, error))
         })
         .await?;
     if exists {
@@ -237,12 +311,21 @@ async fn upload_blob(
             let what = what.clone();
             async move {
                 let file = tokio::fs::File::open(&path).await.map_err(|source| {
-                    AttemptFailure::Permanent(RegistryError::Layout(kiln_oci::OciLayoutError::ReadBlob { digest, path: path.clone(), source }))
+                    AttemptFailure::Permanent(RegistryError::Layout(
+                        kiln_oci::OciLayoutError::ReadBlob {
+                            digest,
+                            path: path.clone(),
+                            source,
+                        },
+                    ))
                 })?;
                 observer.blob_started(&digest, size, 0);
                 let stream = tokio_file_stream(file).map(move |chunk| {
                     if let Ok(bytes) = &chunk {
-                        observer.bytes_transferred(&digest, u64::try_from(bytes.len()).unwrap_or(u64::MAX));
+                        observer.bytes_transferred(
+                            &digest,
+                            u64::try_from(bytes.len()).unwrap_or(u64::MAX),
+                        );
                     }
                     chunk
                 });
@@ -284,9 +367,17 @@ mod tests {
     #[test]
     fn layout_names_become_repository_and_tag() {
         let check = |name: &str, repository: &str, tag: &str| {
-            assert_eq!(repository_and_tag_for_reference_name(name), (repository.to_owned(), tag.to_owned()), "{name}");
+            assert_eq!(
+                repository_and_tag_for_reference_name(name),
+                (repository.to_owned(), tag.to_owned()),
+                "{name}"
+            );
         };
-        check("busybox-static--1:1.35.0-4+deb12u1+b1--amd64", "busybox-static", "1_1.35.0-4_deb12u1_b1--amd64");
+        check(
+            "busybox-static--1:1.35.0-4+deb12u1+b1--amd64",
+            "busybox-static",
+            "1_1.35.0-4_deb12u1_b1--amd64",
+        );
         check("kernel/virt", "kernel/virt", "latest");
         check("Multi--v1", "multi", "v1");
         check("x--.hidden", "x", "_.hidden");

@@ -27,19 +27,35 @@ pub struct AcceleratorChoice {
 pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
     if let Ok(value) = std::env::var(ACCEL_ENVIRONMENT) {
         match value.as_str() {
-            "kvm" => return AcceleratorChoice { accelerator: Accelerator::Kvm, reason: format!("{ACCEL_ENVIRONMENT}=kvm") },
-            "tcg" => return AcceleratorChoice { accelerator: Accelerator::Tcg, reason: format!("{ACCEL_ENVIRONMENT}=tcg") },
+            "kvm" => {
+                return AcceleratorChoice {
+                    accelerator: Accelerator::Kvm,
+                    reason: format!("{ACCEL_ENVIRONMENT}=kvm"),
+                }
+            }
+            "tcg" => {
+                return AcceleratorChoice {
+                    accelerator: Accelerator::Tcg,
+                    reason: format!("{ACCEL_ENVIRONMENT}=tcg"),
+                }
+            }
             _ => {}
         }
     }
     if arch != host_arch() {
         return AcceleratorChoice {
             accelerator: Accelerator::Tcg,
-            reason: format!("no KVM for a {} guest on a {} host", arch.name(), std::env::consts::ARCH),
+            reason: format!(
+                "no KVM for a {} guest on a {} host",
+                arch.name(),
+                std::env::consts::ARCH
+            ),
         };
     }
     static VERDICT: Mutex<Option<AcceleratorChoice>> = Mutex::new(None);
-    let mut verdict = VERDICT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut verdict = VERDICT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(choice) = verdict.as_ref() {
         return choice.clone();
     }
@@ -52,9 +68,15 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
     let choice = match probe_kvm(arch, kernel) {
         Ok(elapsed) => AcceleratorChoice {
             accelerator: Accelerator::Kvm,
-            reason: format!("a probe boot under KVM reached the kernel in {:.1}s", elapsed.as_secs_f64()),
+            reason: format!(
+                "a probe boot under KVM reached the kernel in {:.1}s",
+                elapsed.as_secs_f64()
+            ),
         },
-        Err(why) => AcceleratorChoice { accelerator: Accelerator::Tcg, reason: format!("KVM unusable: {why}") },
+        Err(why) => AcceleratorChoice {
+            accelerator: Accelerator::Tcg,
+            reason: format!("KVM unusable: {why}"),
+        },
     };
     if let Some(path) = cache {
         let text = format!("{}\n{}\n", choice.accelerator.name(), choice.reason);
@@ -78,8 +100,15 @@ fn read_cached_verdict(path: &Path) -> Option<AcceleratorChoice> {
         "tcg" => Accelerator::Tcg,
         _ => return None,
     };
-    let reason = format!("{}; verdict reused from {}", lines.next().unwrap_or_default(), path.display());
-    Some(AcceleratorChoice { accelerator, reason })
+    let reason = format!(
+        "{}; verdict reused from {}",
+        lines.next().unwrap_or_default(),
+        path.display()
+    );
+    Some(AcceleratorChoice {
+        accelerator,
+        reason,
+    })
 }
 
 fn host_arch() -> ImageArch {
@@ -92,7 +121,10 @@ fn host_arch() -> ImageArch {
 /// Boots `kernel` under KVM without an initramfs: it must print its banner and panic
 /// (no root filesystem; `panic=-1` + `-no-reboot` make QEMU exit) within 10 s.
 fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
-    let openable = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm");
+    let openable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm");
     if let Err(error) = openable {
         return Err(format!("/dev/kvm: {error}"));
     }
@@ -100,11 +132,23 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
         ImageArch::X86_64 => ("qemu-system-x86_64", "q35", "ttyS0"),
         ImageArch::Aarch64 => ("qemu-system-aarch64", "virt", "ttyAMA0"),
     };
-    let directory = tempfile::tempdir().map_err(|error| format!("a temporary directory: {error}"))?;
+    let directory =
+        tempfile::tempdir().map_err(|error| format!("a temporary directory: {error}"))?;
     let output_path = directory.path().join("probe.log");
-    let output = std::fs::File::create(&output_path).map_err(|error| format!("{}: {error}", output_path.display()))?;
+    let output = std::fs::File::create(&output_path)
+        .map_err(|error| format!("{}: {error}", output_path.display()))?;
     let mut command = Command::new(program);
-    command.args(["-machine", machine, "-accel", "kvm", "-m", "256", "-nodefaults", "-nographic", "-no-reboot"]);
+    command.args([
+        "-machine",
+        machine,
+        "-accel",
+        "kvm",
+        "-m",
+        "256",
+        "-nodefaults",
+        "-nographic",
+        "-no-reboot",
+    ]);
     if arch == ImageArch::Aarch64 {
         command.args(["-cpu", "host"]);
     }
@@ -116,7 +160,9 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
         .stdout(Stdio::from(output))
         .stderr(Stdio::piped());
     let started = Instant::now();
-    let mut child = command.spawn().map_err(|error| format!("starting {program}: {error}"))?;
+    let mut child = command
+        .spawn()
+        .map_err(|error| format!("starting {program}: {error}"))?;
     let limit = Duration::from_secs(10);
     let status = loop {
         match child.try_wait() {
@@ -125,7 +171,10 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("the probe boot did not end within {}s", limit.as_secs()));
+                return Err(format!(
+                    "the probe boot did not end within {}s",
+                    limit.as_secs()
+                ));
             }
         }
     };
@@ -136,7 +185,10 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
             use std::io::Read;
             let _ = pipe.read_to_string(&mut stderr);
         }
-        return Err(format!("the probe boot printed no kernel banner ({status}; {})", stderr.trim()));
+        return Err(format!(
+            "the probe boot printed no kernel banner ({status}; {})",
+            stderr.trim()
+        ));
     }
     Ok(started.elapsed())
 }

@@ -29,19 +29,30 @@ impl ImageDirectory {
             if path.is_file() {
                 Ok(path)
             } else {
-                Err(SmokeError::MissingImageFile { directory: directory.to_path_buf(), file: name, arch: arch.name() })
+                Err(SmokeError::MissingImageFile {
+                    directory: directory.to_path_buf(),
+                    file: name,
+                    arch: arch.name(),
+                })
             }
         };
         let kernel = require(kiln_image::kernel_file_name(arch))?;
         let initramfs = require(kiln_image::initramfs_file_name(arch))?;
         let cmdline_path = require("cmdline".to_string())?;
         let boot_ipxe = require("boot.ipxe".to_string())?;
-        let cmdline = fs::read_to_string(&cmdline_path).map_err(SmokeError::io("reading", &cmdline_path))?.trim().to_string();
+        let cmdline = fs::read_to_string(&cmdline_path)
+            .map_err(SmokeError::io("reading", &cmdline_path))?
+            .trim()
+            .to_string();
         let manifest_path = directory.join("manifest.json");
         let manifest = if manifest_path.is_file() {
-            let text = fs::read_to_string(&manifest_path).map_err(SmokeError::io("reading", &manifest_path))?;
-            let value: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|error| SmokeError::BadImage { path: manifest_path.clone(), problem: format!("not JSON: {error}") })?;
+            let text = fs::read_to_string(&manifest_path)
+                .map_err(SmokeError::io("reading", &manifest_path))?;
+            let value: serde_json::Value =
+                serde_json::from_str(&text).map_err(|error| SmokeError::BadImage {
+                    path: manifest_path.clone(),
+                    problem: format!("not JSON: {error}"),
+                })?;
             if let Some(manifest_arch) = value.get("arch").and_then(|arch| arch.as_str()) {
                 if manifest_arch != arch.name() {
                     return Err(SmokeError::BadImage {
@@ -54,7 +65,15 @@ impl ImageDirectory {
         } else {
             None
         };
-        Ok(ImageDirectory { directory: directory.to_path_buf(), arch, kernel, initramfs, boot_ipxe, cmdline, manifest })
+        Ok(ImageDirectory {
+            directory: directory.to_path_buf(),
+            arch,
+            kernel,
+            initramfs,
+            boot_ipxe,
+            cmdline,
+            manifest,
+        })
     }
 
     /// The onboot steps and services the image's PID 1 will run: from `manifest.json` when it
@@ -64,9 +83,13 @@ impl ImageDirectory {
         if let Some(plan) = self.manifest.as_ref().and_then(boot_plan_from_manifest) {
             return Ok(plan);
         }
-        let bytes = fs::read(&self.initramfs).map_err(SmokeError::io("reading", &self.initramfs))?;
-        let config = init_config_from_initramfs(&bytes)
-            .map_err(|problem| SmokeError::BadImage { path: self.initramfs.clone(), problem })?;
+        let bytes =
+            fs::read(&self.initramfs).map_err(SmokeError::io("reading", &self.initramfs))?;
+        let config =
+            init_config_from_initramfs(&bytes).map_err(|problem| SmokeError::BadImage {
+                path: self.initramfs.clone(),
+                problem,
+            })?;
         Ok(BootPlan::from_config(&config, PlanSource::InitramfsConfig))
     }
 }
@@ -90,7 +113,11 @@ impl BootPlan {
     pub fn from_config(config: &InitConfig, source: PlanSource) -> BootPlan {
         BootPlan {
             onboot: config.onboot.iter().map(|step| step.name.clone()).collect(),
-            services: config.services.iter().map(|service| service.name.clone()).collect(),
+            services: config
+                .services
+                .iter()
+                .map(|service| service.name.clone())
+                .collect(),
             source,
         }
     }
@@ -106,20 +133,27 @@ fn boot_plan_from_manifest(manifest: &serde_json::Value) -> Option<BootPlan> {
         list.iter()
             .map(|item| match item {
                 serde_json::Value::String(name) => Some(name.clone()),
-                serde_json::Value::Object(object) => object.get("name")?.as_str().map(str::to_string),
+                serde_json::Value::Object(object) => {
+                    object.get("name")?.as_str().map(str::to_string)
+                }
                 _ => None,
             })
             .collect()
     };
     let onboot = names("onboot")?;
     let services = names("services")?;
-    Some(BootPlan { onboot, services, source: PlanSource::Manifest })
+    Some(BootPlan {
+        onboot,
+        services,
+        source: PlanSource::Manifest,
+    })
 }
 
 /// `/etc/kiln/init.json` as the kernel would leave it after unpacking every segment of the
 /// initramfs (a later archive's file replaces an earlier one's).
 pub fn init_config_from_initramfs(bytes: &[u8]) -> Result<InitConfig, String> {
-    let segments = kiln_archive::read_initramfs(bytes).map_err(|error| format!("reading the initramfs: {error}"))?;
+    let segments = kiln_archive::read_initramfs(bytes)
+        .map_err(|error| format!("reading the initramfs: {error}"))?;
     let config_name = kiln_init::config::DEFAULT_CONFIG_PATH.trim_start_matches('/');
     let mut found = None;
     for member in segments.iter().flat_map(|segment| &segment.members) {
@@ -128,9 +162,16 @@ pub fn init_config_from_initramfs(bytes: &[u8]) -> Result<InitConfig, String> {
             found = Some(member.data.clone());
         }
     }
-    let data = found.ok_or_else(|| format!("the initramfs has no {}", kiln_init::config::DEFAULT_CONFIG_PATH))?;
-    let text = String::from_utf8(data).map_err(|_| format!("{} is not UTF-8", kiln_init::config::DEFAULT_CONFIG_PATH))?;
-    InitConfig::parse(Path::new(kiln_init::config::DEFAULT_CONFIG_PATH), &text).map_err(|error| error.to_string())
+    let data = found.ok_or_else(|| {
+        format!(
+            "the initramfs has no {}",
+            kiln_init::config::DEFAULT_CONFIG_PATH
+        )
+    })?;
+    let text = String::from_utf8(data)
+        .map_err(|_| format!("{} is not UTF-8", kiln_init::config::DEFAULT_CONFIG_PATH))?;
+    InitConfig::parse(Path::new(kiln_init::config::DEFAULT_CONFIG_PATH), &text)
+        .map_err(|error| error.to_string())
 }
 
 /// The image's iPXE script with `extra` appended to its `kernel` line (the kernel's command
@@ -167,7 +208,8 @@ mod tests {
     #[test]
     fn the_ipxe_script_gets_the_extra_arguments_on_its_kernel_line_only() {
         let script = kiln_image::boot_ipxe(ImageArch::X86_64, "console=tty0 console=ttyS0,115200");
-        let changed = ipxe_script_with_extra_arguments(&script, "sshd.authorized_key=abc panic=-1").unwrap();
+        let changed =
+            ipxe_script_with_extra_arguments(&script, "sshd.authorized_key=abc panic=-1").unwrap();
         insta::assert_snapshot!(changed, @r"
         #!ipxe
 
@@ -175,7 +217,10 @@ mod tests {
         initrd initramfs-x86_64
         boot
         ");
-        assert_eq!(ipxe_script_with_extra_arguments(&script, "").unwrap(), script);
+        assert_eq!(
+            ipxe_script_with_extra_arguments(&script, "").unwrap(),
+            script
+        );
         assert!(ipxe_script_with_extra_arguments("#!ipxe\nboot\n", "x").is_err());
     }
 
@@ -193,7 +238,9 @@ mod tests {
 
     #[test]
     fn the_last_init_json_of_concatenated_archives_wins() {
-        use kiln_archive::{ArchivePath, ArchiveTree, Compression, Content, Entry, InitramfsOptions, ZstdSettings};
+        use kiln_archive::{
+            ArchivePath, ArchiveTree, Compression, Content, Entry, InitramfsOptions, ZstdSettings,
+        };
         let archive = |config: &str, compression: Compression| {
             let tree = ArchiveTree::from_entries([
                 Entry::directory(ArchivePath::new("etc").unwrap(), 0o755),
@@ -206,7 +253,11 @@ mod tests {
             ])
             .unwrap();
             let mut bytes = Vec::new();
-            let options = InitramfsOptions { mtime: 0, compression, early: None };
+            let options = InitramfsOptions {
+                mtime: 0,
+                compression,
+                early: None,
+            };
             kiln_archive::write_initramfs(&tree, &options, &mut bytes, &mut |_| {}).unwrap();
             bytes
         };
@@ -214,7 +265,10 @@ mod tests {
             r#"{"onboot": [{"name": "a", "argv": ["/a"]}]}"#,
             Compression::Zstd(ZstdSettings::new(3, 1).unwrap()),
         );
-        bytes.extend(archive(r#"{"services": [{"name": "b", "argv": ["/b"]}]}"#, Compression::None));
+        bytes.extend(archive(
+            r#"{"services": [{"name": "b", "argv": ["/b"]}]}"#,
+            Compression::None,
+        ));
         let config = init_config_from_initramfs(&bytes).unwrap();
         let plan = BootPlan::from_config(&config, PlanSource::InitramfsConfig);
         assert!(plan.onboot.is_empty());

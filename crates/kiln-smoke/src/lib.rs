@@ -63,13 +63,25 @@ pub use kiln_init::config as init_config;
 #[derive(Debug, thiserror::Error)]
 pub enum SmokeError {
     #[error("{action} {path}: {source}")]
-    Io { action: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("image directory {directory} has no {file}; build it with `cargo xtask image --arch {arch}`")]
-    MissingImageFile { directory: PathBuf, file: String, arch: &'static str },
+    MissingImageFile {
+        directory: PathBuf,
+        file: String,
+        arch: &'static str,
+    },
     #[error("{path}: {problem}")]
     BadImage { path: PathBuf, problem: String },
     #[error("starting {program}: {source} (apt-get install {package})")]
-    Spawn { program: String, package: &'static str, source: std::io::Error },
+    Spawn {
+        program: String,
+        package: &'static str,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Unsupported(String),
     #[error("{tool} failed: {message}")]
@@ -77,9 +89,16 @@ pub enum SmokeError {
 }
 
 impl SmokeError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> SmokeError {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> SmokeError {
         let path = path.into();
-        move |source| SmokeError::Io { action, path, source }
+        move |source| SmokeError::Io {
+            action,
+            path,
+            source,
+        }
     }
 }
 
@@ -87,6 +106,9 @@ impl SmokeError {
 /// Boots under TCG on a loaded machine take from ten seconds to several minutes, so every
 /// timeout of a smoke run can be raised without a rebuild.
 pub fn timeout_from_env(name: &str, default_seconds: u64) -> std::time::Duration {
-    let seconds = std::env::var(name).ok().and_then(|value| value.trim().parse::<u64>().ok()).unwrap_or(default_seconds);
+    let seconds = std::env::var(name)
+        .ok()
+        .and_then(|value| value.trim().parse::<u64>().ok())
+        .unwrap_or(default_seconds);
     std::time::Duration::from_secs(seconds)
 }

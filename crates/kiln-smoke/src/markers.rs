@@ -23,21 +23,33 @@ pub struct Marker {
 
 impl Marker {
     pub fn new(label: impl Into<String>, needle: impl Into<String>) -> Marker {
-        Marker { label: label.into(), needles: vec![needle.into()] }
+        Marker {
+            label: label.into(),
+            needles: vec![needle.into()],
+        }
     }
 
     /// A marker that any of several lines satisfies.
     pub fn any_of(label: impl Into<String>, needles: &[&str]) -> Marker {
-        Marker { label: label.into(), needles: needles.iter().map(|needle| needle.to_string()).collect() }
+        Marker {
+            label: label.into(),
+            needles: needles.iter().map(|needle| needle.to_string()).collect(),
+        }
     }
 
     pub fn matches(&self, line: &str) -> bool {
-        self.needles.iter().any(|needle| line.contains(needle.as_str()))
+        self.needles
+            .iter()
+            .any(|needle| line.contains(needle.as_str()))
     }
 
     /// The needles as `a` or `b`, for messages.
     pub fn needle_text(&self) -> String {
-        self.needles.iter().map(|needle| format!("`{needle}`")).collect::<Vec<_>>().join(" or ")
+        self.needles
+            .iter()
+            .map(|needle| format!("`{needle}`"))
+            .collect::<Vec<_>>()
+            .join(" or ")
     }
 
     pub fn kernel_started() -> Marker {
@@ -49,15 +61,24 @@ impl Marker {
     }
 
     pub fn onboot_finished(name: &str) -> Marker {
-        Marker::new(format!("onboot {name} finished"), format!("kiln: onboot {name} finished ("))
+        Marker::new(
+            format!("onboot {name} finished"),
+            format!("kiln: onboot {name} finished ("),
+        )
     }
 
     pub fn onboot_timed_out(name: &str) -> Marker {
-        Marker::new(format!("onboot {name} timed out"), format!("kiln: onboot {name} timed out after "))
+        Marker::new(
+            format!("onboot {name} timed out"),
+            format!("kiln: onboot {name} timed out after "),
+        )
     }
 
     pub fn service_started(name: &str) -> Marker {
-        Marker::new(format!("service {name} started"), format!("kiln: service {name} started (pid "))
+        Marker::new(
+            format!("service {name} started"),
+            format!("kiln: service {name} started (pid "),
+        )
     }
 
     pub fn ready() -> Marker {
@@ -82,7 +103,9 @@ impl NetworkExpectation {
     pub fn marker(self) -> Marker {
         match self {
             NetworkExpectation::Lease => Marker::new("DHCP lease", "dhcp: lease "),
-            NetworkExpectation::NoLink => Marker::new("dhcp gave up", "dhcp: no network link found, continuing"),
+            NetworkExpectation::NoLink => {
+                Marker::new("dhcp gave up", "dhcp: no network link found, continuing")
+            }
         }
     }
 }
@@ -115,8 +138,14 @@ impl MarkerPlan {
     /// order (the DHCP line before the `dhcp` step's end), every service, ready. Steps and
     /// services named in `disabled` (given with `kiln.onboot.disable=`/`kiln.services.disable=`)
     /// are expected to say so instead.
-    pub fn boot_to_ready(plan: &BootPlan, network: NetworkExpectation, disabled: &[&str]) -> MarkerPlan {
-        let mut markers = MarkerPlan::default().then(Marker::kernel_started()).then(Marker::init_started());
+    pub fn boot_to_ready(
+        plan: &BootPlan,
+        network: NetworkExpectation,
+        disabled: &[&str],
+    ) -> MarkerPlan {
+        let mut markers = MarkerPlan::default()
+            .then(Marker::kernel_started())
+            .then(Marker::init_started());
         for step in &plan.onboot {
             if disabled.contains(&step.as_str()) {
                 markers = markers.then(Marker::new(
@@ -154,9 +183,18 @@ impl MarkerPlan {
         let initramfs = kiln_image::initramfs_file_name(arch);
         MarkerPlan::default()
             .then(Marker::new("iPXE started", "iPXE initialising devices"))
-            .then(Marker::new(format!("iPXE fetched {bootfile}"), format!("tftp://10.0.2.2/{bootfile}... ok")))
-            .then(Marker::new(format!("iPXE fetched {kernel}"), format!("{kernel}... ok")))
-            .then(Marker::new(format!("iPXE fetched {initramfs}"), format!("{initramfs}... ok")))
+            .then(Marker::new(
+                format!("iPXE fetched {bootfile}"),
+                format!("tftp://10.0.2.2/{bootfile}... ok"),
+            ))
+            .then(Marker::new(
+                format!("iPXE fetched {kernel}"),
+                format!("{kernel}... ok"),
+            ))
+            .then(Marker::new(
+                format!("iPXE fetched {initramfs}"),
+                format!("{initramfs}... ok"),
+            ))
     }
 
     /// This plan's stages, then `next`'s.
@@ -203,14 +241,22 @@ pub struct MissingMarkers {
 
 impl std::fmt::Display for MissingMarkers {
     fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<String> = self.missing.iter().map(|marker| format!("{} ({})", marker.label, marker.needle_text())).collect();
+        let names: Vec<String> = self
+            .missing
+            .iter()
+            .map(|marker| format!("{} ({})", marker.label, marker.needle_text()))
+            .collect();
         write!(formatter, "missing marker: {}", names.join(", "))?;
         match &self.after {
             Some(after) => write!(formatter, "; last marker seen: {after}")?,
             None => write!(formatter, "; no marker was seen")?,
         }
         if !self.seen_early.is_empty() {
-            write!(formatter, "; seen before it, out of order: {}", self.seen_early.join(", "))?;
+            write!(
+                formatter,
+                "; seen before it, out of order: {}",
+                self.seen_early.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -229,7 +275,13 @@ pub struct MarkerChecker {
 impl MarkerChecker {
     pub fn new(plan: MarkerPlan) -> MarkerChecker {
         let first_stage_length = plan.stages.first().map_or(0, Vec::len);
-        MarkerChecker { plan, stage: 0, seen_in_stage: vec![false; first_stage_length], found: Vec::new(), seen_early: Vec::new() }
+        MarkerChecker {
+            plan,
+            stage: 0,
+            seen_in_stage: vec![false; first_stage_length],
+            found: Vec::new(),
+            seen_early: Vec::new(),
+        }
     }
 
     pub fn is_complete(&self) -> bool {
@@ -249,7 +301,10 @@ impl MarkerChecker {
             return Feed::Nothing;
         }
         let stage = &self.plan.stages[self.stage];
-        let matched = stage.iter().enumerate().find(|(index, marker)| !self.seen_in_stage[*index] && marker.matches(line));
+        let matched = stage
+            .iter()
+            .enumerate()
+            .find(|(index, marker)| !self.seen_in_stage[*index] && marker.matches(line));
         let Some((index, marker)) = matched else {
             for later in self.plan.stages.iter().skip(self.stage + 1).flatten() {
                 if later.matches(line) && !self.seen_early.contains(&later.label) {
@@ -258,7 +313,11 @@ impl MarkerChecker {
             }
             return Feed::Nothing;
         };
-        let found = FoundMarker { label: marker.label.clone(), line: line.to_string(), at };
+        let found = FoundMarker {
+            label: marker.label.clone(),
+            line: line.to_string(),
+            at,
+        };
         self.seen_in_stage[index] = true;
         self.found.push(found.clone());
         if self.seen_in_stage.iter().all(|seen| *seen) {
@@ -274,7 +333,12 @@ impl MarkerChecker {
     /// What is still missing, or `None` when the plan is complete.
     pub fn missing(&self) -> Option<MissingMarkers> {
         let stage = self.plan.stages.get(self.stage)?;
-        let missing = stage.iter().zip(&self.seen_in_stage).filter(|(_, seen)| !**seen).map(|(marker, _)| marker.clone()).collect();
+        let missing = stage
+            .iter()
+            .zip(&self.seen_in_stage)
+            .filter(|(_, seen)| !**seen)
+            .map(|(marker, _)| marker.clone())
+            .collect();
         Some(MissingMarkers {
             missing,
             after: self.found.last().map(|found| found.label.clone()),
@@ -303,8 +367,14 @@ mod tests {
         for (number, line) in console.lines().enumerate() {
             match checker.feed(line, Duration::from_secs(u64::try_from(number).unwrap())) {
                 Feed::Nothing => {}
-                Feed::Found(found) => report.push_str(&format!("found {} at {}s\n", found.label, found.at.as_secs())),
-                Feed::Complete(found) => report.push_str(&format!("complete with {}\n", found.label)),
+                Feed::Found(found) => report.push_str(&format!(
+                    "found {} at {}s\n",
+                    found.label,
+                    found.at.as_secs()
+                )),
+                Feed::Complete(found) => {
+                    report.push_str(&format!("complete with {}\n", found.label))
+                }
                 Feed::Fatal(line) => {
                     report.push_str(&format!("fatal: {line}\n"));
                     break;
@@ -352,7 +422,10 @@ kiln: ready
 
     #[test]
     fn a_missing_lease_names_the_marker_and_the_last_one_seen() {
-        let console = GOOD_BOOT.replace("[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2\n", "[dhcp] dhcp: no lease on eth0 after 30s, continuing\n");
+        let console = GOOD_BOOT.replace(
+            "[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2\n",
+            "[dhcp] dhcp: no lease on eth0 after 30s, continuing\n",
+        );
         let plan = MarkerPlan::boot_to_ready(&hook_plan(), NetworkExpectation::Lease, &[]);
         insta::assert_snapshot!(check(plan, &console), @r"
         found kernel started at 0s

@@ -37,7 +37,11 @@ pub enum Firmware {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootSource {
     /// `-kernel`, `-initrd`, `-append`.
-    Direct { kernel: PathBuf, initramfs: PathBuf, append: String },
+    Direct {
+        kernel: PathBuf,
+        initramfs: PathBuf,
+        append: String,
+    },
     /// The NIC's iPXE option ROM, from QEMU's TFTP server (see [`Network::User::tftp`]).
     Network,
 }
@@ -58,7 +62,10 @@ pub enum Network {
     None,
     /// One virtio NIC on QEMU's user-mode network (slirp): DHCP from 10.0.2.2, the guest's
     /// port 22 forwarded from 127.0.0.1:`ssh_host_port`.
-    User { ssh_host_port: Option<u16>, tftp: Option<TftpBoot> },
+    User {
+        ssh_host_port: Option<u16>,
+        tftp: Option<TftpBoot>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +125,8 @@ pub fn aarch64_kernel_has_efi_stub(kernel: &Path) -> Result<bool, SmokeError> {
     use std::io::Read;
     let mut head = [0u8; 2];
     let mut file = std::fs::File::open(kernel).map_err(SmokeError::io("opening", kernel))?;
-    file.read_exact(&mut head).map_err(SmokeError::io("reading", kernel))?;
+    file.read_exact(&mut head)
+        .map_err(SmokeError::io("reading", kernel))?;
     Ok(&head == b"MZ")
 }
 
@@ -133,7 +141,10 @@ pub fn aarch64_firmware_for(kernel: &Path) -> Result<(Firmware, String), SmokeEr
     }
     let firmware = PathBuf::from(AARCH64_UEFI_FIRMWARE);
     if firmware.is_file() {
-        Ok((Firmware::Uefi(firmware), format!("UEFI ({AARCH64_UEFI_FIRMWARE})")))
+        Ok((
+            Firmware::Uefi(firmware),
+            format!("UEFI ({AARCH64_UEFI_FIRMWARE})"),
+        ))
     } else {
         Ok((Firmware::Default, format!("no firmware: {AARCH64_UEFI_FIRMWARE} is missing (apt-get install qemu-efi-aarch64)")))
     }
@@ -160,16 +171,33 @@ pub fn qemu_command(config: &QemuConfig) -> Result<QemuCommand, SmokeError> {
     let memory = config.memory_mib.to_string();
     let cpus = config.cpus.to_string();
     push(&mut arguments, &["-m", &memory, "-smp", &cpus]);
-    push(&mut arguments, &["-nodefaults", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio"]);
+    push(
+        &mut arguments,
+        &[
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+        ],
+    );
     if let Firmware::Uefi(path) = &config.firmware {
         if config.arch != ImageArch::Aarch64 {
-            return Err(SmokeError::Unsupported("UEFI firmware is only wired up for aarch64 boots".to_string()));
+            return Err(SmokeError::Unsupported(
+                "UEFI firmware is only wired up for aarch64 boots".to_string(),
+            ));
         }
         arguments.push("-bios".into());
         arguments.push(path.into());
     }
     match &config.boot {
-        BootSource::Direct { kernel, initramfs, append } => {
+        BootSource::Direct {
+            kernel,
+            initramfs,
+            append,
+        } => {
             arguments.push("-kernel".into());
             arguments.push(kernel.into());
             arguments.push("-initrd".into());
@@ -183,7 +211,9 @@ pub fn qemu_command(config: &QemuConfig) -> Result<QemuCommand, SmokeError> {
             }
             let has_tftp = matches!(&config.network, Network::User { tftp: Some(_), .. });
             if !has_tftp {
-                return Err(SmokeError::Unsupported("a network boot needs the user network with a TFTP directory".to_string()));
+                return Err(SmokeError::Unsupported(
+                    "a network boot needs the user network with a TFTP directory".to_string(),
+                ));
             }
             arguments.push("-boot".into());
             arguments.push("order=n,strict=on".into());
@@ -194,7 +224,10 @@ pub fn qemu_command(config: &QemuConfig) -> Result<QemuCommand, SmokeError> {
             arguments.push("-nic".into());
             arguments.push("none".into());
         }
-        Network::User { ssh_host_port, tftp } => {
+        Network::User {
+            ssh_host_port,
+            tftp,
+        } => {
             let mut netdev = OsString::from("user,id=net0");
             if let Some(port) = ssh_host_port {
                 netdev.push(format!(",hostfwd=tcp:127.0.0.1:{port}-:22"));
@@ -215,7 +248,11 @@ pub fn qemu_command(config: &QemuConfig) -> Result<QemuCommand, SmokeError> {
             arguments.push("virtio-net-pci,netdev=net0".into());
         }
     }
-    Ok(QemuCommand { program, arguments, package })
+    Ok(QemuCommand {
+        program,
+        arguments,
+        package,
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +271,10 @@ mod tests {
                 initramfs: PathBuf::from("/out/hook/initramfs-x"),
                 append: "console=ttyS0,115200 panic=-1".to_string(),
             },
-            network: Network::User { ssh_host_port: Some(2222), tftp: None },
+            network: Network::User {
+                ssh_host_port: Some(2222),
+                tftp: None,
+            },
         }
     }
 
@@ -253,7 +293,10 @@ mod tests {
         ipxe.boot = BootSource::Network;
         ipxe.network = Network::User {
             ssh_host_port: Some(2222),
-            tftp: Some(TftpBoot { directory: PathBuf::from("/run/tftp"), bootfile: "boot.ipxe".to_string() }),
+            tftp: Some(TftpBoot {
+                directory: PathBuf::from("/run/tftp"),
+                bootfile: "boot.ipxe".to_string(),
+            }),
         };
         report.push_str(&qemu_command(&ipxe).unwrap().display());
         insta::assert_snapshot!(report, @r"
@@ -271,6 +314,9 @@ mod tests {
         assert!(error.contains("no arm64 iPXE build"), "{error}");
         let mut no_tftp = direct(ImageArch::X86_64);
         no_tftp.boot = BootSource::Network;
-        assert!(qemu_command(&no_tftp).unwrap_err().to_string().contains("TFTP directory"));
+        assert!(qemu_command(&no_tftp)
+            .unwrap_err()
+            .to_string()
+            .contains("TFTP directory"));
     }
 }

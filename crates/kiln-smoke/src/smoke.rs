@@ -136,7 +136,11 @@ impl std::fmt::Display for BootFailure {
         if !self.qemu_stderr.trim().is_empty() {
             writeln!(formatter, "QEMU stderr: {}", self.qemu_stderr.trim())?;
         }
-        write!(formatter, "full console log: {}", self.console_log.display())
+        write!(
+            formatter,
+            "full console log: {}",
+            self.console_log.display()
+        )
     }
 }
 
@@ -177,7 +181,11 @@ pub struct StartedBoot {
 }
 
 /// Prepares the work directory (key, TFTP directory, concatenated initramfs) and starts QEMU.
-pub fn start_boot(image: &ImageDirectory, options: &SmokeOptions, with_ssh: bool) -> Result<StartedBoot, SmokeError> {
+pub fn start_boot(
+    image: &ImageDirectory,
+    options: &SmokeOptions,
+    with_ssh: bool,
+) -> Result<StartedBoot, SmokeError> {
     let work = &options.work_directory;
     fs::create_dir_all(work).map_err(SmokeError::io("creating", work))?;
     if options.boot == BootMethod::Ipxe {
@@ -186,7 +194,10 @@ pub fn start_boot(image: &ImageDirectory, options: &SmokeOptions, with_ssh: bool
         }
     }
     let accelerator = match options.accelerator {
-        Some(accelerator) => AcceleratorChoice { accelerator, reason: "chosen by the caller".to_string() },
+        Some(accelerator) => AcceleratorChoice {
+            accelerator,
+            reason: "chosen by the caller".to_string(),
+        },
         None => choose_accelerator(image.arch, &image.kernel),
     };
     let (firmware, firmware_note) = match image.arch {
@@ -204,7 +215,11 @@ pub fn start_boot(image: &ImageDirectory, options: &SmokeOptions, with_ssh: bool
         None
     };
     cmdline.extend(options.extra_cmdline.iter().cloned());
-    let cmdline = cmdline.into_iter().filter(|part| !part.is_empty()).collect::<Vec<_>>().join(" ");
+    let cmdline = cmdline
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
 
     let initramfs = match &options.extra_initramfs {
         None => image.initramfs.clone(),
@@ -217,15 +232,37 @@ pub fn start_boot(image: &ImageDirectory, options: &SmokeOptions, with_ssh: bool
     let ssh_host_port = ssh.as_ref().map(|(_, port)| *port);
     let (boot, network) = match options.boot {
         BootMethod::Direct => {
-            let network = if options.network { Network::User { ssh_host_port, tftp: None } } else { Network::None };
-            (BootSource::Direct { kernel: image.kernel.clone(), initramfs, append: cmdline }, network)
+            let network = if options.network {
+                Network::User {
+                    ssh_host_port,
+                    tftp: None,
+                }
+            } else {
+                Network::None
+            };
+            (
+                BootSource::Direct {
+                    kernel: image.kernel.clone(),
+                    initramfs,
+                    append: cmdline,
+                },
+                network,
+            )
         }
         BootMethod::Ipxe => {
             if !options.network {
-                return Err(SmokeError::Unsupported("an iPXE boot needs the network".to_string()));
+                return Err(SmokeError::Unsupported(
+                    "an iPXE boot needs the network".to_string(),
+                ));
             }
             let tftp = prepare_tftp_directory(image, &initramfs, &cmdline, &work.join("tftp"))?;
-            (BootSource::Network, Network::User { ssh_host_port, tftp: Some(tftp) })
+            (
+                BootSource::Network,
+                Network::User {
+                    ssh_host_port,
+                    tftp: Some(tftp),
+                },
+            )
         }
     };
     let config = QemuConfig {
@@ -238,15 +275,27 @@ pub fn start_boot(image: &ImageDirectory, options: &SmokeOptions, with_ssh: bool
         network,
     };
     let command = qemu::qemu_command(&config)?;
-    fs::write(work.join("qemu-command"), command.display() + "\n").map_err(SmokeError::io("writing", work.join("qemu-command")))?;
+    fs::write(work.join("qemu-command"), command.display() + "\n")
+        .map_err(SmokeError::io("writing", work.join("qemu-command")))?;
     let vm = Vm::start(&command, &work.join("console.log"))?;
-    Ok(StartedBoot { vm, ssh, accelerator, firmware: firmware_note, command })
+    Ok(StartedBoot {
+        vm,
+        ssh,
+        accelerator,
+        firmware: firmware_note,
+        command,
+    })
 }
 
 /// The image's initramfs, zero padding to a multiple of 4 bytes (where the kernel looks for
 /// the next archive's magic), then `extra`.
-pub fn concatenate_initramfs(image_initramfs: &Path, extra: &Path, destination: &Path) -> Result<(), SmokeError> {
-    let mut bytes = fs::read(image_initramfs).map_err(SmokeError::io("reading", image_initramfs))?;
+pub fn concatenate_initramfs(
+    image_initramfs: &Path,
+    extra: &Path,
+    destination: &Path,
+) -> Result<(), SmokeError> {
+    let mut bytes =
+        fs::read(image_initramfs).map_err(SmokeError::io("reading", image_initramfs))?;
     bytes.resize(bytes.len().next_multiple_of(4), 0);
     bytes.extend(fs::read(extra).map_err(SmokeError::io("reading", extra))?);
     fs::write(destination, bytes).map_err(SmokeError::io("writing", destination))
@@ -254,35 +303,65 @@ pub fn concatenate_initramfs(image_initramfs: &Path, extra: &Path, destination: 
 
 /// The steps and services of the image's initramfs followed by `extra` (later files win).
 pub fn effective_boot_plan(image: &ImageDirectory, extra: &Path) -> Result<BootPlan, SmokeError> {
-    let mut bytes = fs::read(&image.initramfs).map_err(SmokeError::io("reading", &image.initramfs))?;
+    let mut bytes =
+        fs::read(&image.initramfs).map_err(SmokeError::io("reading", &image.initramfs))?;
     bytes.resize(bytes.len().next_multiple_of(4), 0);
     bytes.extend(fs::read(extra).map_err(SmokeError::io("reading", extra))?);
-    let config = crate::image::init_config_from_initramfs(&bytes)
-        .map_err(|problem| SmokeError::BadImage { path: extra.to_path_buf(), problem })?;
-    Ok(BootPlan::from_config(&config, crate::image::PlanSource::InitramfsConfig))
+    let config = crate::image::init_config_from_initramfs(&bytes).map_err(|problem| {
+        SmokeError::BadImage {
+            path: extra.to_path_buf(),
+            problem,
+        }
+    })?;
+    Ok(BootPlan::from_config(
+        &config,
+        crate::image::PlanSource::InitramfsConfig,
+    ))
 }
 
 /// The TFTP root: the image's kernel and initramfs under their own names, and its
 /// `boot.ipxe` with `cmdline`'s additions on the `kernel` line.
-fn prepare_tftp_directory(image: &ImageDirectory, initramfs: &Path, cmdline: &str, directory: &Path) -> Result<TftpBoot, SmokeError> {
+fn prepare_tftp_directory(
+    image: &ImageDirectory,
+    initramfs: &Path,
+    cmdline: &str,
+    directory: &Path,
+) -> Result<TftpBoot, SmokeError> {
     let _ = fs::remove_dir_all(directory);
     fs::create_dir_all(directory).map_err(SmokeError::io("creating", directory))?;
     let kernel_name = kiln_image::kernel_file_name(image.arch);
     let initramfs_name = kiln_image::initramfs_file_name(image.arch);
-    fs::copy(&image.kernel, directory.join(&kernel_name)).map_err(SmokeError::io("copying", &image.kernel))?;
-    fs::copy(initramfs, directory.join(&initramfs_name)).map_err(SmokeError::io("copying", initramfs))?;
-    let script = fs::read_to_string(&image.boot_ipxe).map_err(SmokeError::io("reading", &image.boot_ipxe))?;
+    fs::copy(&image.kernel, directory.join(&kernel_name))
+        .map_err(SmokeError::io("copying", &image.kernel))?;
+    fs::copy(initramfs, directory.join(&initramfs_name))
+        .map_err(SmokeError::io("copying", initramfs))?;
+    let script = fs::read_to_string(&image.boot_ipxe)
+        .map_err(SmokeError::io("reading", &image.boot_ipxe))?;
     // The script already carries the image's own command line; add only what the run adds.
-    let additions = cmdline.strip_prefix(image.cmdline.as_str()).unwrap_or(cmdline).trim();
-    let script = ipxe_script_with_extra_arguments(&script, additions)
-        .map_err(|problem| SmokeError::BadImage { path: image.boot_ipxe.clone(), problem })?;
+    let additions = cmdline
+        .strip_prefix(image.cmdline.as_str())
+        .unwrap_or(cmdline)
+        .trim();
+    let script = ipxe_script_with_extra_arguments(&script, additions).map_err(|problem| {
+        SmokeError::BadImage {
+            path: image.boot_ipxe.clone(),
+            problem,
+        }
+    })?;
     let script_path = directory.join(IPXE_BOOTFILE);
     fs::write(&script_path, script).map_err(SmokeError::io("writing", &script_path))?;
-    Ok(TftpBoot { directory: directory.to_path_buf(), bootfile: IPXE_BOOTFILE.to_string() })
+    Ok(TftpBoot {
+        directory: directory.to_path_buf(),
+        bootfile: IPXE_BOOTFILE.to_string(),
+    })
 }
 
 /// Boot, markers, SSH, power-off. `events` sees progress.
-pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dyn FnMut(SmokeEvent<'_>)) -> Result<SmokeReport, SmokeRunError> {
+pub fn run_smoke(
+    image: &ImageDirectory,
+    options: &SmokeOptions,
+    events: &mut dyn FnMut(SmokeEvent<'_>),
+) -> Result<SmokeReport, SmokeRunError> {
     if options.boot == BootMethod::Ipxe {
         if let Some(reason) = qemu::ipxe_unavailable_reason(image.arch) {
             return Err(SmokeError::Unsupported(reason.to_string()).into());
@@ -297,7 +376,9 @@ pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dy
     let has_sshd = plan.has_service("sshd");
     let use_ssh = options.ssh && options.network && has_sshd;
     if options.ssh && !has_sshd {
-        notes.push("the image has no sshd service: SSH login and power-off over SSH skipped".to_string());
+        notes.push(
+            "the image has no sshd service: SSH login and power-off over SSH skipped".to_string(),
+        );
     }
     events(SmokeEvent::Step(&format!(
         "starting QEMU ({} boot, {} onboot steps and {} services expected, from {})",
@@ -310,27 +391,62 @@ pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dy
         }
     )));
     let started = start_boot(image, options, use_ssh)?;
-    let StartedBoot { mut vm, ssh, accelerator, firmware, .. } = started;
-    events(SmokeEvent::Note(&format!("accelerator: {} ({})", accelerator.accelerator.name(), accelerator.reason)));
+    let StartedBoot {
+        mut vm,
+        ssh,
+        accelerator,
+        firmware,
+        ..
+    } = started;
+    events(SmokeEvent::Note(&format!(
+        "accelerator: {} ({})",
+        accelerator.accelerator.name(),
+        accelerator.reason
+    )));
     events(SmokeEvent::Note(&format!("firmware: {firmware}")));
-    events(SmokeEvent::Note(&format!("console log: {}", vm.console_log.display())));
+    events(SmokeEvent::Note(&format!(
+        "console log: {}",
+        vm.console_log.display()
+    )));
 
-    let network = if options.network { NetworkExpectation::Lease } else { NetworkExpectation::NoLink };
+    let network = if options.network {
+        NetworkExpectation::Lease
+    } else {
+        NetworkExpectation::NoLink
+    };
     let disabled = disabled_names(&options.extra_cmdline);
     let disabled: Vec<&str> = disabled.iter().map(String::as_str).collect();
     let mut marker_plan = MarkerPlan::boot_to_ready(&plan, network, &disabled);
     if options.boot == BootMethod::Ipxe {
         marker_plan = MarkerPlan::ipxe_netboot(image.arch, IPXE_BOOTFILE).followed_by(marker_plan);
     }
-    events(SmokeEvent::Step(&format!("waiting for {} markers up to `kiln: ready`", marker_plan.marker_count())));
+    events(SmokeEvent::Step(&format!(
+        "waiting for {} markers up to `kiln: ready`",
+        marker_plan.marker_count()
+    )));
     let mut checker = MarkerChecker::new(marker_plan);
-    let outcome = vm.expect(&mut checker, options.boot_timeout, &mut |found| events(SmokeEvent::Marker(found)));
+    let outcome = vm.expect(&mut checker, options.boot_timeout, &mut |found| {
+        events(SmokeEvent::Marker(found))
+    });
     if outcome != WaitOutcome::Complete {
-        let missing = checker.missing().map(|missing| missing.to_string()).unwrap_or_default();
-        return Err(failed(&vm, format!("boot failed: {}; {missing}", describe(&outcome))));
+        let missing = checker
+            .missing()
+            .map(|missing| missing.to_string())
+            .unwrap_or_default();
+        return Err(failed(
+            &vm,
+            format!("boot failed: {}; {missing}", describe(&outcome)),
+        ));
     }
-    let time_to_ready = checker.found().last().map(|found| found.at).unwrap_or_else(|| vm.elapsed());
-    events(SmokeEvent::Note(&format!("ready {:.1}s after QEMU started", time_to_ready.as_secs_f64())));
+    let time_to_ready = checker
+        .found()
+        .last()
+        .map(|found| found.at)
+        .unwrap_or_else(|| vm.elapsed());
+    events(SmokeEvent::Note(&format!(
+        "ready {:.1}s after QEMU started",
+        time_to_ready.as_secs_f64()
+    )));
     let mut markers = checker.found().to_vec();
 
     let Some((key, port)) = ssh else {
@@ -348,8 +464,11 @@ pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dy
         });
     };
 
-    events(SmokeEvent::Step(&format!("ssh root@127.0.0.1 -p {port} 'uname -a'")));
-    let (output, attempts) = ssh::run_command_with_retries(&key, port, "uname -a", options.ssh_timeout)?;
+    events(SmokeEvent::Step(&format!(
+        "ssh root@127.0.0.1 -p {port} 'uname -a'"
+    )));
+    let (output, attempts) =
+        ssh::run_command_with_retries(&key, port, "uname -a", options.ssh_timeout)?;
     if !output.success {
         return Err(failed(
             &vm,
@@ -357,35 +476,65 @@ pub fn run_smoke(image: &ImageDirectory, options: &SmokeOptions, events: &mut dy
                 "ssh login failed after {attempts} attempt(s) ({}): {}{}",
                 output.status,
                 output.stderr.trim(),
-                if vm.console_contains("sshd: listening on 22") { "" } else { "; the console never said `sshd: listening on 22`" }
+                if vm.console_contains("sshd: listening on 22") {
+                    ""
+                } else {
+                    "; the console never said `sshd: listening on 22`"
+                }
             ),
         ));
     }
     let uname = output.stdout.trim().to_string();
     let machine = image.arch.name();
     if !uname.starts_with("Linux ") || !uname.contains(machine) {
-        return Err(failed(&vm, format!("`uname -a` over ssh printed {uname:?}, expected a Linux {machine} line")));
+        return Err(failed(
+            &vm,
+            format!("`uname -a` over ssh printed {uname:?}, expected a Linux {machine} line"),
+        ));
     }
     events(SmokeEvent::Note(&format!("ssh: {uname}")));
 
-    events(SmokeEvent::Step("ssh poweroff; waiting for `kiln: powering off` and QEMU to exit"));
+    events(SmokeEvent::Step(
+        "ssh poweroff; waiting for `kiln: powering off` and QEMU to exit",
+    ));
     // The connection may drop as the machine goes down: the console is the verdict.
     let _ = ssh::run_command(&key, port, "poweroff", Duration::from_secs(60))?;
     let mut poweroff = MarkerChecker::new(MarkerPlan::default().then(Marker::powering_off()));
-    let outcome = vm.expect(&mut poweroff, options.poweroff_timeout, &mut |found| events(SmokeEvent::Marker(found)));
+    let outcome = vm.expect(&mut poweroff, options.poweroff_timeout, &mut |found| {
+        events(SmokeEvent::Marker(found))
+    });
     if outcome != WaitOutcome::Complete && !matches!(outcome, WaitOutcome::QemuExited(_)) {
-        return Err(failed(&vm, format!("power-off failed: {}; missing marker: powering off (`kiln: powering off`)", describe(&outcome))));
+        return Err(failed(
+            &vm,
+            format!(
+                "power-off failed: {}; missing marker: powering off (`kiln: powering off`)",
+                describe(&outcome)
+            ),
+        ));
     }
     if !vm.console_contains("kiln: powering off") {
-        return Err(failed(&vm, "QEMU exited after `poweroff` without the console saying `kiln: powering off`".to_string()));
+        return Err(failed(
+            &vm,
+            "QEMU exited after `poweroff` without the console saying `kiln: powering off`"
+                .to_string(),
+        ));
     }
     markers.extend(poweroff.found().iter().cloned());
     let Some(status) = vm.wait_for_exit(options.poweroff_timeout) else {
-        return Err(failed(&vm, format!("QEMU did not exit within {}s of `kiln: powering off`", options.poweroff_timeout.as_secs())));
+        return Err(failed(
+            &vm,
+            format!(
+                "QEMU did not exit within {}s of `kiln: powering off`",
+                options.poweroff_timeout.as_secs()
+            ),
+        ));
     };
     let powered_off_at = vm.elapsed();
     if !status.success() {
-        return Err(failed(&vm, format!("QEMU exited with {status} after the power-off")));
+        return Err(failed(
+            &vm,
+            format!("QEMU exited with {status} after the power-off"),
+        ));
     }
     Ok(SmokeReport {
         console_log: vm.console_log.clone(),
@@ -415,7 +564,10 @@ fn disabled_names(arguments: &[String]) -> Vec<String> {
     arguments
         .iter()
         .flat_map(|argument| argument.split_whitespace())
-        .filter_map(|word| word.strip_prefix("kiln.services.disable=").or_else(|| word.strip_prefix("kiln.onboot.disable=")))
+        .filter_map(|word| {
+            word.strip_prefix("kiln.services.disable=")
+                .or_else(|| word.strip_prefix("kiln.onboot.disable="))
+        })
         .flat_map(|list| list.split(','))
         .filter(|name| !name.is_empty())
         .map(str::to_string)
@@ -428,7 +580,10 @@ mod tests {
 
     #[test]
     fn disabled_names_come_from_both_keys() {
-        let arguments = vec!["kiln.services.disable=getty,ntp".to_string(), "quiet kiln.onboot.disable=kmod".to_string()];
+        let arguments = vec![
+            "kiln.services.disable=getty,ntp".to_string(),
+            "quiet kiln.onboot.disable=kmod".to_string(),
+        ];
         assert_eq!(disabled_names(&arguments), ["getty", "ntp", "kmod"]);
     }
 }

@@ -30,21 +30,41 @@ impl SshKey {
             .arg(&private_key)
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| SmokeError::Spawn { program: "dropbearkey".to_string(), package: "dropbear-bin", source })?;
+            .map_err(|source| SmokeError::Spawn {
+                program: "dropbearkey".to_string(),
+                package: "dropbear-bin",
+                source,
+            })?;
         let stdout = String::from_utf8_lossy(&output.stdout);
         if !output.status.success() {
             return Err(SmokeError::Tool {
                 tool: "dropbearkey",
-                message: format!("{}: {}{}", output.status, stdout, String::from_utf8_lossy(&output.stderr)),
+                message: format!(
+                    "{}: {}{}",
+                    output.status,
+                    stdout,
+                    String::from_utf8_lossy(&output.stderr)
+                ),
             });
         }
         let public_line = stdout
             .lines()
             .find(|line| line.starts_with("ssh-ed25519 "))
-            .ok_or_else(|| SmokeError::Tool { tool: "dropbearkey", message: format!("no public key line in its output:\n{stdout}") })?;
+            .ok_or_else(|| SmokeError::Tool {
+                tool: "dropbearkey",
+                message: format!("no public key line in its output:\n{stdout}"),
+            })?;
         // The comment is `user@host`: keep only type and key, the image does not need the rest.
-        let public_line = public_line.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
-        Ok(SshKey { private_key, public_line, home: directory.to_path_buf() })
+        let public_line = public_line
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok(SshKey {
+            private_key,
+            public_line,
+            home: directory.to_path_buf(),
+        })
     }
 
     /// `sshd.authorized_key=…`: the line in URL-safe base64 without padding (the sshd
@@ -55,7 +75,10 @@ impl SshKey {
 }
 
 pub fn authorized_key_argument(public_line: &str) -> String {
-    format!("sshd.authorized_key={}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_line.as_bytes()))
+    format!(
+        "sshd.authorized_key={}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(public_line.as_bytes())
+    )
 }
 
 /// What a remote command printed.
@@ -68,7 +91,12 @@ pub struct RemoteOutput {
 }
 
 /// Runs `command` as root on 127.0.0.1:`port` once, killed after `timeout`.
-pub fn run_command(key: &SshKey, port: u16, command: &str, timeout: Duration) -> Result<RemoteOutput, SmokeError> {
+pub fn run_command(
+    key: &SshKey,
+    port: u16,
+    command: &str,
+    timeout: Duration,
+) -> Result<RemoteOutput, SmokeError> {
     let mut child = Command::new("dbclient")
         .args(["-y", "-y", "-T", "-i"])
         .arg(&key.private_key)
@@ -78,7 +106,11 @@ pub fn run_command(key: &SshKey, port: u16, command: &str, timeout: Duration) ->
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| SmokeError::Spawn { program: "dbclient".to_string(), package: "dropbear-bin", source })?;
+        .map_err(|source| SmokeError::Spawn {
+            program: "dbclient".to_string(),
+            package: "dropbear-bin",
+            source,
+        })?;
     let mut stdout_pipe = child.stdout.take().expect("piped");
     let mut stderr_pipe = child.stderr.take().expect("piped");
     let stdout_reader = std::thread::spawn(move || {
@@ -93,7 +125,10 @@ pub fn run_command(key: &SshKey, port: u16, command: &str, timeout: Duration) ->
     });
     let started = Instant::now();
     let status = loop {
-        if let Some(status) = child.try_wait().map_err(SmokeError::io("waiting for", "dbclient"))? {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(SmokeError::io("waiting for", "dbclient"))?
+        {
             break Some(status);
         }
         if started.elapsed() > timeout {
@@ -106,19 +141,36 @@ pub fn run_command(key: &SshKey, port: u16, command: &str, timeout: Duration) ->
     let stdout = stdout_reader.join().unwrap_or_default();
     let stderr = stderr_reader.join().unwrap_or_default();
     Ok(match status {
-        Some(status) => RemoteOutput { success: status.success(), status: status.to_string(), stdout, stderr },
-        None => RemoteOutput { success: false, status: format!("killed after {}s", timeout.as_secs()), stdout, stderr },
+        Some(status) => RemoteOutput {
+            success: status.success(),
+            status: status.to_string(),
+            stdout,
+            stderr,
+        },
+        None => RemoteOutput {
+            success: false,
+            status: format!("killed after {}s", timeout.as_secs()),
+            stdout,
+            stderr,
+        },
     })
 }
 
 /// Runs `command` until it succeeds (sshd may still be generating its host keys, or not be
 /// listening yet) or `total` passes; returns the last attempt and the number of attempts.
-pub fn run_command_with_retries(key: &SshKey, port: u16, command: &str, total: Duration) -> Result<(RemoteOutput, u32), SmokeError> {
+pub fn run_command_with_retries(
+    key: &SshKey,
+    port: u16,
+    command: &str,
+    total: Duration,
+) -> Result<(RemoteOutput, u32), SmokeError> {
     let deadline = Instant::now() + total;
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_secs(5));
+        let remaining = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_secs(5));
         let output = run_command(key, port, command, remaining.min(Duration::from_secs(90)))?;
         if output.success || Instant::now() >= deadline {
             return Ok((output, attempts));
@@ -129,8 +181,12 @@ pub fn run_command_with_retries(key: &SshKey, port: u16, command: &str, total: D
 
 /// A TCP port on 127.0.0.1 that was free a moment ago, for QEMU's `hostfwd`.
 pub fn free_local_port() -> Result<u16, SmokeError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(SmokeError::io("binding", "127.0.0.1:0"))?;
-    let port = listener.local_addr().map_err(SmokeError::io("reading the address of", "127.0.0.1:0"))?.port();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(SmokeError::io("binding", "127.0.0.1:0"))?;
+    let port = listener
+        .local_addr()
+        .map_err(SmokeError::io("reading the address of", "127.0.0.1:0"))?
+        .port();
     Ok(port)
 }
 

@@ -59,15 +59,21 @@ impl Vm {
     /// `console_log` with the extension `.qemu-stderr`.
     pub fn start(command: &QemuCommand, console_log: &Path) -> Result<Vm, SmokeError> {
         let stderr_log = console_log.with_extension("qemu-stderr");
-        let mut log = fs::File::create(console_log).map_err(SmokeError::io("creating", console_log))?;
-        let stderr_file = fs::File::create(&stderr_log).map_err(SmokeError::io("creating", &stderr_log))?;
+        let mut log =
+            fs::File::create(console_log).map_err(SmokeError::io("creating", console_log))?;
+        let stderr_file =
+            fs::File::create(&stderr_log).map_err(SmokeError::io("creating", &stderr_log))?;
         let mut child = Command::new(command.program)
             .args(&command.arguments)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr_file))
             .spawn()
-            .map_err(|source| SmokeError::Spawn { program: command.program.to_string(), package: command.package, source })?;
+            .map_err(|source| SmokeError::Spawn {
+                program: command.program.to_string(),
+                package: command.package,
+                source,
+            })?;
         let started = Instant::now();
         let console = Arc::new(Console::default());
         let mut stdout = child.stdout.take().expect("stdout is piped");
@@ -121,7 +127,12 @@ impl Vm {
 
     /// Feeds console lines not consumed yet to `checker` until its plan is complete, a fatal
     /// line appears, QEMU exits or `timeout` passes. `on_found` sees each marker as it comes.
-    pub fn expect(&mut self, checker: &mut MarkerChecker, timeout: Duration, on_found: &mut dyn FnMut(&FoundMarker)) -> WaitOutcome {
+    pub fn expect(
+        &mut self,
+        checker: &mut MarkerChecker,
+        timeout: Duration,
+        on_found: &mut dyn FnMut(&FoundMarker),
+    ) -> WaitOutcome {
         let deadline = Instant::now() + timeout;
         loop {
             let (new_lines, closed) = {
@@ -129,8 +140,14 @@ impl Vm {
                 let state = if state.lines.len() > self.cursor || state.closed {
                     state
                 } else {
-                    let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(500));
-                    self.console.changed.wait_timeout(state, wait).expect("console lock").0
+                    let wait = deadline
+                        .saturating_duration_since(Instant::now())
+                        .min(Duration::from_millis(500));
+                    self.console
+                        .changed
+                        .wait_timeout(state, wait)
+                        .expect("console lock")
+                        .0
                 };
                 (state.lines[self.cursor..].to_vec(), state.closed)
             };
@@ -168,7 +185,13 @@ impl Vm {
 
     /// Whether any console line so far contains `needle`.
     pub fn console_contains(&self, needle: &str) -> bool {
-        self.console.state.lock().expect("console lock").lines.iter().any(|(_, line)| line.contains(needle))
+        self.console
+            .state
+            .lock()
+            .expect("console lock")
+            .lines
+            .iter()
+            .any(|(_, line)| line.contains(needle))
     }
 
     /// Waits until QEMU exits or `timeout` passes.
@@ -211,7 +234,10 @@ impl Vm {
     pub fn console_tail(&self, count: usize) -> String {
         let state = self.console.state.lock().expect("console lock");
         let start = state.lines.len().saturating_sub(count);
-        let mut tail: Vec<String> = state.lines[start..].iter().map(|(_, line)| line.clone()).collect();
+        let mut tail: Vec<String> = state.lines[start..]
+            .iter()
+            .map(|(_, line)| line.clone())
+            .collect();
         if !state.partial.is_empty() {
             tail.push(String::from_utf8_lossy(&state.partial).into_owned());
         }

@@ -40,7 +40,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What a module is for, which decides when (and whether) it enters an image.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ModuleKind {
     /// Merged into the image's root filesystem (the userland, certificates, the init).
@@ -617,7 +619,10 @@ impl Catalog {
         loop {
             if chain.contains(&current) {
                 chain.push(current.clone());
-                return Err(SpecError::ExtendsCycle { path: self.profile_path(&chain[chain.len() - 2]), chain: chain.join(" -> ") });
+                return Err(SpecError::ExtendsCycle {
+                    path: self.profile_path(&chain[chain.len() - 2]),
+                    chain: chain.join(" -> "),
+                });
             }
             let profile = self.profile(&current)?;
             chain.push(current.clone());
@@ -631,7 +636,9 @@ impl Catalog {
             output_name: name.to_owned(),
             modules: Vec::new(),
             options: BTreeMap::new(),
-            kernel: KernelChoice { flavor: "virt".to_owned() },
+            kernel: KernelChoice {
+                flavor: "virt".to_owned(),
+            },
             cmdline: CmdlineDefaults::default(),
             ram_budget_mib: None,
             prune: Vec::new(),
@@ -656,14 +663,27 @@ impl Catalog {
                 }
             }
             for (module, values) in &profile.options {
-                resolved.options.entry(module.clone()).or_default().extend(values.clone());
+                resolved
+                    .options
+                    .entry(module.clone())
+                    .or_default()
+                    .extend(values.clone());
             }
             if let Some(kernel) = &profile.kernel {
                 resolved.kernel = kernel.clone();
             }
-            resolved.cmdline.all.extend(profile.cmdline.all.iter().cloned());
-            resolved.cmdline.x86_64.extend(profile.cmdline.x86_64.iter().cloned());
-            resolved.cmdline.aarch64.extend(profile.cmdline.aarch64.iter().cloned());
+            resolved
+                .cmdline
+                .all
+                .extend(profile.cmdline.all.iter().cloned());
+            resolved
+                .cmdline
+                .x86_64
+                .extend(profile.cmdline.x86_64.iter().cloned());
+            resolved
+                .cmdline
+                .aarch64
+                .extend(profile.cmdline.aarch64.iter().cloned());
             for path in &profile.prune {
                 if !resolved.prune.contains(path) {
                     resolved.prune.push(path.clone());
@@ -680,7 +700,10 @@ impl Catalog {
         let path = self.profile_path(name);
         for (module, values) in &resolved.options {
             let Some(spec) = self.modules.get(module) else {
-                return Err(SpecError::BadProfile { path, message: format!("sets options of module `{module}`, which does not exist") });
+                return Err(SpecError::BadProfile {
+                    path,
+                    message: format!("sets options of module `{module}`, which does not exist"),
+                });
             };
             if !resolved.modules.contains(module) {
                 return Err(SpecError::BadProfile {
@@ -695,7 +718,11 @@ impl Catalog {
                         path,
                         message: format!(
                             "module `{module}` has no option `{option}` (its options: {})",
-                            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
                         ),
                     });
                 }
@@ -848,34 +875,62 @@ mod tests {
                     ) else {
                         panic!("profile `{name}`: module `{module}` requires `{required}`, which the profile lacks");
                     };
-                    assert!(before < after, "profile `{name}`: `{required}` must come before `{module}`");
-                }
-                if matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown) {
                     assert!(
-                        spec.command.first().is_some_and(|program| program.starts_with('/')),
+                        before < after,
+                        "profile `{name}`: `{required}` must come before `{module}`"
+                    );
+                }
+                if matches!(
+                    spec.kind,
+                    ModuleKind::Onboot | ModuleKind::Service | ModuleKind::Shutdown
+                ) {
+                    assert!(
+                        spec.command
+                            .first()
+                            .is_some_and(|program| program.starts_with('/')),
                         "module `{module}` runs no absolute command"
                     );
                 }
             }
         }
         let hook = catalog.resolve_profile("hook").unwrap();
-        assert!(hook.modules.iter().any(|m| m == "sshd"), "{:?}", hook.modules);
-        assert!(hook.modules.iter().any(|m| m == "getty"), "{:?}", hook.modules);
+        assert!(
+            hook.modules.iter().any(|m| m == "sshd"),
+            "{:?}",
+            hook.modules
+        );
+        assert!(
+            hook.modules.iter().any(|m| m == "getty"),
+            "{:?}",
+            hook.modules
+        );
         assert_eq!(hook.output_name, "hook");
         let minimal = catalog.resolve_profile("minimal").unwrap();
-        assert!(!minimal.modules.iter().any(|m| m == "sshd" || m == "getty"), "{:?}", minimal.modules);
+        assert!(
+            !minimal.modules.iter().any(|m| m == "sshd" || m == "getty"),
+            "{:?}",
+            minimal.modules
+        );
         assert_eq!(minimal.modules[..2], ["init", "base"]);
         // A flow list would split `console=ttyS0,115200` at the comma.
         assert_eq!(minimal.cmdline.x86_64, ["console=ttyS0,115200"]);
         let debug = catalog.resolve_profile("debug").unwrap();
         assert_eq!(debug.modules, hook.modules);
-        assert!(debug.cmdline.all.iter().any(|parameter| parameter == "kiln.debug"));
+        assert!(debug
+            .cmdline
+            .all
+            .iter()
+            .any(|parameter| parameter == "kiln.debug"));
         assert_eq!(catalog.modules["kernel-source"].kind, ModuleKind::Build);
         assert!(catalog.modules["base"]
             .debian_packages()
             .any(|name| name == "busybox-static"));
-        assert!(catalog.modules["ntp"].debian_packages().any(|name| name == "chrony"));
-        assert!(catalog.modules["sshd"].debian_packages().any(|name| name == "dropbear-bin"));
+        assert!(catalog.modules["ntp"]
+            .debian_packages()
+            .any(|name| name == "chrony"));
+        assert!(catalog.modules["sshd"]
+            .debian_packages()
+            .any(|name| name == "dropbear-bin"));
     }
 
     /// A catalog in a temporary directory: modules `base`, `sshd` (option `port`, default 22)
@@ -892,11 +947,19 @@ mod tests {
         ];
         for (name, text) in modules {
             std::fs::create_dir_all(root.path().join("modules").join(name)).unwrap();
-            std::fs::write(root.path().join("modules").join(name).join("module.yaml"), text).unwrap();
+            std::fs::write(
+                root.path().join("modules").join(name).join("module.yaml"),
+                text,
+            )
+            .unwrap();
         }
         std::fs::create_dir_all(root.path().join("profiles")).unwrap();
         for (name, text) in profiles {
-            std::fs::write(root.path().join("profiles").join(format!("{name}.yaml")), text).unwrap();
+            std::fs::write(
+                root.path().join("profiles").join(format!("{name}.yaml")),
+                text,
+            )
+            .unwrap();
         }
         let catalog = Catalog::load(root.path()).unwrap();
         (root, catalog)
@@ -928,7 +991,14 @@ mod tests {
         assert_eq!(c.kernel.flavor, "generic");
         assert_eq!(c.ram_budget_mib, Some(300));
         let profiles = root.path().join("profiles");
-        assert_eq!(c.files, [profiles.join("a.yaml"), profiles.join("b.yaml"), profiles.join("c.yaml")]);
+        assert_eq!(
+            c.files,
+            [
+                profiles.join("a.yaml"),
+                profiles.join("b.yaml"),
+                profiles.join("c.yaml")
+            ]
+        );
         // output_name is not inherited: b's outputs carry b's name.
         let b = catalog.resolve_profile("b").unwrap();
         assert_eq!(b.output_name, "b");
@@ -950,7 +1020,10 @@ mod tests {
     #[test]
     fn resolve_profile_remove_drops_an_extended_module_and_its_options() {
         let (_root, catalog) = catalog_with_profiles(&[
-            ("full", "modules: [base, sshd, getty]\noptions: {sshd: {port: 2222}}\n"),
+            (
+                "full",
+                "modules: [base, sshd, getty]\noptions: {sshd: {port: 2222}}\n",
+            ),
             ("small", "extends: full\nremove: [sshd]\n"),
             ("back", "extends: small\nmodules: [sshd]\n"),
         ]);
@@ -966,7 +1039,10 @@ mod tests {
     #[test]
     fn resolve_profile_remove_of_a_module_the_extended_profile_lacks_is_an_error() {
         let error = resolve_error(
-            &[("full", "modules: [base]\n"), ("small", "extends: full\nremove: [getty]\n")],
+            &[
+                ("full", "modules: [base]\n"),
+                ("small", "extends: full\nremove: [getty]\n"),
+            ],
             "small",
         );
         assert!(error.ends_with("profiles/small.yaml: `remove: [getty]`, but the extended profile has no module `getty`"), "{error}");
@@ -975,7 +1051,10 @@ mod tests {
     #[test]
     fn resolve_profile_extending_profile_wins_option_values() {
         let (_root, catalog) = catalog_with_profiles(&[
-            ("a", "modules: [base, sshd]\noptions: {sshd: {port: 2222, banner: hello}}\n"),
+            (
+                "a",
+                "modules: [base, sshd]\noptions: {sshd: {port: 2222, banner: hello}}\n",
+            ),
             ("b", "extends: a\noptions: {sshd: {port: 2022}}\n"),
         ]);
         let b = catalog.resolve_profile("b").unwrap();
@@ -1006,26 +1085,58 @@ mod tests {
     #[test]
     fn resolve_profile_extending_a_missing_profile_names_the_expected_file() {
         let error = resolve_error(&[("a", "extends: nowhere\n")], "a");
-        assert!(error.starts_with("no profile `nowhere`: expected "), "{error}");
+        assert!(
+            error.starts_with("no profile `nowhere`: expected "),
+            "{error}"
+        );
         assert!(error.ends_with("profiles/nowhere.yaml"), "{error}");
     }
 
     #[test]
     fn resolve_profile_rejects_options_of_a_module_not_in_the_profile() {
-        let error = resolve_error(&[("p", "modules: [base]\noptions: {sshd: {port: 2222}}\n")], "p");
+        let error = resolve_error(
+            &[("p", "modules: [base]\noptions: {sshd: {port: 2222}}\n")],
+            "p",
+        );
         assert!(
             error.ends_with("profiles/p.yaml: sets options of module `sshd`, which the profile does not include: add it to `modules:` or drop its options"),
             "{error}"
         );
         let error = resolve_error(&[("p", "modules: [base]\noptions: {ghost: {x: 1}}\n")], "p");
-        assert!(error.ends_with("profiles/p.yaml: sets options of module `ghost`, which does not exist"), "{error}");
+        assert!(
+            error
+                .ends_with("profiles/p.yaml: sets options of module `ghost`, which does not exist"),
+            "{error}"
+        );
     }
 
     #[test]
     fn resolve_profile_rejects_an_option_the_module_does_not_declare() {
-        let error = resolve_error(&[("p", "modules: [base, sshd]\noptions: {sshd: {prot: 2222}}\n")], "p");
-        assert!(error.ends_with("profiles/p.yaml: module `sshd` has no option `prot` (its options: banner, port)"), "{error}");
-        let error = resolve_error(&[("p", "modules: [base, getty]\noptions: {getty: {baud: 9600}}\n")], "p");
-        assert!(error.ends_with("profiles/p.yaml: module `getty` has no option `baud` (its options: none)"), "{error}");
+        let error = resolve_error(
+            &[(
+                "p",
+                "modules: [base, sshd]\noptions: {sshd: {prot: 2222}}\n",
+            )],
+            "p",
+        );
+        assert!(
+            error.ends_with(
+                "profiles/p.yaml: module `sshd` has no option `prot` (its options: banner, port)"
+            ),
+            "{error}"
+        );
+        let error = resolve_error(
+            &[(
+                "p",
+                "modules: [base, getty]\noptions: {getty: {baud: 9600}}\n",
+            )],
+            "p",
+        );
+        assert!(
+            error.ends_with(
+                "profiles/p.yaml: module `getty` has no option `baud` (its options: none)"
+            ),
+            "{error}"
+        );
     }
 }

@@ -17,20 +17,32 @@ pub const TEST_EPOCH: u64 = 1_700_000_000;
 pub fn lock_epoch() -> u64 {
     let text = std::fs::read_to_string(workspace_root().join("kiln.lock")).expect("read kiln.lock");
     let lock: serde_json::Value = serde_json::from_str(&text).expect("kiln.lock is JSON");
-    lock["source_date_epoch"].as_u64().expect("kiln.lock has a numeric source_date_epoch")
+    lock["source_date_epoch"]
+        .as_u64()
+        .expect("kiln.lock has a numeric source_date_epoch")
 }
 
 /// LOCK SEAM: the kernel source the tests build. Once kiln.lock pins the tarball itself
 /// (today it pins the linux-source-6.1 .deb that installs it), take path and digest from there.
 pub fn kernel_source() -> KernelSource {
-    let tarball = PathBuf::from(std::env::var("KILN_KERNEL_SOURCE").unwrap_or_else(|_| "/usr/src/linux-source-6.1.tar.xz".to_string()));
-    assert!(tarball.is_file(), "{} is missing: apt-get install linux-source-6.1 (or `cargo xtask test` installs it)", tarball.display());
+    let tarball = PathBuf::from(
+        std::env::var("KILN_KERNEL_SOURCE")
+            .unwrap_or_else(|_| "/usr/src/linux-source-6.1.tar.xz".to_string()),
+    );
+    assert!(
+        tarball.is_file(),
+        "{} is missing: apt-get install linux-source-6.1 (or `cargo xtask test` installs it)",
+        tarball.display()
+    );
     let sha256 = kiln_kernel::source::sha256_file(&tarball).expect("hash the kernel source");
     KernelSource { tarball, sha256 }
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn request(arch: Arch, flavor: Flavor, config_dir: PathBuf) -> BuildRequest {
@@ -51,28 +63,60 @@ pub fn boot_init(arch: Arch) -> PathBuf {
     let target_dir = std::env::temp_dir().join("kiln-kernel-boot-init");
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root())
-        .args(["build", "--quiet", "--release", "--target", &triple, "--manifest-path"])
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            &triple,
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .arg("--target-dir")
         .arg(&target_dir)
         .status()
         .expect("run cargo");
-    assert!(status.success(), "building the boot init for {triple} failed: rustup target add {triple}");
-    target_dir.join(&triple).join("release/kiln-kernel-boot-init")
+    assert!(
+        status.success(),
+        "building the boot init for {triple} failed: rustup target add {triple}"
+    );
+    target_dir
+        .join(&triple)
+        .join("release/kiln-kernel-boot-init")
 }
 
 /// A zstd newc initramfs: /dev/console (the kernel opens it for init's stdout) and /init.
 pub fn initramfs(init: &Path, destination: &Path) {
-    use kiln_archive::{ArchivePath, ArchiveTree, Compression, Content, Entry, EntryKind, InitramfsOptions, ZstdSettings};
+    use kiln_archive::{
+        ArchivePath, ArchiveTree, Compression, Content, Entry, EntryKind, InitramfsOptions,
+        ZstdSettings,
+    };
     let size = std::fs::metadata(init).unwrap().len();
-    let console = Entry { path: ArchivePath::new("dev/console").unwrap(), permissions: 0o600, uid: 0, gid: 0, kind: EntryKind::CharDevice { major: 5, minor: 1 } };
+    let console = Entry {
+        path: ArchivePath::new("dev/console").unwrap(),
+        permissions: 0o600,
+        uid: 0,
+        gid: 0,
+        kind: EntryKind::CharDevice { major: 5, minor: 1 },
+    };
     let tree = ArchiveTree::from_entries([
         Entry::directory(ArchivePath::new("dev").unwrap(), 0o755),
         console,
-        Entry::file(ArchivePath::new("init").unwrap(), 0o755, Content::File { path: init.to_path_buf(), size }),
+        Entry::file(
+            ArchivePath::new("init").unwrap(),
+            0o755,
+            Content::File {
+                path: init.to_path_buf(),
+                size,
+            },
+        ),
     ])
     .unwrap();
-    let options = InitramfsOptions { mtime: 1_700_000_000, compression: Compression::Zstd(ZstdSettings::new(19, 1).unwrap()), early: None };
+    let options = InitramfsOptions {
+        mtime: 1_700_000_000,
+        compression: Compression::Zstd(ZstdSettings::new(19, 1).unwrap()),
+        early: None,
+    };
     kiln_archive::write_initramfs_file(&tree, &options, destination, &mut |_| {}).unwrap();
 }
 
@@ -84,17 +128,42 @@ pub fn boot(arch: Arch, kernel: &Path, initramfs: &Path, timeout: Duration) -> S
             let mut command = Command::new("qemu-system-x86_64");
             // no_timer_check: under TCG on a loaded host the IO-APIC timer check can miss its
             // window and panic ("IO-APIC + timer doesn't work"); cloud images pass it too.
-            command.args(["-M", "pc", "-append", "console=ttyS0 panic=-1 no_timer_check"]);
+            command.args([
+                "-M",
+                "pc",
+                "-append",
+                "console=ttyS0 panic=-1 no_timer_check",
+            ]);
             command
         }
         Arch::Aarch64 => {
             let mut command = Command::new("qemu-system-aarch64");
-            command.args(["-M", "virt", "-cpu", "cortex-a57", "-append", "console=ttyAMA0 panic=-1"]);
+            command.args([
+                "-M",
+                "virt",
+                "-cpu",
+                "cortex-a57",
+                "-append",
+                "console=ttyAMA0 panic=-1",
+            ]);
             command
         }
     };
     command
-        .args(["-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-monitor", "none", "-serial", "stdio", "-display", "none"])
+        .args([
+            "-accel",
+            "tcg",
+            "-m",
+            "256",
+            "-nographic",
+            "-no-reboot",
+            "-monitor",
+            "none",
+            "-serial",
+            "stdio",
+            "-display",
+            "none",
+        ])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")
@@ -102,7 +171,9 @@ pub fn boot(arch: Arch, kernel: &Path, initramfs: &Path, timeout: Duration) -> S
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = command.spawn().expect("qemu-system-* is installed (qemu-system-x86, qemu-system-arm)");
+    let mut child = command
+        .spawn()
+        .expect("qemu-system-* is installed (qemu-system-x86, qemu-system-arm)");
     let mut stdout = child.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut output = Vec::new();

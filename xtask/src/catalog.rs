@@ -156,7 +156,17 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
     let is_enum = lines[start].starts_with("pub enum");
     let mut doc_lines = Vec::new();
     let mut rename_all = None;
+    let mut inside_attribute = false;
     for line in lines[..start].iter().rev() {
+        // rustfmt splits a long `#[derive(...)]` over lines; read upwards to its `#[`.
+        if inside_attribute {
+            inside_attribute = !line.starts_with("#[");
+            continue;
+        }
+        if *line == ")]" {
+            inside_attribute = true;
+            continue;
+        }
         if let Some(text) = line.strip_prefix("///") {
             doc_lines.push(text.trim());
         } else if line.starts_with("#[") {

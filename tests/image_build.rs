@@ -8,37 +8,6 @@ use std::process::Command;
 
 use kiln_tests::{run, workspace_root, xtask};
 
-fn copy_checkout(to: &Path) {
-    let files = run(Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(workspace_root()))
-    .unwrap();
-    for name in files
-        .stdout
-        .split(|byte| *byte == 0)
-        .filter(|name| !name.is_empty())
-    {
-        let name = std::str::from_utf8(name).unwrap();
-        let source = workspace_root().join(name);
-        let metadata = std::fs::symlink_metadata(&source);
-        let Ok(metadata) = metadata else { continue };
-        let destination = to.join(name);
-        std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
-        if metadata.file_type().is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&source).unwrap(), &destination).unwrap();
-        } else if metadata.is_file() {
-            std::fs::copy(&source, &destination).unwrap();
-        }
-    }
-    std::fs::copy(workspace_root().join("Cargo.lock"), to.join("Cargo.lock")).unwrap();
-}
-
 /// The x86_64 virt kernel artifact (built into the default cache if it is not there yet).
 fn kernel_artifact() -> PathBuf {
     let output = run(&mut xtask(&[
@@ -78,7 +47,7 @@ fn same_sha256sums_from_two_checkouts_cold_and_warm() {
     let kernel = kernel_artifact();
     let work = tempfile::tempdir().unwrap();
     let second_checkout = work.path().join("elsewhere/deeper/kiln");
-    copy_checkout(&second_checkout);
+    kiln_tests::copy_checkout(&second_checkout).unwrap();
 
     // Cold: a new store, a new cargo target dir, umask 077, another TZ and locale.
     let cold_cache = work.path().join("cold-cache");

@@ -1,50 +1,17 @@
 //! kiln-init's bytes do not depend on where the checkout or target dir is.
 
-use std::path::Path;
 use std::process::Command;
 
 use kiln_image::init_binary::build_init_binary;
 use kiln_image::ImageArch;
 use kiln_tests::{run, workspace_root};
 
-fn copy_checkout(to: &Path) {
-    // A second checkout of the same sources at another path: the tracked
-    // files as they are in the work tree (so uncommitted edits count too).
-    let files = run(Command::new("git")
-        .args([
-            "ls-files",
-            "-z",
-            "--cached",
-            "--others",
-            "--exclude-standard",
-        ])
-        .current_dir(workspace_root()))
-    .unwrap();
-    for name in files
-        .stdout
-        .split(|byte| *byte == 0)
-        .filter(|name| !name.is_empty())
-    {
-        let name = std::str::from_utf8(name).unwrap();
-        let source = workspace_root().join(name);
-        if !source.is_file() {
-            continue;
-        }
-        let destination = to.join(name);
-        std::fs::create_dir_all(destination.parent().unwrap()).unwrap();
-        std::fs::copy(&source, &destination).unwrap();
-    }
-    if workspace_root().join("Cargo.lock").exists() {
-        std::fs::copy(workspace_root().join("Cargo.lock"), to.join("Cargo.lock")).unwrap();
-    }
-}
-
 #[test]
 #[ignore = "slow: builds kiln-init for both musl targets from two checkouts"]
 fn init_binary_is_identical_from_two_checkouts() {
     let elsewhere = tempfile::tempdir().unwrap();
     let second_checkout = elsewhere.path().join("some/other/path/kiln");
-    copy_checkout(&second_checkout);
+    kiln_tests::copy_checkout(&second_checkout).unwrap();
     for arch in [ImageArch::X86_64, ImageArch::Aarch64] {
         let first_target = tempfile::tempdir().unwrap();
         let second_target = tempfile::tempdir().unwrap();

@@ -385,3 +385,37 @@ pub fn run(command: &mut Command) -> anyhow::Result<std::process::Output> {
     }
     Ok(output)
 }
+
+/// A second checkout of this repository at `to`: the files git tracks or would track (so
+/// uncommitted edits count), symlinks kept as symlinks, and `Cargo.lock`.
+pub fn copy_checkout(to: &Path) -> anyhow::Result<()> {
+    let files = run(Command::new("git")
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .current_dir(workspace_root()))?;
+    for name in files
+        .stdout
+        .split(|byte| *byte == 0)
+        .filter(|name| !name.is_empty())
+    {
+        let name = std::str::from_utf8(name)?;
+        let source = workspace_root().join(name);
+        let Ok(metadata) = fs::symlink_metadata(&source) else {
+            continue;
+        };
+        let destination = to.join(name);
+        fs::create_dir_all(destination.parent().context("a path with a parent")?)?;
+        if metadata.file_type().is_symlink() {
+            symlink(fs::read_link(&source)?, &destination)?;
+        } else if metadata.is_file() {
+            fs::copy(&source, &destination)?;
+        }
+    }
+    fs::copy(workspace_root().join("Cargo.lock"), to.join("Cargo.lock"))?;
+    Ok(())
+}

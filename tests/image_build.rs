@@ -3,24 +3,10 @@
 //! locale, the other warm, gives the same SHA256SUMS; a repeated build is a no-op.
 
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use kiln_tests::{run, workspace_root, xtask};
-
-/// The x86_64 virt kernel artifact (built into the default cache if it is not there yet).
-fn kernel_artifact() -> PathBuf {
-    let output = run(&mut xtask(&[
-        "kernel", "--arch", "x86_64", "--flavor", "virt",
-    ]))
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("artifact: "))
-        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
-    PathBuf::from(line.trim())
-}
 
 fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
     let mut command = xtask(&[
@@ -44,7 +30,7 @@ fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
 #[test]
 #[ignore = "slow: two image builds, one with a cold store (apt downloads) and a cold cargo target directory"]
 fn same_sha256sums_from_two_checkouts_cold_and_warm() {
-    let kernel = kernel_artifact();
+    let kernel = kiln_tests::kernel_artifact("x86_64", "virt");
     let work = tempfile::tempdir().unwrap();
     let second_checkout = work.path().join("elsewhere/deeper/kiln");
     kiln_tests::copy_checkout(&second_checkout).unwrap();

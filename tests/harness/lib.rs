@@ -90,6 +90,18 @@ pub fn xtask(arguments: &[&str]) -> Command {
     command
 }
 
+/// The kernel artifact directory of `arch` and `flavor`, from `cargo xtask kernel` (built
+/// into the default cache if it is not there yet, which takes long).
+pub fn kernel_artifact(arch: &str, flavor: &str) -> PathBuf {
+    let output = run(&mut xtask(&["kernel", "--arch", arch, "--flavor", flavor])).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("artifact: "))
+        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
+    PathBuf::from(line.trim())
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

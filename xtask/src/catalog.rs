@@ -418,6 +418,7 @@ fn other_sources(module: &ModuleSpec) -> Vec<String> {
             ModuleSource::Crate(source) => {
                 Some(format!("crate `{}` → `{}`", source.package, source.path))
             }
+            ModuleSource::Image(reference) => Some(format!("image `{reference}`")),
         })
         .collect()
 }

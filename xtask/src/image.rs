@@ -70,6 +70,8 @@ pub struct Args {
     /// Skip installing host packages and rustup targets (they must be there).
     #[arg(long)]
     no_setup: bool,
+    #[command(flatten)]
+    registry: crate::push::RegistryAccessArgs,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -114,6 +116,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         kernel_cache,
         target_dir,
         jobs: std::thread::available_parallelism().map_or(2, usize::from),
+        // Only used when an `image:` source or embedded image is missing from the store; a
+        // broken Docker config must not stop builds that pull nothing.
+        registry: args.registry.options().unwrap_or_else(|error| {
+            eprintln!("warning: registry credentials not loaded ({error:#}); images are pulled anonymously");
+            kiln_registry::RegistryOptions::default()
+        }),
     };
     let mut observer = Observer::new();
     let result = kiln_assemble::build_image(&request, &mut observer);

@@ -4,7 +4,7 @@
 //! keeps every existing pin the mirror still carries unless named by `--update`, and writes
 //! the lock in its canonical form (a re-lock with no upstream change is a no-op diff).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -12,7 +12,8 @@ use std::time::Duration;
 use anyhow::Context;
 use indicatif::ProgressBar;
 use kiln_fetch::apt::PrivateApt;
-use kiln_lock::{Lock, TargetArch};
+use kiln_lock::{Lock, OciImagePin, TargetArch};
+use kiln_oci::OciPlatform;
 use kiln_spec::Catalog;
 use kiln_store::Store;
 
@@ -32,6 +33,8 @@ pub struct Args {
     /// The repository whose modules/ and profiles/ are locked. Default: this one.
     #[arg(long)]
     root: Option<PathBuf>,
+    #[command(flatten)]
+    registry: crate::push::RegistryAccessArgs,
 }
 
 pub fn spinner(message: String) -> ProgressBar {
@@ -97,6 +100,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mebibytes(total_size),
             if resolution.skipped_essential.is_empty() { "none".to_owned() } else { resolution.skipped_essential.iter().cloned().collect::<Vec<_>>().join(", ") }
         );
+        let mut architecture_lock = architecture_lock;
+        architecture_lock.oci_images = lock_images(
+            &catalog,
+            arch,
+            &architecture_lock.oci_images,
+            &update,
+            &args.registry,
+        )?;
         lock.architectures.insert(arch, architecture_lock);
     }
     for name in &update {
@@ -105,9 +116,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .debian_packages
                 .iter()
                 .any(|pin| &pin.name == name)
+                || architecture
+                    .oci_images
+                    .iter()
+                    .any(|pin| &pin.reference == name)
         });
         if !known {
-            anyhow::bail!("--update {name}: no module asks for package {name} (directly or as a dependency); nothing was written");
+            anyhow::bail!("--update {name}: no module asks for package {name} (directly or as a dependency) and nothing names an image {name}; nothing was written");
         }
     }
     lock.source_tarballs = kiln_fetch::tarball_pins(&catalog)?;
@@ -119,6 +134,93 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     lock.write(&lock_path)?;
     eprintln!("wrote {}", lock_path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every image reference the catalog names, with who names it: `module:<name>` for an
+/// `image:` source, `profile:<name>` for `embed_images:` (a profile's own list; extending
+/// profiles inherit the pin through the reference).
+pub fn catalog_images(catalog: &Catalog) -> BTreeMap<String, BTreeSet<String>> {
+    let mut images: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (name, module) in &catalog.modules {
+        for reference in module.images() {
+            images
+                .entry(reference.to_string())
+                .or_default()
+                .insert(format!("module:{name}"));
+        }
+    }
+    for (name, profile) in &catalog.profiles {
+        for reference in &profile.embed_images {
+            images
+                .entry(reference.to_string())
+                .or_default()
+                .insert(format!("profile:{name}"));
+        }
+    }
+    images
+}
+
+/// The image pins of `arch`: a pin whose reference is still named keeps its digest unless
+/// `--update` names the reference; new references are resolved against their registry
+/// (through an image index to this architecture's manifest).
+fn lock_images(
+    catalog: &Catalog,
+    arch: TargetArch,
+    previous: &[OciImagePin],
+    update: &BTreeSet<String>,
+    registry: &crate::push::RegistryAccessArgs,
+) -> anyhow::Result<Vec<OciImagePin>> {
+    let wanted = catalog_images(catalog);
+    let mut options = None;
+    let mut pins = Vec::new();
+    for (reference, required_by) in wanted {
+        let kept = previous
+            .iter()
+            .find(|pin| pin.reference == reference)
+            .filter(|_| !update.contains(&reference));
+        let pin = match kept {
+            Some(pin) => OciImagePin {
+                required_by: required_by.into_iter().collect(),
+                ..pin.clone()
+            },
+            None => {
+                if options.is_none() {
+                    options = Some(registry.options()?);
+                }
+                let platform = match arch {
+                    TargetArch::X86_64 => OciPlatform::LinuxAmd64,
+                    TargetArch::Aarch64 => OciPlatform::LinuxArm64,
+                };
+                let progress = spinner(format!("resolve {reference} ({})", platform));
+                let resolved = kiln_registry::resolve_reference(
+                    &reference,
+                    platform,
+                    options.as_ref().expect("set above"),
+                );
+                progress.finish_and_clear();
+                let resolved = resolved.with_context(|| {
+                    format!(
+                        "resolving image {reference} (asked for by {}) for {arch}",
+                        required_by.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                })?;
+                eprintln!("{arch}: + image {reference} {}", resolved.manifest_digest);
+                OciImagePin {
+                    reference,
+                    manifest_digest: resolved.manifest_digest.to_string(),
+                    index_digest: resolved.index_digest.map(|digest| digest.to_string()),
+                    required_by: required_by.into_iter().collect(),
+                }
+            }
+        };
+        pins.push(pin);
+    }
+    for old in previous {
+        if !pins.iter().any(|pin| pin.reference == old.reference) {
+            eprintln!("{arch}: - image {}", old.reference);
+        }
+    }
+    Ok(pins)
 }
 
 fn mebibytes(bytes: u64) -> f64 {

@@ -53,6 +53,42 @@ impl RegistryConnectionArgs {
     }
 }
 
+/// How `lock` and `image` reach the registries that `image:` sources and `embed_images:`
+/// name (several registries, so each flag names the one it is for).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryAccessArgs {
+    /// A registry (`host:port`) that speaks plain HTTP; repeatable. Never the default.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
+    /// A PEM file of CA certificates to trust besides the system roots; repeatable.
+    #[arg(long = "registry-ca-file", value_name = "PEM")]
+    pub ca_files: Vec<PathBuf>,
+    /// Docker config file with `auths`. Default: $DOCKER_CONFIG/config.json or ~/.docker/config.json.
+    #[arg(long = "docker-config", value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+}
+
+impl RegistryAccessArgs {
+    /// Options for every registry the catalog names; proxies from the environment.
+    pub fn options(&self) -> anyhow::Result<RegistryOptions> {
+        let credentials = match &self.docker_config {
+            Some(path) => RegistryCredentials::from_docker_config_file(path)?,
+            None => RegistryCredentials::from_default_docker_config()?,
+        };
+        Ok(RegistryOptions {
+            insecure_registries: self
+                .insecure_registries
+                .iter()
+                .map(|registry| kiln_registry::normalise_registry_name(registry))
+                .collect(),
+            extra_ca_certificate_files: self.ca_files.clone(),
+            credentials,
+            proxy: ProxySettings::from_environment(),
+            ..RegistryOptions::default()
+        })
+    }
+}
+
 /// The layout given, or the store's.
 pub fn layout_or_store(layout: Option<PathBuf>) -> anyhow::Result<OciLayout> {
     let directory = match layout {

@@ -32,6 +32,7 @@ use kiln_spec::{Catalog, Generator, ModuleSource};
 use kiln_store::Store;
 use sha2::{Digest, Sha256};
 
+use crate::images::{self, StoredImage};
 use crate::plan::{plan_resolved, Plan};
 
 /// The initramfs's zstd level unless asked otherwise: measured on the hook image (55 MB of
@@ -69,6 +70,9 @@ pub struct ImageRequest {
     pub target_dir: PathBuf,
     /// `make -jN` for a kernel build.
     pub jobs: usize,
+    /// How to reach the registries of `image:` sources and `embed_images:` (only used when
+    /// an image is not in the store yet).
+    pub registry: kiln_registry::RegistryOptions,
 }
 
 /// Progress of a build.
@@ -121,6 +125,11 @@ pub enum ImageError {
     Oci {
         package: String,
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("image {reference}: {source}")]
+    Registry {
+        reference: String,
+        source: Box<kiln_registry::RegistryError>,
     },
     #[error("the kernel: {0}")]
     Kernel(String),
@@ -222,6 +231,35 @@ pub fn build_image(
     for name in summary.downloaded.iter().chain(&summary.imported) {
         observer.note(&format!("fetched {name}"));
     }
+    // Images by digest: modules' `image:` sources, then the profile's `embed_images:`.
+    let layout = kiln_oci::OciLayout::open_or_create(store.oci_layout_dir())
+        .map_err(|error| ImageError::Other(format!("the store's OCI layout: {error}")))?;
+    let mut module_images: BTreeMap<String, StoredImage> = BTreeMap::new();
+    for module in &plan.modules {
+        for reference in module.spec.images() {
+            let pin = lock.oci_image(
+                target,
+                reference.as_str(),
+                &format!("module:{}", module.name),
+            )?;
+            let (image, downloaded) =
+                images::ensure_pulled(&layout, pin, target, &request.registry, request.offline)?;
+            if downloaded {
+                observer.note(&format!("pulled {}", pin.pinned_reference()));
+            }
+            module_images.insert(reference.to_string(), image);
+        }
+    }
+    let mut embedded: Vec<StoredImage> = Vec::new();
+    for reference in &plan.profile.embed_images {
+        let pin = embedded_image_pin(&lock, target, reference.as_str(), &plan.profile.name)?;
+        let (image, downloaded) =
+            images::ensure_pulled(&layout, pin, target, &request.registry, request.offline)?;
+        if downloaded {
+            observer.note(&format!("pulled {}", pin.pinned_reference()));
+        }
+        embedded.push(image);
+    }
 
     observer.stage(3, STAGES, "kernel");
     let kernel = kernel_artifact(request, &plan, &lock, &store, epoch, observer)?;
@@ -320,6 +358,12 @@ pub fn build_image(
                         ),
                     )?;
                 }
+                ModuleSource::Image(reference) => images::apply_image(
+                    &mut tree,
+                    &module.name,
+                    &layout,
+                    &module_images[reference.as_str()],
+                )?,
                 ModuleSource::Debian(_) | ModuleSource::Tarball(_) => {}
             }
         }
@@ -400,6 +444,15 @@ pub fn build_image(
     for path in &plan.profile.prune {
         pruned_bytes += tree.prune(&archive_path(path)?);
     }
+    // After pruning: an embedded image is shipped whole, whatever paths its blobs have.
+    if !embedded.is_empty() {
+        let bytes = images::embed_images(&mut tree, &layout, &embedded)?;
+        observer.note(&format!(
+            "embedded {} image(s) at /{}: {bytes} bytes",
+            embedded.len(),
+            images::EMBEDDED_IMAGES_DIRECTORY
+        ));
+    }
 
     observer.stage(
         7,
@@ -431,6 +484,16 @@ pub fn build_image(
             version: pin.version.clone(),
             sha256: pin.sha256.clone(),
             required_by: package_modules.get(&pin.name).cloned().unwrap_or_default(),
+        });
+    }
+    for image in module_images.values().chain(&embedded) {
+        let users: Vec<String> = image.pin.required_by.clone();
+        inputs.push(ManifestInput {
+            kind: "oci-image".to_owned(),
+            name: image.pin.reference.clone(),
+            version: image.pin.pinned_reference(),
+            sha256: image.manifest_digest.hex(),
+            required_by: users,
         });
     }
     let vmlinuz_sha = kernel
@@ -503,6 +566,33 @@ pub fn build_image(
         build_key,
         pruned_bytes,
     })
+}
+
+/// The pin of an `embed_images:` reference: the lock records the profile that wrote it,
+/// which may be one this profile extends.
+fn embedded_image_pin<'lock>(
+    lock: &'lock Lock,
+    target: TargetArch,
+    reference: &str,
+    profile: &str,
+) -> Result<&'lock kiln_lock::OciImagePin, ImageError> {
+    lock.architecture(target)?
+        .oci_images
+        .iter()
+        .find(|pin| {
+            pin.reference == reference
+                && pin
+                    .required_by
+                    .iter()
+                    .any(|reason| reason.starts_with("profile:"))
+        })
+        .ok_or_else(|| {
+            ImageError::Lock(kiln_lock::LockError::ImageNotPinned {
+                reference: reference.to_owned(),
+                requester: format!("profile:{profile}"),
+                arch: target,
+            })
+        })
 }
 
 /// Every kernel option the plan's modules need, against the kernel's `.config` text.

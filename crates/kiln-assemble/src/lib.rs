@@ -16,6 +16,7 @@
 //! paths, every timestamp is the lock's `source_date_epoch`.
 
 pub mod build;
+pub mod images;
 pub mod plan;
 
 pub use build::{build_image, ImageError, ImageObserver, ImageReport, ImageRequest};

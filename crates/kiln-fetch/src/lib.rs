@@ -243,6 +243,10 @@ pub fn lock_architecture(
     let architecture_lock = ArchitectureLock {
         debian_architecture: arch.debian_architecture().to_owned(),
         debian_packages: resolution.pins.clone(),
+        // `cargo xtask lock` resolves images against registries after the packages.
+        oci_images: previous
+            .map(|previous| previous.oci_images.clone())
+            .unwrap_or_default(),
     };
     Ok((architecture_lock, resolution))
 }

@@ -119,6 +119,41 @@ pub struct ArchitectureLock {
     pub debian_architecture: String,
     /// Every Debian package, sorted by name (one version per name).
     pub debian_packages: Vec<DebianPackagePin>,
+    /// Every OCI image a module (`image:` source) or a profile (`embed_images:`) names,
+    /// resolved for this architecture, sorted by reference. Absent when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oci_images: Vec<OciImagePin>,
+}
+
+/// One OCI image reference, resolved for one architecture by `cargo xtask lock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciImagePin {
+    /// The reference as the module or profile writes it (`registry/repository:tag`).
+    pub reference: String,
+    /// `sha256:…` of the image manifest for this architecture: what builds pull.
+    pub manifest_digest: String,
+    /// `sha256:…` of the image index the manifest was chosen from, when the reference
+    /// named an index (recorded for audits; builds do not need it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_digest: Option<String>,
+    /// `module:<name>` or `profile:<name>` for everything that asks for it, sorted.
+    pub required_by: Vec<String>,
+}
+
+impl OciImagePin {
+    /// `registry/repository@sha256:…`: the reference builds pull (tag dropped, digest pinned).
+    pub fn pinned_reference(&self) -> String {
+        let name = self
+            .reference
+            .split_once('@')
+            .map_or(self.reference.as_str(), |(name, _)| name);
+        let without_tag = match name.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => repository,
+            _ => name,
+        };
+        format!("{without_tag}@{}", self.manifest_digest)
+    }
 }
 
 /// One Debian binary package, as the archive's `Packages` index describes it.
@@ -218,6 +253,16 @@ pub enum LockError {
         arch: TargetArch,
         /// Debian's name for it.
         debian_architecture: &'static str,
+    },
+    /// A module or profile asks for an OCI image the lock does not pin for an architecture.
+    #[error("image {reference} asked for by {requester} is not pinned in kiln.lock for {arch}: run `cargo xtask lock --arch {arch}` (with the registry options it needs)")]
+    ImageNotPinned {
+        /// The reference as written.
+        reference: String,
+        /// `module:<name>` or `profile:<name>`.
+        requester: String,
+        /// The target.
+        arch: TargetArch,
     },
     /// A module asks for a tarball the lock does not pin (or pins differently).
     #[error("tarball {tarball} (sha256 {sha256}) asked for by module {module} is not pinned in kiln.lock: run `cargo xtask lock`")]
@@ -319,6 +364,13 @@ impl Lock {
                 package.required_by.sort();
                 package.required_by.dedup();
             }
+            architecture
+                .oci_images
+                .sort_by(|left, right| left.reference.cmp(&right.reference));
+            for image in &mut architecture.oci_images {
+                image.required_by.sort();
+                image.required_by.dedup();
+            }
         }
         self.source_tarballs
             .sort_by(|left, right| left.name.cmp(&right.name));
@@ -363,6 +415,29 @@ impl Lock {
                         "package {} ({arch}) has an unsafe filename `{}`",
                         package.name, package.filename
                     ));
+                }
+            }
+        }
+        for (arch, architecture) in &self.architectures {
+            let mut references = BTreeSet::new();
+            for image in &architecture.oci_images {
+                if !references.insert(image.reference.as_str()) {
+                    return Err(format!(
+                        "image {} is pinned twice for {arch}",
+                        image.reference
+                    ));
+                }
+                if let Err(message) = kiln_spec::ImageReference::parse(&image.reference) {
+                    return Err(format!("{message} (pinned for {arch})"));
+                }
+                let digests = std::iter::once(&image.manifest_digest).chain(&image.index_digest);
+                for digest in digests {
+                    if !digest.strip_prefix("sha256:").is_some_and(is_sha256_hex) {
+                        return Err(format!(
+                            "image {} ({arch}) has digest `{digest}`, expected `sha256:` and 64 lowercase hex digits",
+                            image.reference
+                        ));
+                    }
                 }
             }
         }
@@ -466,6 +541,28 @@ impl Lock {
         Ok(pins)
     }
 
+    /// The pin of `reference` on `arch` for `requester` (`module:<name>` or
+    /// `profile:<name>`), or [`LockError::ImageNotPinned`].
+    pub fn oci_image(
+        &self,
+        arch: TargetArch,
+        reference: &str,
+        requester: &str,
+    ) -> Result<&OciImagePin, LockError> {
+        self.architecture(arch)?
+            .oci_images
+            .iter()
+            .find(|pin| {
+                pin.reference == reference
+                    && pin.required_by.iter().any(|reason| reason == requester)
+            })
+            .ok_or_else(|| LockError::ImageNotPinned {
+                reference: reference.to_owned(),
+                requester: requester.to_owned(),
+                arch,
+            })
+    }
+
     /// The tarball pins that `modules` need, checking each module's pin matches the lock's.
     pub fn tarballs_for_modules<'lock>(
         &'lock self,
@@ -539,6 +636,7 @@ mod tests {
             ArchitectureLock {
                 debian_architecture: "arm64".into(),
                 debian_packages: vec![zlib, busybox, dropbear],
+                oci_images: Vec::new(),
             },
         );
         lock.source_tarballs.push(TarballPin {

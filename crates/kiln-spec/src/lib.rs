@@ -82,7 +82,7 @@ impl ModuleKind {
 /// One input of a module, as written in `sources:`.
 ///
 /// Written as a single-key map: `- debian: [a, b]`, `- tarball: {name, urls, sha256, size}`,
-/// `- files: files` or `- crate: {package, path}`.
+/// `- files: files`, `- crate: {package, path}` or `- image: host:port/repository:tag`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum ModuleSource {
@@ -99,6 +99,96 @@ pub enum ModuleSource {
     /// A binary crate of this workspace, built for the image's architecture (static musl,
     /// reproducibly) and installed at `path`.
     Crate(CrateSource),
+    /// An OCI image from a registry (`host[:port]/repository:tag` or `…@sha256:…`), its
+    /// layers applied in order (whiteouts honoured). `cargo xtask lock` resolves the
+    /// reference to the manifest digest of each architecture (through an image index when
+    /// the reference names one); builds pull only that digest.
+    Image(ImageReference),
+}
+
+/// A fully qualified OCI image reference, checked when the file is read:
+/// `registry/repository:tag`, `registry/repository@sha256:<64 hex>` or both. The registry
+/// is always written out (a host with a dot or a port, or `localhost`): kiln never guesses
+/// a default registry, so what a module pulls is visible in the module.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ImageReference(String);
+
+impl ImageReference {
+    /// Checks `text`; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<ImageReference, String> {
+        let hint = "write `registry[:port]/repository:tag` or `registry[:port]/repository@sha256:<64 hex digits>`";
+        let (name, digest) = match text.split_once('@') {
+            Some((name, digest)) => (name, Some(digest)),
+            None => (text, None),
+        };
+        if let Some(digest) = digest {
+            let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                return Err(format!("image reference `{text}`: the digest `{digest}` is not `sha256:` and 64 lowercase hex digits; {hint}"));
+            }
+        }
+        let Some((registry, rest)) = name.split_once('/') else {
+            return Err(format!(
+                "image reference `{text}` names no registry; {hint}"
+            ));
+        };
+        if !(registry.contains('.') || registry.contains(':') || registry == "localhost") {
+            return Err(format!("image reference `{text}`: `{registry}` is not a registry host (kiln does not assume a default registry); {hint}"));
+        }
+        // A tag is a `:` after the last `/` (a registry port comes before the first `/`).
+        let (repository, tag) = match rest.rsplit_once(':') {
+            Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
+            _ => (rest, None),
+        };
+        if repository.is_empty()
+            || !repository
+                .bytes()
+                .all(|byte| matches!(byte, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-' | b'/'))
+            || repository.starts_with('/')
+            || repository.ends_with('/')
+        {
+            return Err(format!("image reference `{text}`: repository `{repository}` must be lowercase letters, digits, `.`, `_`, `-` and `/`; {hint}"));
+        }
+        if let Some(tag) = tag {
+            if tag.is_empty()
+                || tag.len() > 128
+                || !tag
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+            {
+                return Err(format!("image reference `{text}`: tag `{tag}` must be 1 to 128 letters, digits, `.`, `_` or `-`; {hint}"));
+            }
+        }
+        if tag.is_none() && digest.is_none() {
+            return Err(format!(
+                "image reference `{text}` has neither a tag nor a digest; {hint}"
+            ));
+        }
+        Ok(ImageReference(text.to_owned()))
+    }
+
+    /// The reference as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ImageReference {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ImageReference {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        ImageReference::parse(&text).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A workspace crate built for the target architecture.
@@ -305,6 +395,14 @@ impl ModuleSpec {
         })
     }
 
+    /// Every OCI image reference this module asks for, in the order written.
+    pub fn images(&self) -> impl Iterator<Item = &ImageReference> {
+        self.sources.iter().filter_map(|source| match source {
+            ModuleSource::Image(reference) => Some(reference),
+            _ => None,
+        })
+    }
+
     /// Every tarball this module asks for.
     pub fn tarballs(&self) -> impl Iterator<Item = &TarballSpec> {
         self.sources.iter().filter_map(|source| match source {
@@ -351,6 +449,12 @@ pub struct ProfileSpec {
     /// profiles add to the list.
     #[serde(default)]
     pub prune: Vec<String>,
+    /// OCI images shipped inside the initramfs for air-gapped sites, as one OCI image layout
+    /// at `/var/lib/kiln/images` that a container runtime can import (`skopeo copy
+    /// oci:/var/lib/kiln/images:REF ...`); each pinned per architecture by `cargo xtask
+    /// lock`. Extending profiles add to the list.
+    #[serde(default)]
+    pub embed_images: Vec<ImageReference>,
 }
 
 /// `kernel:` of a profile.
@@ -395,6 +499,8 @@ pub struct ResolvedProfile {
     pub ram_budget_mib: Option<u64>,
     /// Paths pruned from the tree, the extended profile's first.
     pub prune: Vec<String>,
+    /// OCI images embedded in the initramfs, the extended profile's first, without duplicates.
+    pub embed_images: Vec<ImageReference>,
     /// The profile files read, extended ones first.
     pub files: Vec<PathBuf>,
 }
@@ -642,6 +748,7 @@ impl Catalog {
             cmdline: CmdlineDefaults::default(),
             ram_budget_mib: None,
             prune: Vec::new(),
+            embed_images: Vec::new(),
             files: Vec::new(),
         };
         for profile_name in chain.iter().rev() {
@@ -687,6 +794,11 @@ impl Catalog {
             for path in &profile.prune {
                 if !resolved.prune.contains(path) {
                     resolved.prune.push(path.clone());
+                }
+            }
+            for reference in &profile.embed_images {
+                if !resolved.embed_images.contains(reference) {
+                    resolved.embed_images.push(reference.clone());
                 }
             }
             if profile.ram_budget_mib.is_some() {

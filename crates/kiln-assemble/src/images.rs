@@ -1,0 +1,309 @@
+//! OCI images from registries: `image:` module sources and a profile's `embed_images:`.
+//!
+//! ```text
+//! kiln.lock pin (reference, manifest digest per arch)
+//!   ──pull by digest (store layout first, registry if missing)──► store's OCI layout
+//!   ──image: layers, in order, decompressed──► ComposedTree::apply_layer (whiteouts honoured)
+//!   ──embed_images: manifest, config, layers──► /var/lib/kiln/images (an OCI image layout)
+//! ```
+//!
+//! Builds never resolve tags: they pull `registry/repository@<manifest digest>` as the lock
+//! pins it, so a moved tag cannot change an image. With `offline`, only the store is read.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufReader, Read};
+use std::sync::Arc;
+
+use kiln_archive::{Content, Entry};
+use kiln_compose::ComposedTree;
+use kiln_lock::{OciImagePin, TargetArch};
+use kiln_oci::oci_json::{
+    canonical_json_bytes, OciDescriptor, OciImageIndex, OciLayoutMarker, IMAGE_INDEX_MEDIA_TYPE,
+};
+use kiln_oci::{OciLayout, OciPlatform, Sha256Digest};
+use kiln_registry::{IgnoreTransfers, RegistryError, RegistryOptions};
+use serde::Deserialize;
+
+use crate::build::ImageError;
+
+/// Where `embed_images:` go in the image: one OCI image layout.
+pub const EMBEDDED_IMAGES_DIRECTORY: &str = "var/lib/kiln/images";
+
+/// The module name files of embedded images are attributed to in `manifest.json` and the
+/// size report.
+pub const EMBEDDED_IMAGES_OWNER: &str = "embed_images";
+
+/// The OCI platform of a target.
+pub fn platform(arch: TargetArch) -> OciPlatform {
+    match arch {
+        TargetArch::X86_64 => OciPlatform::LinuxAmd64,
+        TargetArch::Aarch64 => OciPlatform::LinuxArm64,
+    }
+}
+
+/// What a build needs of an image manifest: its config and layers (OCI or Docker schema 2;
+/// both use these field names).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ManifestLayers {
+    #[serde(default)]
+    media_type: Option<String>,
+    config: RawDescriptor,
+    layers: Vec<RawDescriptor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawDescriptor {
+    media_type: String,
+    digest: String,
+    size: u64,
+}
+
+/// One pinned image, present in the store's layout.
+#[derive(Debug, Clone)]
+pub struct StoredImage {
+    /// The pin it was pulled for.
+    pub pin: OciImagePin,
+    /// Its manifest's digest (the pin's), parsed.
+    pub manifest_digest: Sha256Digest,
+    /// The manifest's media type and size, for an index that names it.
+    pub manifest_media_type: String,
+    /// Manifest size in bytes.
+    pub manifest_size: u64,
+    /// Config then layers: media type, digest, size.
+    pub config: (String, Sha256Digest, u64),
+    /// The layers, base first.
+    pub layers: Vec<(String, Sha256Digest, u64)>,
+}
+
+impl StoredImage {
+    /// Bytes of manifest, config and layers (what embedding it costs, compressed).
+    pub fn stored_bytes(&self) -> u64 {
+        self.manifest_size + self.config.2 + self.layers.iter().map(|layer| layer.2).sum::<u64>()
+    }
+}
+
+fn registry_error(reference: &str, source: RegistryError) -> ImageError {
+    ImageError::Registry {
+        reference: reference.to_owned(),
+        source: Box::new(source),
+    }
+}
+
+/// Makes sure the image `pin` names is in `layout`, pulling it by digest when it is not
+/// (never when `offline`), and reads what the build needs from its manifest.
+pub fn ensure_pulled(
+    layout: &OciLayout,
+    pin: &OciImagePin,
+    arch: TargetArch,
+    options: &RegistryOptions,
+    offline: bool,
+) -> Result<(StoredImage, bool), ImageError> {
+    let pinned = pin.pinned_reference();
+    let platform = platform(arch);
+    let mut downloaded = false;
+    match kiln_registry::pull_image(
+        &pinned,
+        platform,
+        layout,
+        options,
+        true,
+        Arc::new(IgnoreTransfers),
+    ) {
+        Ok(_) => {}
+        Err(RegistryError::OfflineMissing { .. }) if !offline => {
+            kiln_registry::pull_image(
+                &pinned,
+                platform,
+                layout,
+                options,
+                false,
+                Arc::new(IgnoreTransfers),
+            )
+            .map_err(|error| registry_error(&pin.reference, error))?;
+            downloaded = true;
+        }
+        Err(RegistryError::OfflineMissing { what, digest, .. }) => {
+            return Err(ImageError::Other(format!(
+                "image {} ({}): the {what} {digest} is not in the store and the build is --offline: run `cargo xtask pull {pinned} --platform {platform}` (or the build) with network access first",
+                pin.reference, arch
+            )))
+        }
+        Err(error) => return Err(registry_error(&pin.reference, error)),
+    }
+    let manifest_digest = Sha256Digest::parse(&pin.manifest_digest).map_err(|error| {
+        ImageError::Other(format!("kiln.lock: image {}: {error}", pin.reference))
+    })?;
+    let bytes = layout
+        .read_blob(&manifest_digest)
+        .map_err(|error| ImageError::Other(format!("reading image {}: {error}", pin.reference)))?;
+    let manifest: ManifestLayers = serde_json::from_slice(&bytes).map_err(|error| {
+        ImageError::Other(format!(
+            "image {} manifest {manifest_digest} is not an image manifest: {error}",
+            pin.reference
+        ))
+    })?;
+    let descriptor = |raw: &RawDescriptor| -> Result<(String, Sha256Digest, u64), ImageError> {
+        let digest = Sha256Digest::parse(&raw.digest).map_err(|error| {
+            ImageError::Other(format!(
+                "image {} manifest {manifest_digest}: {error}",
+                pin.reference
+            ))
+        })?;
+        Ok((raw.media_type.clone(), digest, raw.size))
+    };
+    let stored = StoredImage {
+        pin: pin.clone(),
+        manifest_digest,
+        manifest_media_type: manifest
+            .media_type
+            .clone()
+            .unwrap_or_else(|| kiln_oci::oci_json::IMAGE_MANIFEST_MEDIA_TYPE.to_owned()),
+        manifest_size: bytes.len() as u64,
+        config: descriptor(&manifest.config)?,
+        layers: manifest
+            .layers
+            .iter()
+            .map(descriptor)
+            .collect::<Result<_, _>>()?,
+    };
+    Ok((stored, downloaded))
+}
+
+/// Applies the image's layers, base first, to `tree` as module `module`.
+pub fn apply_image(
+    tree: &mut ComposedTree,
+    module: &str,
+    layout: &OciLayout,
+    image: &StoredImage,
+) -> Result<(), ImageError> {
+    for (media_type, digest, _) in &image.layers {
+        let path = layout.blob_path(digest);
+        let file = fs::File::open(&path).map_err(|source| ImageError::Io {
+            action: "opening layer",
+            path: path.clone(),
+            source,
+        })?;
+        let reader: Box<dyn Read> = match layer_compression(media_type) {
+            Some(LayerCompression::None) => Box::new(BufReader::new(file)),
+            Some(LayerCompression::Gzip) => {
+                Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
+            }
+            Some(LayerCompression::Zstd) => Box::new(
+                zstd::stream::read::Decoder::new(file).map_err(|source| ImageError::Io {
+                    action: "decompressing layer",
+                    path: path.clone(),
+                    source,
+                })?,
+            ),
+            None => {
+                return Err(ImageError::Other(format!(
+                    "image {} (module `{module}`): layer {digest} has media type `{media_type}`, which is not a filesystem layer kiln can apply (tar, tar+gzip or tar+zstd)",
+                    image.pin.reference
+                )))
+            }
+        };
+        tree.apply_layer(module, reader)?;
+    }
+    Ok(())
+}
+
+enum LayerCompression {
+    None,
+    Gzip,
+    Zstd,
+}
+
+fn layer_compression(media_type: &str) -> Option<LayerCompression> {
+    match media_type {
+        "application/vnd.oci.image.layer.v1.tar"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar" => Some(LayerCompression::None),
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        | "application/vnd.docker.image.rootfs.diff.tar.gzip" => Some(LayerCompression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd" => Some(LayerCompression::Zstd),
+        _ => None,
+    }
+}
+
+/// Adds `images` to `tree` as one OCI image layout at [`EMBEDDED_IMAGES_DIRECTORY`]: every
+/// blob once, `index.json` naming each manifest by the reference the profile wrote
+/// (`org.opencontainers.image.ref.name`), sorted by it. Returns the bytes added.
+pub fn embed_images(
+    tree: &mut ComposedTree,
+    layout: &OciLayout,
+    images: &[StoredImage],
+) -> Result<u64, ImageError> {
+    let path = |relative: &str| {
+        kiln_archive::ArchivePath::new(&format!("{EMBEDDED_IMAGES_DIRECTORY}/{relative}"))
+            .map_err(|error| ImageError::Other(format!("{relative}: {error}")))
+    };
+    let mut blobs: BTreeMap<Sha256Digest, u64> = BTreeMap::new();
+    let mut manifests: BTreeMap<String, OciDescriptor> = BTreeMap::new();
+    for image in images {
+        blobs.insert(image.manifest_digest, image.manifest_size);
+        blobs.insert(image.config.1, image.config.2);
+        for (_, digest, size) in &image.layers {
+            blobs.insert(*digest, *size);
+        }
+        let mut descriptor = OciDescriptor::new(
+            &image.manifest_media_type,
+            image.manifest_digest,
+            image.manifest_size,
+        );
+        descriptor.annotations.insert(
+            "org.opencontainers.image.ref.name".to_owned(),
+            image.pin.reference.clone(),
+        );
+        manifests.insert(image.pin.reference.clone(), descriptor);
+    }
+    let index = OciImageIndex {
+        schema_version: 2,
+        media_type: Some(IMAGE_INDEX_MEDIA_TYPE.to_owned()),
+        manifests: manifests.into_values().collect(),
+        annotations: BTreeMap::new(),
+        other_fields: BTreeMap::new(),
+    };
+    let marker = OciLayoutMarker {
+        image_layout_version: "1.0.0".to_owned(),
+    };
+    let mut added = 0;
+    for (name, bytes) in [
+        ("oci-layout", canonical_json_bytes(&marker)),
+        ("index.json", canonical_json_bytes(&index)),
+    ] {
+        added += bytes.len() as u64;
+        tree.add(
+            EMBEDDED_IMAGES_OWNER,
+            Entry::file(path(name)?, 0o644, Content::Bytes(bytes.into())),
+        )?;
+    }
+    for (digest, size) in blobs {
+        let blob = layout.blob_path(&digest);
+        let actual = fs::metadata(&blob)
+            .map_err(|source| ImageError::Io {
+                action: "reading",
+                path: blob.clone(),
+                source,
+            })?
+            .len();
+        if actual != size {
+            return Err(ImageError::Other(format!(
+                "{}: {actual} bytes, but the manifest says {size}: run `cargo xtask cache verify`",
+                blob.display()
+            )));
+        }
+        added += size;
+        tree.add(
+            EMBEDDED_IMAGES_OWNER,
+            Entry::file(
+                path(&format!("blobs/sha256/{}", digest.hex()))?,
+                0o644,
+                Content::File { path: blob, size },
+            ),
+        )?;
+    }
+    Ok(added)
+}

@@ -70,6 +70,14 @@ pub struct Args {
     /// Skip installing host packages and rustup targets (they must be there).
     #[arg(long)]
     no_setup: bool,
+    /// Take the kernel from `REGISTRY/PREFIX/kiln-kernel:<key>` (the digest of the kernel's
+    /// inputs, as `cargo xtask push` publishes it) instead of building it.
+    #[arg(
+        long,
+        value_name = "REGISTRY/PREFIX",
+        conflicts_with = "kernel_artifact"
+    )]
+    kernel_registry: Option<String>,
     #[command(flatten)]
     registry: crate::push::RegistryAccessArgs,
 }
@@ -118,6 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         jobs: std::thread::available_parallelism().map_or(2, usize::from),
         // Only used when an `image:` source or embedded image is missing from the store; a
         // broken Docker config must not stop builds that pull nothing.
+        kernel_registry: args.kernel_registry.clone(),
         registry: args.registry.options().unwrap_or_else(|error| {
             eprintln!("warning: registry credentials not loaded ({error:#}); images are pulled anonymously");
             kiln_registry::RegistryOptions::default()

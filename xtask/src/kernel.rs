@@ -12,7 +12,6 @@ use kiln_kernel::build::{BuildObserver, BuildStep, MakeProgress};
 use kiln_kernel::{Arch, BuildRequest, Flavor, KernelArtifact, KernelCache, KernelSource};
 
 /// Where the kernel source comes from until `kiln.lock` pins it (issue 3).
-const DEFAULT_SOURCE_TARBALL: &str = "/usr/src/linux-source-6.1.tar.xz";
 /// Used only when neither --source-date-epoch, $SOURCE_DATE_EPOCH nor kiln.lock give one:
 /// 2023-11-14T22:13:20Z, a fixed value so that builds stay reproducible.
 const FALLBACK_SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
@@ -45,7 +44,7 @@ struct BuildArgs {
     /// virt (QEMU and cloud VMs) or generic (bare metal).
     #[arg(long)]
     flavor: Option<Flavor>,
-    /// Kernel source tarball (default: the linux-source-6.1 Debian package's tarball).
+    /// Kernel source tarball (default: the tarball inside the linux-source-6.1 package kiln.lock pins, fetched into the store).
     #[arg(long)]
     source: Option<PathBuf>,
     /// Expected sha256 of --source (default: computed from the file, with a warning).
@@ -128,26 +127,44 @@ fn source_date_epoch(flag: Option<u64>) -> anyhow::Result<u64> {
     Ok(FALLBACK_SOURCE_DATE_EPOCH)
 }
 
-/// LOCK SEAM (issue 3): once kiln.lock pins the kernel source, take tarball path and sha256
-/// from the lock here instead of defaulting to the installed Debian tarball.
-fn kernel_source(path: Option<&Path>, sha256: Option<&str>) -> anyhow::Result<KernelSource> {
-    let tarball = match path {
-        Some(path) => path.to_path_buf(),
-        None => {
-            eprintln!("note: kiln.lock does not pin a kernel source yet: using {DEFAULT_SOURCE_TARBALL} (apt-get install linux-source-6.1)");
-            PathBuf::from(DEFAULT_SOURCE_TARBALL)
-        }
+/// The kernel source: `--source` (with `--source-sha256`, else hashed with a note), or the
+/// tarball inside the `linux-source-6.1` package kiln.lock pins (fetched into the store).
+fn kernel_source(
+    path: Option<&Path>,
+    sha256: Option<&str>,
+    arch: Arch,
+    epoch: u64,
+) -> anyhow::Result<KernelSource> {
+    let Some(tarball) = path else {
+        let root = crate::epoch::workspace_root();
+        let lock_path = root.join(kiln_lock::LOCK_FILE_NAME);
+        let lock = kiln_lock::Lock::read(&lock_path)?;
+        let store_root = kiln_store::Store::default_root()?;
+        let store = kiln_store::Store::open(&store_root)
+            .with_context(|| format!("opening the store at {}", store_root.display()))?;
+        let target = match arch {
+            Arch::X86_64 => kiln_lock::TargetArch::X86_64,
+            Arch::Aarch64 => kiln_lock::TargetArch::Aarch64,
+        };
+        let epoch = u32::try_from(epoch).context("the epoch does not fit 32 bits")?;
+        let source = kiln_assemble::build::locked_kernel_source(
+            &lock,
+            &store,
+            target,
+            epoch,
+            false,
+            &mut |line| eprintln!("{line}"),
+        )
+        .with_context(|| format!("the kernel source pinned in {}", lock_path.display()))?;
+        return Ok(source);
     };
     if !tarball.is_file() {
-        bail!(
-            "kernel source {} does not exist: install linux-source-6.1 or pass --source",
-            tarball.display()
-        );
+        bail!("kernel source {} does not exist", tarball.display());
     }
     let sha256 = match sha256 {
         Some(sha256) => sha256.to_ascii_lowercase(),
         None => {
-            let sha256 = kiln_kernel::source::sha256_file(&tarball)?;
+            let sha256 = kiln_kernel::source::sha256_file(tarball)?;
             eprintln!(
                 "note: no pinned sha256 for {}: trusting the file as it is, sha256:{sha256}",
                 tarball.display()
@@ -155,7 +172,10 @@ fn kernel_source(path: Option<&Path>, sha256: Option<&str>) -> anyhow::Result<Ke
             sha256
         }
     };
-    Ok(KernelSource { tarball, sha256 })
+    Ok(KernelSource {
+        tarball: tarball.to_path_buf(),
+        sha256,
+    })
 }
 
 fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
@@ -168,15 +188,21 @@ fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+    let source_date_epoch = source_date_epoch(args.source_date_epoch)?;
     Ok(BuildRequest {
-        source: kernel_source(args.source.as_deref(), args.source_sha256.as_deref())?,
+        source: kernel_source(
+            args.source.as_deref(),
+            args.source_sha256.as_deref(),
+            arch,
+            source_date_epoch,
+        )?,
         arch,
         flavor,
         config_dir: args
             .configs
             .clone()
             .unwrap_or_else(|| crate::epoch::workspace_root().join("kernel-configs")),
-        source_date_epoch: source_date_epoch(args.source_date_epoch)?,
+        source_date_epoch,
         jobs,
     })
 }
@@ -205,8 +231,21 @@ fn build(args: &BuildArgs) -> anyhow::Result<ExitCode> {
             request.arch, request.flavor, artifact.release
         );
     }
+    store_in_layout(&artifact)?;
     print_artifact(&artifact);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Names the artifact in the store's OCI layout (`kiln-kernel--<key>`), so `cargo xtask
+/// push` publishes it as `PREFIX/kiln-kernel:<key>`.
+fn store_in_layout(artifact: &KernelArtifact) -> anyhow::Result<()> {
+    let layout = crate::push::layout_or_store(None)?;
+    let digest = kiln_assemble::kernel_oci::store_kernel_image(&layout, artifact)?;
+    println!(
+        "image:    {} ({digest})",
+        kiln_assemble::kernel_oci::kernel_image_name(&artifact.key)
+    );
+    Ok(())
 }
 
 fn print_artifact(artifact: &KernelArtifact) {
@@ -288,6 +327,7 @@ fn import_deb(args: &ImportArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("importing {}", args.deb.display()))?;
     println!("imported {} kernel {}", args.arch, artifact.release);
+    store_in_layout(&artifact)?;
     print_artifact(&artifact);
     Ok(ExitCode::SUCCESS)
 }

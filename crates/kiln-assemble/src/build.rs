@@ -73,6 +73,9 @@ pub struct ImageRequest {
     /// How to reach the registries of `image:` sources and `embed_images:` (only used when
     /// an image is not in the store yet).
     pub registry: kiln_registry::RegistryOptions,
+    /// Take the profile's kernel from `REGISTRY/PREFIX/kiln-kernel:<key>` (the key is the
+    /// digest of the kernel's inputs) instead of building it.
+    pub kernel_registry: Option<String>,
 }
 
 /// Progress of a build.
@@ -263,6 +266,8 @@ pub fn build_image(
 
     observer.stage(3, STAGES, "kernel");
     let kernel = kernel_artifact(request, &plan, &lock, &store, epoch, observer)?;
+    // In the store's layout too, so `cargo xtask push` mirrors the kernel with the rest.
+    crate::kernel_oci::store_kernel_image(&layout, &kernel)?;
     let kernel_config = fs::read_to_string(kernel.config_path())
         .map_err(io_error("reading", &kernel.config_path()))?;
     check_kernel_config(
@@ -668,16 +673,9 @@ fn kernel_artifact(
         ))
     })?;
     let target = target_arch(request.arch);
-    let pin = lock.architecture(target)?.debian_packages.iter().find(|pin| pin.name == KERNEL_SOURCE_PACKAGE).ok_or_else(|| {
-        ImageError::Kernel(format!("kiln.lock pins no {KERNEL_SOURCE_PACKAGE} for {target}: run `cargo xtask lock` (module kernel-source asks for it)"))
+    let source = locked_kernel_source(lock, store, target, epoch, request.offline, &mut |line| {
+        observer.note(line)
     })?;
-    let mode = if request.offline {
-        FetchMode::Offline
-    } else {
-        FetchMode::Online
-    };
-    kiln_fetch::fetch_debian_packages(store, target, &[pin], mode, &mut |_| {})?;
-    let source = kernel_source_tarball(store, pin, target, epoch, observer)?;
     let build = kiln_kernel::BuildRequest {
         source,
         arch: kernel_arch(request.arch),
@@ -686,8 +684,51 @@ fn kernel_artifact(
         source_date_epoch: u64::from(epoch),
         jobs: request.jobs,
     };
+    if let Some(registry_prefix) = &request.kernel_registry {
+        let inputs = kiln_kernel::build::prepare_inputs(&build)
+            .map_err(|error| ImageError::Kernel(error.to_string()))?;
+        let layout = kiln_oci::OciLayout::open_or_create(store.oci_layout_dir())
+            .map_err(|error| ImageError::Other(format!("the store's OCI layout: {error}")))?;
+        observer.note(&format!(
+            "kernel {} from {registry_prefix}/{}:{}",
+            build.flavor,
+            crate::kernel_oci::KERNEL_REPOSITORY,
+            inputs.key
+        ));
+        return crate::kernel_oci::fetch_kernel_from_registry(
+            registry_prefix,
+            &inputs.key,
+            build.arch,
+            &layout,
+            &request.kernel_cache,
+            &request.registry,
+        );
+    }
     kiln_kernel::build_kernel(&build, &request.kernel_cache, observer.kernel())
         .map_err(|error| ImageError::Kernel(error.to_string()))
+}
+
+/// The kernel source tarball of the `linux-source-6.1` package `lock` pins for `target`:
+/// the `.deb` fetched into the store (unless `offline`), the tarball unpacked from it once
+/// and kept under `state/kernel-source/<deb sha256>/`.
+pub fn locked_kernel_source(
+    lock: &Lock,
+    store: &Store,
+    target: TargetArch,
+    epoch: u32,
+    offline: bool,
+    note: &mut dyn FnMut(&str),
+) -> Result<kiln_kernel::KernelSource, ImageError> {
+    let pin = lock.architecture(target)?.debian_packages.iter().find(|pin| pin.name == KERNEL_SOURCE_PACKAGE).ok_or_else(|| {
+        ImageError::Kernel(format!("kiln.lock pins no {KERNEL_SOURCE_PACKAGE} for {target}: run `cargo xtask lock` (module kernel-source asks for it)"))
+    })?;
+    let mode = if offline {
+        FetchMode::Offline
+    } else {
+        FetchMode::Online
+    };
+    kiln_fetch::fetch_debian_packages(store, target, &[pin], mode, &mut |_| {})?;
+    kernel_source_tarball(store, pin, target, epoch, note)
 }
 
 /// The kernel source tarball from the pinned `linux-source` package, unpacked once into the
@@ -697,7 +738,7 @@ fn kernel_source_tarball(
     pin: &DebianPackagePin,
     target: TargetArch,
     epoch: u32,
-    observer: &mut dyn ImageObserver,
+    note: &mut dyn FnMut(&str),
 ) -> Result<kiln_kernel::KernelSource, ImageError> {
     let directory = store.state_dir("kernel-source")?.join(&pin.sha256);
     let tarball = directory.join("linux-source.tar.xz");
@@ -708,7 +749,7 @@ fn kernel_source_tarball(
             sha256: sha256.trim().to_owned(),
         });
     }
-    observer.note(&format!(
+    note(&format!(
         "unpacking {KERNEL_SOURCE_TARBALL} from {} {}",
         pin.name, pin.version
     ));

@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufReader, Read};
+use std::path::Path;
 use std::sync::Arc;
 
 use kiln_archive::{Content, Entry};
@@ -181,33 +182,40 @@ pub fn apply_image(
 ) -> Result<(), ImageError> {
     for (media_type, digest, _) in &image.layers {
         let path = layout.blob_path(digest);
-        let file = fs::File::open(&path).map_err(|source| ImageError::Io {
-            action: "opening layer",
-            path: path.clone(),
-            source,
-        })?;
-        let reader: Box<dyn Read> = match layer_compression(media_type) {
-            Some(LayerCompression::None) => Box::new(BufReader::new(file)),
-            Some(LayerCompression::Gzip) => {
-                Box::new(flate2::read::GzDecoder::new(BufReader::new(file)))
-            }
-            Some(LayerCompression::Zstd) => Box::new(
-                zstd::stream::read::Decoder::new(file).map_err(|source| ImageError::Io {
-                    action: "decompressing layer",
-                    path: path.clone(),
-                    source,
-                })?,
-            ),
-            None => {
-                return Err(ImageError::Other(format!(
-                    "image {} (module `{module}`): layer {digest} has media type `{media_type}`, which is not a filesystem layer kiln can apply (tar, tar+gzip or tar+zstd)",
-                    image.pin.reference
-                )))
-            }
-        };
+        let reader = open_layer(&path, media_type, &image.pin.reference)?;
         tree.apply_layer(module, reader)?;
     }
     Ok(())
+}
+
+/// A reader of the tar inside the layer blob at `path`, decompressed as `media_type` says.
+pub fn open_layer(
+    path: &Path,
+    media_type: &str,
+    reference: &str,
+) -> Result<Box<dyn Read>, ImageError> {
+    let io = |action: &'static str| {
+        let path = path.to_path_buf();
+        move |source| ImageError::Io {
+            action,
+            path,
+            source,
+        }
+    };
+    let file = fs::File::open(path).map_err(io("opening layer"))?;
+    Ok(match layer_compression(media_type) {
+        Some(LayerCompression::None) => Box::new(BufReader::new(file)),
+        Some(LayerCompression::Gzip) => Box::new(flate2::read::GzDecoder::new(BufReader::new(file))),
+        Some(LayerCompression::Zstd) => {
+            Box::new(zstd::stream::read::Decoder::new(file).map_err(io("decompressing layer"))?)
+        }
+        None => {
+            return Err(ImageError::Other(format!(
+                "image {reference}: layer {} has media type `{media_type}`, which is not a filesystem layer kiln can apply (tar, tar+gzip or tar+zstd)",
+                path.display()
+            )))
+        }
+    })
 }
 
 enum LayerCompression {

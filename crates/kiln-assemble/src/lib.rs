@@ -17,6 +17,7 @@
 
 pub mod build;
 pub mod images;
+pub mod kernel_oci;
 pub mod plan;
 
 pub use build::{build_image, ImageError, ImageObserver, ImageReport, ImageRequest};

@@ -148,6 +148,13 @@ pub fn fetch_kernel_from_registry(
     let artifact = KernelArtifact::load(work.path()).map_err(|error| other(error.to_string()))?;
     verify_artifact(&artifact, key, arch, &reference)?;
     if !destination.exists() {
+        if let Some(parent) = destination.parent() {
+            fs::create_dir_all(parent).map_err(|source| ImageError::Io {
+                action: "creating",
+                path: parent.to_owned(),
+                source,
+            })?;
+        }
         let staged = cache
             .tmp_dir()
             .join(format!("ready-{key}-{}", std::process::id()));

@@ -93,7 +93,7 @@ fn unknown_key_names_file_line_and_column() {
 fn unknown_profile_key_names_file_line_and_column() {
     let fixture = Fixture::new();
     fixture.profile("p", "modules: [base]\nkernal: {flavor: virt}\n");
-    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml:2:1: unknown field `kernal`, expected one of `description`, `extends`, `modules`, `remove`, `options`, `kernel`, `cmdline`, `output_name`, `ram_budget_mib`, `prune`");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml:2:1: unknown field `kernal`, expected one of `description`, `extends`, `modules`, `remove`, `options`, `kernel`, `cmdline`, `output_name`, `ram_budget_mib`, `prune`, `embed_images`");
 }
 
 #[test]

@@ -772,4 +772,65 @@ mod tests {
             "kiln.lock has no pins for x86_64: run `cargo xtask lock --arch x86_64`"
         );
     }
+
+    #[test]
+    fn image_pins_are_pulled_by_digest_and_validated() {
+        let digest = format!("sha256:{}", "c".repeat(64));
+        let pin = OciImagePin {
+            reference: "127.0.0.1:5000/kiln/tools:2.0".into(),
+            manifest_digest: digest.clone(),
+            index_digest: None,
+            required_by: vec!["profile:hook".into()],
+        };
+        assert_eq!(
+            pin.pinned_reference(),
+            format!("127.0.0.1:5000/kiln/tools@{digest}")
+        );
+        let by_digest = OciImagePin {
+            reference: format!("127.0.0.1:5000/kiln/tools:2.0@{digest}"),
+            ..pin.clone()
+        };
+        assert_eq!(
+            by_digest.pinned_reference(),
+            format!("127.0.0.1:5000/kiln/tools@{digest}")
+        );
+
+        let mut lock = small_lock();
+        lock.architectures
+            .get_mut(&TargetArch::Aarch64)
+            .unwrap()
+            .oci_images
+            .push(OciImagePin {
+                manifest_digest: "sha256:123".into(),
+                ..pin.clone()
+            });
+        let error = Lock::parse(&lock.to_canonical_json(), Path::new("kiln.lock"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(error, "kiln.lock: image 127.0.0.1:5000/kiln/tools:2.0 (aarch64) has digest `sha256:123`, expected `sha256:` and 64 lowercase hex digits: regenerate it with `cargo xtask lock`");
+
+        let mut lock = small_lock();
+        lock.architectures
+            .get_mut(&TargetArch::Aarch64)
+            .unwrap()
+            .oci_images
+            .push(pin.clone());
+        let text = lock.to_canonical_json();
+        let read = Lock::parse(&text, Path::new("kiln.lock")).unwrap();
+        assert_eq!(
+            read.oci_image(TargetArch::Aarch64, &pin.reference, "profile:hook")
+                .unwrap(),
+            &pin
+        );
+        let error = read
+            .oci_image(TargetArch::Aarch64, &pin.reference, "module:payload")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("not pinned in kiln.lock for aarch64"),
+            "{error}"
+        );
+        // A lock without images says nothing about them.
+        assert!(!small_lock().to_canonical_json().contains("oci_images"));
+    }
 }

@@ -882,6 +882,48 @@ mod tests {
     }
 
     #[test]
+    fn image_references_need_a_registry_and_a_tag_or_digest() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for good in [
+            "127.0.0.1:5000/kiln/busybox:1.36".to_owned(),
+            "registry.example.org/a/b/c:v1.0_rc-2".to_owned(),
+            format!("localhost/tools@{digest}"),
+            format!("127.0.0.1:5000/kiln/busybox:1.36@{digest}"),
+        ] {
+            assert_eq!(ImageReference::parse(&good).unwrap().as_str(), good);
+        }
+        for (bad, says) in [
+            ("busybox:1.36", "names no registry"),
+            ("kiln/busybox:1.36", "is not a registry host"),
+            ("127.0.0.1:5000/kiln/busybox", "neither a tag nor a digest"),
+            ("127.0.0.1:5000/Kiln/busybox:1", "must be lowercase"),
+            ("127.0.0.1:5000/kiln/busybox:", "tag `` must be"),
+            (
+                "127.0.0.1:5000/kiln/busybox@sha256:abc",
+                "is not `sha256:` and 64",
+            ),
+        ] {
+            let error = ImageReference::parse(bad).unwrap_err();
+            assert!(error.contains(says), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_bad_image_source_is_reported_at_its_position() {
+        let error = parse_module(
+            "description: d\nkind: base\nsources:\n  - image: busybox:1.36\n",
+            Path::new("modules/x/module.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("modules/x/module.yaml:4:")
+                && error.contains("image reference `busybox:1.36` names no registry"),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn parses_a_module_with_both_source_kinds() {
         let text = "description: d\nkind: service\nsources:\n  - debian: [dropbear-bin]\n  - tarball:\n      name: a.tar.gz\n      urls: [http://127.0.0.1/a.tar.gz]\n      sha256: 00\n      size: 3\n";
         let module = parse_module(text, Path::new("m.yaml")).unwrap();

@@ -38,6 +38,8 @@ enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 struct BuildArgs {
+    #[command(flatten)]
+    registry: crate::push::RegistryAccessArgs,
     /// x86_64 or aarch64.
     #[arg(long)]
     arch: Option<Arch>,
@@ -134,6 +136,7 @@ fn kernel_source(
     sha256: Option<&str>,
     arch: Arch,
     epoch: u64,
+    registry: &crate::push::RegistryAccessArgs,
 ) -> anyhow::Result<KernelSource> {
     let Some(tarball) = path else {
         let root = crate::epoch::workspace_root();
@@ -152,7 +155,10 @@ fn kernel_source(
             &store,
             target,
             epoch,
-            false,
+            &kiln_assemble::build::MirrorAccess {
+                registry: &registry.options()?,
+                offline: false,
+            },
             &mut |line| eprintln!("{line}"),
         )
         .with_context(|| format!("the kernel source pinned in {}", lock_path.display()))?;
@@ -195,6 +201,7 @@ fn request(args: &BuildArgs) -> anyhow::Result<BuildRequest> {
             args.source_sha256.as_deref(),
             arch,
             source_date_epoch,
+            &args.registry,
         )?,
         arch,
         flavor,

@@ -101,6 +101,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             if resolution.skipped_essential.is_empty() { "none".to_owned() } else { resolution.skipped_essential.iter().cloned().collect::<Vec<_>>().join(", ") }
         );
         let mut architecture_lock = architecture_lock;
+        // A mirror (from `push --write-lock`) stays with a pin whose .deb did not change.
+        for pin in &mut architecture_lock.debian_packages {
+            pin.mirror = previous.and_then(|previous| {
+                previous
+                    .debian_packages
+                    .iter()
+                    .find(|old| old.name == pin.name && old.sha256 == pin.sha256)
+                    .and_then(|old| old.mirror.clone())
+            });
+        }
         architecture_lock.oci_images = lock_images(
             &catalog,
             arch,
@@ -210,6 +220,7 @@ fn lock_images(
                     manifest_digest: resolved.manifest_digest.to_string(),
                     index_digest: resolved.index_digest.map(|digest| digest.to_string()),
                     required_by: required_by.into_iter().collect(),
+                    mirror: None,
                 }
             }
         };

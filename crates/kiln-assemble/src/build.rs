@@ -230,7 +230,8 @@ pub fn build_image(
     } else {
         FetchMode::Online
     };
-    let summary = kiln_fetch::fetch_debian_packages(&store, target, &pins, mode, &mut |_| {})?;
+    let from_apt = packages_from_apt(&store, &pins)?;
+    let summary = kiln_fetch::fetch_debian_packages(&store, target, &from_apt, mode, &mut |_| {})?;
     for name in summary.downloaded.iter().chain(&summary.imported) {
         observer.note(&format!("fetched {name}"));
     }
@@ -295,14 +296,7 @@ pub fn build_image(
         }
     }
 
-    let build_key = build_key(
-        request,
-        &plan,
-        &lock_path,
-        &kernel,
-        &crate_binaries,
-        &catalog,
-    )?;
+    let build_key = build_key(request, &plan, &lock, &kernel, &crate_binaries, &catalog)?;
     let output_dir = request
         .out_root
         .join(&plan.profile.output_name)
@@ -319,7 +313,14 @@ pub fn build_image(
     observer.stage(5, STAGES, "Debian packages to OCI layers");
     let mut layers: BTreeMap<String, PathBuf> = BTreeMap::new();
     for pin in &pins {
-        layers.insert(pin.name.clone(), debian_layer(&store, pin, target, epoch)?);
+        let access = MirrorAccess {
+            registry: &request.registry,
+            offline: request.offline,
+        };
+        layers.insert(
+            pin.name.clone(),
+            debian_layer(&store, pin, target, epoch, &access)?,
+        );
     }
 
     observer.stage(6, STAGES, "compose module layers");
@@ -673,7 +674,11 @@ fn kernel_artifact(
         ))
     })?;
     let target = target_arch(request.arch);
-    let source = locked_kernel_source(lock, store, target, epoch, request.offline, &mut |line| {
+    let access = MirrorAccess {
+        registry: &request.registry,
+        offline: request.offline,
+    };
+    let source = locked_kernel_source(lock, store, target, epoch, &access, &mut |line| {
         observer.note(line)
     })?;
     let build = kiln_kernel::BuildRequest {
@@ -716,19 +721,45 @@ pub fn locked_kernel_source(
     store: &Store,
     target: TargetArch,
     epoch: u32,
-    offline: bool,
+    access: &MirrorAccess<'_>,
     note: &mut dyn FnMut(&str),
 ) -> Result<kiln_kernel::KernelSource, ImageError> {
     let pin = lock.architecture(target)?.debian_packages.iter().find(|pin| pin.name == KERNEL_SOURCE_PACKAGE).ok_or_else(|| {
         ImageError::Kernel(format!("kiln.lock pins no {KERNEL_SOURCE_PACKAGE} for {target}: run `cargo xtask lock` (module kernel-source asks for it)"))
     })?;
-    let mode = if offline {
+    let mode = if access.offline {
         FetchMode::Offline
     } else {
         FetchMode::Online
     };
-    kiln_fetch::fetch_debian_packages(store, target, &[pin], mode, &mut |_| {})?;
-    kernel_source_tarball(store, pin, target, epoch, note)
+    let from_apt = packages_from_apt(store, &[pin])?;
+    kiln_fetch::fetch_debian_packages(store, target, &from_apt, mode, &mut |_| {})?;
+    kernel_source_tarball(store, pin, target, epoch, access, note)
+}
+
+/// How a build reaches a mirror registry for packages the lock gives a `mirror` for.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorAccess<'options> {
+    /// Registry options (CA files, credentials, insecure registries).
+    pub registry: &'options kiln_registry::RegistryOptions,
+    /// The store only.
+    pub offline: bool,
+}
+
+/// The pins apt must fetch: all but those the lock mirrors whose `.deb` is not in the
+/// store (their OCI image is pulled from the mirror instead, in [`debian_layer`]).
+fn packages_from_apt<'lock>(
+    store: &Store,
+    pins: &[&'lock DebianPackagePin],
+) -> Result<Vec<&'lock DebianPackagePin>, ImageError> {
+    let mut from_apt = Vec::new();
+    for pin in pins {
+        let deb_in_store = store.contains(&kiln_store::Sha256Digest::parse(&pin.sha256)?);
+        if pin.mirror.is_none() || deb_in_store {
+            from_apt.push(*pin);
+        }
+    }
+    Ok(from_apt)
 }
 
 /// The kernel source tarball from the pinned `linux-source` package, unpacked once into the
@@ -738,6 +769,7 @@ fn kernel_source_tarball(
     pin: &DebianPackagePin,
     target: TargetArch,
     epoch: u32,
+    access: &MirrorAccess<'_>,
     note: &mut dyn FnMut(&str),
 ) -> Result<kiln_kernel::KernelSource, ImageError> {
     let directory = store.state_dir("kernel-source")?.join(&pin.sha256);
@@ -753,7 +785,7 @@ fn kernel_source_tarball(
         "unpacking {KERNEL_SOURCE_TARBALL} from {} {}",
         pin.name, pin.version
     ));
-    let layer = debian_layer(store, pin, target, epoch)?;
+    let layer = debian_layer(store, pin, target, epoch, access)?;
     let partial = tempfile::Builder::new()
         .prefix(".kernel-source-")
         .tempdir_in(store.state_dir("kernel-source")?)
@@ -800,11 +832,12 @@ fn kernel_source_tarball(
 
 /// The uncompressed layer of the OCI image made from `pin`'s `.deb`, made once per
 /// package digest, architecture and epoch (recorded under `state/deb-layers/`).
-fn debian_layer(
+pub fn debian_layer(
     store: &Store,
     pin: &DebianPackagePin,
     target: TargetArch,
     epoch: u32,
+    access: &MirrorAccess<'_>,
 ) -> Result<PathBuf, ImageError> {
     let records = store.state_dir("deb-layers")?;
     let record = records.join(format!(
@@ -827,6 +860,20 @@ fn debian_layer(
     let layout = kiln_oci::OciLayout::open_or_create(store.oci_layout_dir())
         .map_err(|error| oci_error(Box::new(error)))?;
     let digest = kiln_store::Sha256Digest::parse(&pin.sha256)?;
+    let reference = kiln_oci::debian_package_reference_name(
+        &pin.name,
+        &pin.version,
+        target.debian_architecture(),
+    );
+    if let (Some(mirror), false) = (&pin.mirror, store.contains(&digest)) {
+        let layer_hex =
+            images::debian_layer_from_mirror(&layout, pin, mirror, &reference, target, access)?;
+        kiln_archive::write_file_atomically(&record, |file| {
+            std::io::Write::write_all(file, layer_hex.as_bytes())
+                .map_err(|source| kiln_archive::ArchiveError::io(&record, "writing", source))
+        })?;
+        return Ok(store.blob_path(&kiln_store::Sha256Digest::parse(&layer_hex)?));
+    }
     let platform = match target {
         TargetArch::X86_64 => kiln_oci::OciPlatform::LinuxAmd64,
         TargetArch::Aarch64 => kiln_oci::OciPlatform::LinuxArm64,
@@ -838,11 +885,6 @@ fn debian_layer(
         kiln_oci::SourceDateEpoch::from_seconds(u64::from(epoch)),
     )
     .map_err(|error| oci_error(Box::new(error)))?;
-    let reference = kiln_oci::debian_package_reference_name(
-        &pin.name,
-        &pin.version,
-        target.debian_architecture(),
-    );
     layout
         .add_manifest_ref(&reference, &built.image.manifest)
         .map_err(|error| oci_error(Box::new(error)))?;
@@ -1083,7 +1125,7 @@ fn kernel_modules_to_load(
 fn build_key(
     request: &ImageRequest,
     plan: &Plan,
-    lock_path: &Path,
+    lock: &Lock,
     kernel: &KernelArtifact,
     crate_binaries: &BTreeMap<String, PathBuf>,
     catalog: &Catalog,
@@ -1098,9 +1140,10 @@ fn build_key(
     field("profile", plan.profile.name.as_bytes());
     field("arch", plan.arch.name().as_bytes());
     field("zstd-level", &request.zstd.level.to_le_bytes());
+    // Without `mirror` fields: where the bytes come from must not change what is built.
     field(
         "lock",
-        &fs::read(lock_path).map_err(io_error("reading", lock_path))?,
+        lock.without_mirrors().to_canonical_json().as_bytes(),
     );
     for path in &plan.profile.files {
         field(

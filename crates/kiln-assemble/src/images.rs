@@ -315,3 +315,71 @@ pub fn embed_images(
     }
     Ok(added)
 }
+
+/// The layer of `pin`'s OCI image pulled from the lock's `mirror` (by digest; the store
+/// first), named `reference` in the store's layout as a locally made one would be. Returns
+/// the layer digest's hex. The image must be what kiln makes from a `.deb`: one
+/// uncompressed tar layer.
+pub fn debian_layer_from_mirror(
+    layout: &OciLayout,
+    pin: &kiln_lock::DebianPackagePin,
+    mirror: &str,
+    reference: &str,
+    arch: TargetArch,
+    access: &crate::build::MirrorAccess<'_>,
+) -> Result<String, ImageError> {
+    let what = format!("package {} {} from mirror {mirror}", pin.name, pin.version);
+    let platform = platform(arch);
+    let pull = |offline: bool| {
+        kiln_registry::pull_image(
+            mirror,
+            platform,
+            layout,
+            access.registry,
+            offline,
+            Arc::new(IgnoreTransfers),
+        )
+    };
+    let pulled = match pull(true) {
+        Ok(pulled) => pulled,
+        Err(RegistryError::OfflineMissing { .. }) if !access.offline => {
+            pull(false).map_err(|error| registry_error(&what, error))?
+        }
+        Err(error) => return Err(registry_error(&what, error)),
+    };
+    let manifest_digest = pulled.resolved.manifest_digest;
+    let bytes = layout
+        .read_blob(&manifest_digest)
+        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
+    let manifest: ManifestLayers = serde_json::from_slice(&bytes).map_err(|error| {
+        ImageError::Other(format!("{what}: manifest {manifest_digest}: {error}"))
+    })?;
+    let [layer] = manifest.layers.as_slice() else {
+        return Err(ImageError::Other(format!(
+            "{what}: a package image has one layer, this one has {}",
+            manifest.layers.len()
+        )));
+    };
+    if layer.media_type != kiln_oci::oci_json::UNCOMPRESSED_LAYER_MEDIA_TYPE {
+        return Err(ImageError::Other(format!(
+            "{what}: layer media type `{}`, expected `{}` (kiln's package images are uncompressed)",
+            layer.media_type,
+            kiln_oci::oci_json::UNCOMPRESSED_LAYER_MEDIA_TYPE
+        )));
+    }
+    let layer_digest = Sha256Digest::parse(&layer.digest)
+        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
+    let mut descriptor = OciDescriptor::new(
+        manifest
+            .media_type
+            .as_deref()
+            .unwrap_or(kiln_oci::oci_json::IMAGE_MANIFEST_MEDIA_TYPE),
+        manifest_digest,
+        bytes.len() as u64,
+    );
+    descriptor.platform = Some(platform.into());
+    layout
+        .add_manifest_ref(reference, &descriptor)
+        .map_err(|error| ImageError::Other(format!("{what}: naming it {reference}: {error}")))?;
+    Ok(layer_digest.hex())
+}

@@ -208,6 +208,7 @@ fn pin_from(record: &PackageRecord) -> DebianPackagePin {
         sha256: record.sha256.clone(),
         size: record.size,
         required_by: Vec::new(),
+        mirror: None,
     }
 }
 

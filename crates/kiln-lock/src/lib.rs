@@ -139,11 +139,19 @@ pub struct OciImagePin {
     pub index_digest: Option<String>,
     /// `module:<name>` or `profile:<name>` for everything that asks for it, sorted.
     pub required_by: Vec<String>,
+    /// `registry/repository` of a mirror holding the same manifest (written by `cargo
+    /// xtask push --write-lock`): builds pull `mirror@manifest_digest` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl OciImagePin {
-    /// `registry/repository@sha256:…`: the reference builds pull (tag dropped, digest pinned).
+    /// `registry/repository@sha256:…`: the reference builds pull (tag dropped, digest
+    /// pinned; the mirror's repository when the lock names one).
     pub fn pinned_reference(&self) -> String {
+        if let Some(mirror) = &self.mirror {
+            return format!("{mirror}@{}", self.manifest_digest);
+        }
         let name = self
             .reference
             .split_once('@')
@@ -175,6 +183,13 @@ pub struct DebianPackagePin {
     /// Why the package is here, sorted: `module:<name>` for a package a module names,
     /// `package:<name>` for a dependency of another pinned package.
     pub required_by: Vec<String>,
+    /// `registry/repository@sha256:…`: the package's OCI image (made by kiln from this
+    /// `.deb` for this architecture and the lock's epoch) in a mirror registry, written by
+    /// `cargo xtask push --write-lock`. A build whose store lacks the `.deb` pulls this
+    /// image by digest instead of asking apt. It says where to get the package, not what
+    /// it is, so it never changes an output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl DebianPackagePin {
@@ -344,6 +359,21 @@ impl Lock {
         Ok(())
     }
 
+    /// This lock without `mirror` fields: what decides a build's outputs (a mirror only
+    /// says where to download the same bytes).
+    pub fn without_mirrors(&self) -> Lock {
+        let mut lock = self.clone();
+        for architecture in lock.architectures.values_mut() {
+            for package in &mut architecture.debian_packages {
+                package.mirror = None;
+            }
+            for image in &mut architecture.oci_images {
+                image.mirror = None;
+            }
+        }
+        lock
+    }
+
     /// The one canonical text of this lock: sorted, pretty, trailing newline.
     pub fn to_canonical_json(&self) -> String {
         let mut canonical = self.clone();
@@ -405,6 +435,18 @@ impl Lock {
                         "package {} ({arch}) has sha256 `{}`, expected 64 lowercase hex digits",
                         package.name, package.sha256
                     ));
+                }
+                if let Some(mirror) = &package.mirror {
+                    let digest_pinned = mirror.contains("@sha256:");
+                    if let Err(message) = kiln_spec::ImageReference::parse(mirror).and_then(|_| {
+                        if digest_pinned {
+                            Ok(())
+                        } else {
+                            Err(format!("mirror `{mirror}` has no digest"))
+                        }
+                    }) {
+                        return Err(format!("package {} ({arch}): {message}", package.name));
+                    }
                 }
                 if package
                     .filename
@@ -611,6 +653,7 @@ mod tests {
             sha256: "732c9135564fc71337e0e05fb4da4d11e6c28c1834bce3e405e575afef2a52f5".into(),
             size: 822_236,
             required_by: vec!["module:base".into()],
+            mirror: None,
         };
         let zlib = DebianPackagePin {
             name: "zlib1g".into(),
@@ -620,6 +663,7 @@ mod tests {
             sha256: "1".repeat(64),
             size: 80_000,
             required_by: vec!["package:dropbear-bin".into()],
+            mirror: None,
         };
         let dropbear = DebianPackagePin {
             name: "dropbear-bin".into(),
@@ -629,6 +673,7 @@ mod tests {
             sha256: "2".repeat(64),
             size: 150_000,
             required_by: vec!["module:sshd".into()],
+            mirror: None,
         };
         let mut lock = Lock::new();
         lock.architectures.insert(
@@ -781,6 +826,7 @@ mod tests {
             manifest_digest: digest.clone(),
             index_digest: None,
             required_by: vec!["profile:hook".into()],
+            mirror: None,
         };
         assert_eq!(
             pin.pinned_reference(),

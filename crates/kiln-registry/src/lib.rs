@@ -53,7 +53,7 @@ pub use credentials::{normalise_registry_name, RegistryCredential, RegistryCrede
 pub use error::RegistryError;
 pub use observer::{BlobOutcome, IgnoreTransfers, TransferObserver};
 pub use pull::{layout_reference_name, partial_download_directory, PulledImage, ResolvedReference};
-pub use push::{repository_and_tag_for_reference_name, PushReport, PushedImage};
+pub use push::{repository_and_tag_for_reference_name, PushItem, PushReport, PushedImage};
 
 fn runtime() -> Result<tokio::runtime::Runtime, RegistryError> {
     tokio::runtime::Builder::new_multi_thread()
@@ -125,6 +125,24 @@ pub fn push_layout(
         layout,
         destination,
         architecture,
+        options,
+        observer,
+    ))
+}
+
+/// Pushes each item's image from `layout` to its own target (`registry/repository:tag`),
+/// reading every digest back; `destination` is only recorded in the report.
+pub fn push_items(
+    layout: &OciLayout,
+    destination: &str,
+    items: &[PushItem],
+    options: &RegistryOptions,
+    observer: Arc<dyn TransferObserver>,
+) -> Result<PushReport, RegistryError> {
+    runtime()?.block_on(push::push_items_async(
+        layout,
+        destination,
+        items,
         options,
         observer,
     ))

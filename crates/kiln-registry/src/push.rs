@@ -97,10 +97,7 @@ pub(crate) async fn push_layout_async(
 ) -> Result<PushReport, RegistryError> {
     let destination = destination.trim_end_matches('/');
     let index = layout.read_index()?;
-    let mut report = PushReport {
-        destination: destination.to_owned(),
-        ..PushReport::default()
-    };
+    let mut items = Vec::new();
     for descriptor in &index.manifests {
         let Some(reference_name) = descriptor.reference_name() else {
             continue;
@@ -115,14 +112,49 @@ pub(crate) async fn push_layout_async(
             }
         }
         let (repository, tag) = repository_and_tag_for_reference_name(reference_name);
-        let target_text = format!("{destination}/{repository}:{tag}");
-        let target = Reference::try_from(target_text.as_str()).map_err(|error| {
+        items.push(PushItem {
+            layout_reference_name: reference_name.to_owned(),
+            descriptor: descriptor.clone(),
+            target: format!("{destination}/{repository}:{tag}"),
+        });
+    }
+    push_items_async(layout, destination, &items, options, observer).await
+}
+
+/// One image of a layout and where it goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushItem {
+    /// Its name in the layout (for the report).
+    pub layout_reference_name: String,
+    /// Its manifest (or index) descriptor in the layout.
+    pub descriptor: kiln_oci::OciDescriptor,
+    /// `registry/repository:tag` to push it to.
+    pub target: String,
+}
+
+pub(crate) async fn push_items_async(
+    layout: &OciLayout,
+    destination: &str,
+    items: &[PushItem],
+    options: &RegistryOptions,
+    observer: Arc<dyn TransferObserver>,
+) -> Result<PushReport, RegistryError> {
+    let mut report = PushReport {
+        destination: destination.to_owned(),
+        ..PushReport::default()
+    };
+    for item in items {
+        let descriptor = &item.descriptor;
+        let reference_name = item.layout_reference_name.as_str();
+        let target_text = item.target.as_str();
+        let target = Reference::try_from(target_text).map_err(|error| {
             RegistryError::UnpushableReferenceName {
                 reference_name: reference_name.to_owned(),
                 layout: layout.directory().to_owned(),
                 reason: format!("{target_text}: {error}"),
             }
         })?;
+        let tag = target.tag().unwrap_or("latest").to_owned();
         let connection = RepositoryConnection::open(&target, options)?;
         connection
             .client

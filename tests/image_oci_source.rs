@@ -13,9 +13,7 @@ use std::sync::Arc;
 use kiln_oci::oci_json::{canonical_json_bytes, OciImageIndex, IMAGE_INDEX_MEDIA_TYPE};
 use kiln_oci::{OciLayout, OciPlatform};
 use kiln_registry::{push_layout, IgnoreTransfers};
-use kiln_tests::registry::{
-    registry_options, registry_tools_available, TestRegistry, TEST_PASSWORD, TEST_USERNAME,
-};
+use kiln_tests::registry::{registry_options, registry_tools_available, TestRegistry};
 use kiln_tests::{run, xtask};
 
 /// Two images, each for amd64 and arm64 with an image index over both, named
@@ -98,12 +96,8 @@ fn image_sources_and_embedded_images_are_pinned_pulled_and_composed() {
     );
     let kernel = kiln_tests::kernel_artifact("x86_64", "virt");
     let scratch = tempfile::tempdir().unwrap();
-    let mut registry = TestRegistry::start(&scratch.path().join("registry")).unwrap();
-    let docker_config = TestRegistry::write_docker_config(
-        &scratch.path().join("docker"),
-        &[(&registry.address(), TEST_USERNAME, TEST_PASSWORD)],
-    )
-    .unwrap();
+    let (mut registry, docker_config) =
+        TestRegistry::start_with_credentials(scratch.path()).unwrap();
 
     // Publish: the layout's images and indexes, pushed to <registry>/kiln/<title>:<version>.
     let source_layout = OciLayout::open_or_create(&scratch.path().join("source-layout")).unwrap();

@@ -10,9 +10,7 @@ use kiln_assemble::kernel_oci::{fetch_kernel_from_registry, store_kernel_image};
 use kiln_kernel::{Arch, KernelArtifact, KernelCache};
 use kiln_oci::OciLayout;
 use kiln_registry::{push_layout, IgnoreTransfers};
-use kiln_tests::registry::{
-    registry_options, registry_tools_available, TestRegistry, TEST_PASSWORD, TEST_USERNAME,
-};
+use kiln_tests::registry::{registry_options, registry_tools_available, TestRegistry};
 
 #[test]
 fn a_kernel_goes_through_a_registry_by_its_input_key() {
@@ -22,12 +20,8 @@ fn a_kernel_goes_through_a_registry_by_its_input_key() {
     );
     let built = KernelArtifact::load(&kiln_tests::kernel_artifact("x86_64", "virt")).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let mut registry = TestRegistry::start(&scratch.path().join("registry")).unwrap();
-    let docker_config = TestRegistry::write_docker_config(
-        &scratch.path().join("docker"),
-        &[(&registry.address(), TEST_USERNAME, TEST_PASSWORD)],
-    )
-    .unwrap();
+    let (mut registry, docker_config) =
+        TestRegistry::start_with_credentials(scratch.path()).unwrap();
     let options = registry_options(&registry, Some(&docker_config));
 
     // The same artifact gives the same image in two layouts.

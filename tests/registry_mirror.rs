@@ -9,7 +9,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::registry::{registry_tools_available, TestRegistry, TEST_PASSWORD, TEST_USERNAME};
+use kiln_tests::registry::{registry_tools_available, TestRegistry};
 use kiln_tests::{run, workspace_root, xtask};
 
 fn image(checkout: &Path, out: &Path) -> Command {
@@ -42,12 +42,7 @@ fn a_mirrored_lock_builds_the_same_image_from_the_registry_alone() {
     // Also names the kernel in the store's layout, so the push below carries it.
     let kernel = kiln_tests::kernel_artifact("x86_64", "virt");
     let scratch = tempfile::tempdir().unwrap();
-    let registry = TestRegistry::start(&scratch.path().join("registry")).unwrap();
-    let docker_config = TestRegistry::write_docker_config(
-        &scratch.path().join("docker"),
-        &[(&registry.address(), TEST_USERNAME, TEST_PASSWORD)],
-    )
-    .unwrap();
+    let (registry, docker_config) = TestRegistry::start_with_credentials(scratch.path()).unwrap();
     let ca_file = &registry.certificate_authority.ca_certificate;
     let checkout = scratch.path().join("checkout");
     kiln_tests::copy_checkout(&checkout).unwrap();

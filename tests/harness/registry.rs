@@ -253,6 +253,17 @@ impl TestRegistry {
             .join("data")
     }
 
+    /// A registry started in `scratch/registry`, with a Docker config in `scratch/docker`
+    /// holding the test credentials for it: what most registry tests begin with.
+    pub fn start_with_credentials(scratch: &Path) -> anyhow::Result<(Self, PathBuf)> {
+        let registry = Self::start(&scratch.join("registry"))?;
+        let docker_config = Self::write_docker_config(
+            &scratch.join("docker"),
+            &[(&registry.address(), TEST_USERNAME, TEST_PASSWORD)],
+        )?;
+        Ok((registry, docker_config))
+    }
+
     /// A Docker config directory whose `config.json` holds `username:password` for
     /// `registry`, in the `auth` (base64) form.
     pub fn write_docker_config(

@@ -260,6 +260,8 @@ fn a_crashing_service_is_restarted_with_growing_backoff() {
         user: None,
         uid: None,
         gid: None,
+        capabilities: None,
+        namespaces: Vec::new(),
         restart: RestartPolicy::Always,
         backoff: BackoffSettings {
             initial_ms: 1_000,
@@ -347,6 +349,8 @@ fn a_hanging_onboot_step_is_killed_at_its_timeout_and_the_boot_goes_on() {
             argv: ["/bin/busybox", "sleep", "3600"].map(String::from).to_vec(),
             env: Default::default(),
             working_directory: None,
+            capabilities: None,
+            namespaces: Vec::new(),
             timeout_ms: 3_000,
             fatal: false,
         },

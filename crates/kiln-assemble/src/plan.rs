@@ -178,6 +178,14 @@ pub fn plan_resolved(
                 ),
             });
         }
+        // Steps have no user in init.json: a `user:` there was dropped without a word, and with
+        // `capabilities:` the step would silently run as root with them.
+        if spec.user.is_some() && spec.kind != ModuleKind::Service {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: "`user:` applies to services only; onboot and shutdown steps run as root (`capabilities:` can limit what they may do)".to_owned(),
+            });
+        }
         if spec.timeout.is_some() && !matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Shutdown)
         {
             return Err(PlanError::BadModule {
@@ -325,6 +333,26 @@ pub fn plan_resolved(
                 option: name.to_owned(),
                 module_allowed: !built_in,
             });
+        }
+        // A namespace the kernel was built without makes unshare(2) fail at boot; asking for
+        // its option here fails the build instead, with the module named.
+        for namespace in &module.spec.namespaces {
+            let option = match namespace {
+                kiln_spec::Namespace::Mount => continue,
+                kiln_spec::Namespace::Uts => "CONFIG_UTS_NS",
+                kiln_spec::Namespace::Ipc => "CONFIG_IPC_NS",
+                kiln_spec::Namespace::Net => "CONFIG_NET_NS",
+                kiln_spec::Namespace::Cgroup => "CONFIG_CGROUPS",
+                kiln_spec::Namespace::Pid => "CONFIG_PID_NS",
+            };
+            let required = RequiredKernelOption {
+                module: module.name.clone(),
+                option: option.to_owned(),
+                module_allowed: false,
+            };
+            if !kernel_options.contains(&required) {
+                kernel_options.push(required);
+            }
         }
         for kernel_module in &module.spec.kernel.modules {
             kernel_modules.push((module.name.clone(), kernel_module.clone()));

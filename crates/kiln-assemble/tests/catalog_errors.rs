@@ -321,6 +321,39 @@ fn capabilities_and_namespaces_reach_init_json_sorted() {
         .profile("p", "modules: [base, clock, plain, isolated-step]\n");
     let catalog = Catalog::load(fixture.path()).unwrap();
     let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    // The kernel must have the namespaces: built in, checked like `kernel: options:`.
+    let needed: Vec<(&str, &str, bool)> = plan
+        .kernel_options
+        .iter()
+        .map(|needed| {
+            (
+                needed.module.as_str(),
+                needed.option.as_str(),
+                needed.module_allowed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        needed,
+        [
+            ("clock", "CONFIG_UTS_NS", false),
+            ("clock", "CONFIG_IPC_NS", false),
+            ("isolated-step", "CONFIG_NET_NS", false),
+        ]
+    );
+    let error = check_kernel_config(
+        &plan,
+        "CONFIG_UTS_NS=y\nCONFIG_IPC_NS=y\n# CONFIG_NET_NS is not set\n",
+        "6.1.192-kiln",
+        "flavor virt",
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("module `isolated-step` needs CONFIG_NET_NS=y but the kernel has it unset"),
+        "{error}"
+    );
     // As build.rs writes /etc/kiln/init.json.
     let init_json =
         String::from_utf8(serde_json::to_vec_pretty(&plan.init_config).unwrap()).unwrap();
@@ -395,4 +428,16 @@ fn capabilities_and_namespaces_reach_init_json_sorted() {
     ]
     "#);
     assert_eq!(parsed, plan.init_config);
+}
+
+#[test]
+fn user_on_a_step_is_an_error() {
+    let fixture = Fixture::new();
+    fixture
+        .module(
+            "step",
+            "description: d\nkind: onboot\ncommand: [/bin/step]\nuser: nobody\ncapabilities: [CAP_NET_ADMIN]\n",
+        )
+        .profile("p", "modules: [base, step]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/step/module.yaml: `user:` applies to services only; onboot and shutdown steps run as root (`capabilities:` can limit what they may do)");
 }

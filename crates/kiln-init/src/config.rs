@@ -626,6 +626,10 @@ mod tests {
         assert_eq!(worker.restart, RestartPolicy::OnFailure);
         assert_eq!(worker.backoff, BackoffSettings::default());
         assert_eq!(worker.after, vec!["containerd".to_string()]);
+        assert_eq!(worker.capabilities, None);
+        let syslog = &config.services[3];
+        assert_eq!(syslog.capabilities, Some(vec![Capability::CapSyslog]));
+        assert_eq!(syslog.namespaces, [Namespace::Net]);
         assert_eq!(
             InitConfig::parse(Path::new("x"), "{}").unwrap(),
             InitConfig {

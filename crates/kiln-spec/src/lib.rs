@@ -241,6 +241,7 @@ pub struct ModuleSpec {
     #[serde(default)]
     pub working_dir: Option<String>,
     /// The user a service runs as (a name from the image's `/etc/passwd`); default root.
+    /// Services only: onboot and shutdown steps run as root.
     #[serde(default)]
     pub user: Option<String>,
     /// The Linux capabilities the process keeps, by the kernel's names
@@ -256,10 +257,12 @@ pub struct ModuleSpec {
     pub capabilities: Option<Vec<Capability>>,
     /// New namespaces the process starts in (see [`Namespace`]): kiln-init calls
     /// `unshare(2)` in the child before `exec`, so the service sees its own copy of these
-    /// and the rest of the system does not see its changes. `net` gives it a network with only
+    /// and the rest of the system does not see its changes. `net` gives it a network of its own with
     /// `lo` (brought up): never on a module that needs the machine's network. For `onboot`,
     /// `service` and `shutdown` modules; written to init.json once each, in the order of
-    /// the list below.
+    /// the list below. The kernel must have them: the plan adds `CONFIG_UTS_NS`,
+    /// `CONFIG_IPC_NS`, `CONFIG_NET_NS`, `CONFIG_CGROUPS` or `CONFIG_PID_NS` (built in) to the
+    /// module's kernel needs.
     #[serde(default)]
     pub namespaces: Vec<Namespace>,
     /// When a service is restarted after it exits (default `always`).
@@ -406,7 +409,9 @@ pub enum Namespace {
     Uts,
     /// Its own System V IPC objects and POSIX message queues.
     Ipc,
-    /// Its own network stack with only `lo`, brought up: no access to the machine's network.
+    /// Its own network stack: `lo`, brought up, and only what the kernel creates in every new
+    /// namespace (fallback tunnel devices such as `sit0`, down). No access to the machine's
+    /// network.
     Net,
     /// Its own cgroup root: it sees its cgroup as `/`.
     Cgroup,

@@ -260,6 +260,8 @@ fn a_crashing_service_is_restarted_with_growing_backoff() {
         user: None,
         uid: None,
         gid: None,
+        capabilities: None,
+        namespaces: Vec::new(),
         restart: RestartPolicy::Always,
         backoff: BackoffSettings {
             initial_ms: 1_000,
@@ -347,6 +349,8 @@ fn a_hanging_onboot_step_is_killed_at_its_timeout_and_the_boot_goes_on() {
             argv: ["/bin/busybox", "sleep", "3600"].map(String::from).to_vec(),
             env: Default::default(),
             working_directory: None,
+            capabilities: None,
+            namespaces: Vec::new(),
             timeout_ms: 3_000,
             fatal: false,
         },
@@ -405,6 +409,124 @@ fn a_hanging_onboot_step_is_killed_at_its_timeout_and_the_boot_goes_on() {
     assert!(
         (2.7..60.0).contains(&ran),
         "the step was stopped {ran:.1}s after the step before it finished (timeout 3s)"
+    );
+    eprintln!("console log: {}", started.vm.console_log.display());
+}
+
+/// A service of the smoke test's own, as root, started once.
+fn check_service(name: &str, script: &str) -> ServiceEntry {
+    ServiceEntry {
+        name: name.to_string(),
+        argv: ["/bin/busybox", "sh", "-c", script]
+            .map(String::from)
+            .to_vec(),
+        env: Default::default(),
+        working_directory: None,
+        user: None,
+        uid: None,
+        gid: None,
+        capabilities: None,
+        namespaces: Vec::new(),
+        restart: RestartPolicy::Never,
+        backoff: BackoffSettings::default(),
+        after: vec!["syslog".to_string()],
+    }
+}
+
+#[test]
+#[ignore = "slow: boots the hook image in QEMU and reads the capabilities of its syslog and of an isolated service (x86_64, TCG)"]
+fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespaces() {
+    let image = hook_image(ImageArch::X86_64);
+    let work = work_directory("x86_64-capabilities-namespaces");
+    let mut config = image_config(&image);
+    let syslog = config
+        .services
+        .iter()
+        .find(|service| service.name == "syslog")
+        .expect("the hook image has syslog");
+    assert_eq!(
+        syslog.capabilities,
+        Some(vec![kiln_smoke::init_config::Capability::CapSyslog])
+    );
+    // klogd reads the kernel log (syslog(2) needs CAP_SYSLOG); syslogd takes logger's line.
+    config.services.push(check_service(
+        "syslog-check",
+        "sleep 3; logger kiln-syslog-check; sleep 1; \
+         for daemon in syslogd klogd; do \
+           echo $daemon CapEff $(grep CapEff /proc/$(pidof $daemon)/status | cut -f2); done; \
+         logread | grep -q ' kernel: ' && echo kernel messages in the log; \
+         logread | grep -q kiln-syslog-check && echo logger message in the log",
+    ));
+    // Every namespace kiln knows, no capability: the static musl kiln-init's setup on the
+    // image's own kernel.
+    let mut isolated = check_service(
+        "isolated-check",
+        "echo pid $$.; echo links $(tail -n +3 /proc/net/dev | cut -d: -f1) end; \
+         echo CapEff $(grep CapEff /proc/self/status | cut -f2); \
+         echo CapBnd $(grep CapBnd /proc/self/status | cut -f2)",
+    );
+    isolated.capabilities = Some(Vec::new());
+    isolated.namespaces = {
+        use kiln_smoke::init_config::Namespace;
+        vec![
+            Namespace::Mount,
+            Namespace::Uts,
+            Namespace::Ipc,
+            Namespace::Net,
+            Namespace::Cgroup,
+            Namespace::Pid,
+        ]
+    };
+    config.services.push(isolated);
+    let mut options = SmokeOptions::new(work.clone());
+    options.network = false;
+    options.extra_initramfs = Some(config_segment(&config, &work));
+    let mut started = smoke::start_boot(&image, &options, false).unwrap();
+    let plan = BootPlan::from_config(&config, PlanSource::InitramfsConfig);
+    let mut boot = MarkerChecker::new(MarkerPlan::boot_to_ready(
+        &plan,
+        NetworkExpectation::NoLink,
+        &[],
+    ));
+    let show = &mut |found: &kiln_smoke::markers::FoundMarker| {
+        eprintln!("{:>7.1}s {}", found.at.as_secs_f64(), found.label)
+    };
+    let outcome = started.vm.expect(&mut boot, options.boot_timeout, show);
+    if outcome != WaitOutcome::Complete {
+        fail(&started.vm, &boot, &outcome);
+    }
+    started.vm.rewind();
+    let line = |text: &str| Marker::new(text, text);
+    let mut checks = MarkerChecker::new(MarkerPlan::default().then_all(vec![
+        line("[syslog-check] syslogd CapEff 0000000400000000"),
+        line("[syslog-check] klogd CapEff 0000000400000000"),
+        line("[syslog-check] kernel messages in the log"),
+        line("[syslog-check] logger message in the log"),
+        line("[isolated-check] pid 1."),
+        // sit0: the virt kernel's built-in sit driver puts a (down) fallback tunnel in every
+        // network namespace.
+        Marker::any_of(
+            "isolated-check links",
+            &[
+                "[isolated-check] links lo end",
+                "[isolated-check] links lo sit0 end",
+            ],
+        ),
+        line("[isolated-check] CapEff 0000000000000000"),
+        line("[isolated-check] CapBnd 0000000000000000"),
+        line("kiln: service isolated-check exited (status 0), not restarting"),
+    ]));
+    let outcome = started
+        .vm
+        .expect(&mut checks, Duration::from_secs(120), show);
+    if outcome != WaitOutcome::Complete {
+        fail(&started.vm, &checks, &outcome);
+    }
+    let console = fs::read_to_string(&started.vm.console_log).unwrap();
+    assert!(
+        !console.contains("kiln: service syslog exited"),
+        "syslog stopped with CAP_SYSLOG only; console log {}",
+        started.vm.console_log.display()
     );
     eprintln!("console log: {}", started.vm.console_log.display());
 }

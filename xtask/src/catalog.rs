@@ -241,6 +241,16 @@ fn parse_item(name: &str) -> anyhow::Result<Item> {
 fn rename(ident: &str, rule: Option<&str>) -> String {
     match rule {
         Some("lowercase") => ident.to_lowercase(),
+        Some("SCREAMING_SNAKE_CASE") => {
+            let mut out = String::new();
+            for (index, character) in ident.chars().enumerate() {
+                if character.is_uppercase() && index > 0 {
+                    out.push('_');
+                }
+                out.extend(character.to_uppercase());
+            }
+            out
+        }
         Some("kebab-case") => {
             let mut out = String::new();
             for (index, character) in ident.chars().enumerate() {
@@ -380,6 +390,8 @@ fn render_schema(out: &mut String) -> anyhow::Result<()> {
     write_variants(out, "ModuleSource", "entry")?;
     write_fields(out, "TarballSpec")?;
     write_fields(out, "CrateSource")?;
+    write_variants(out, "Capability", "value")?;
+    write_variants(out, "Namespace", "value")?;
     write_variants(out, "RestartPolicy", "value")?;
     write_fields(out, "Backoff")?;
     write_fields(out, "CmdlineParameter")?;
@@ -481,6 +493,40 @@ fn render_modules(out: &mut String, catalog: &Catalog) {
             code_list(module.kernel.options.iter().map(String::as_str)),
             code_list(module.kernel.modules.iter().map(String::as_str)),
         );
+    }
+    out.push_str("\n### User, capabilities and namespaces\n\n");
+    let restricted: Vec<(&String, &ModuleSpec)> = catalog
+        .modules
+        .iter()
+        .filter(|(_, module)| {
+            module.user.is_some() || module.capabilities.is_some() || !module.namespaces.is_empty()
+        })
+        .collect();
+    if restricted.is_empty() {
+        out.push_str("Every module's process runs as root with kiln-init's capabilities.\n");
+    } else {
+        out.push_str("Modules not listed run as root with kiln-init's capabilities, in the machine's namespaces.\n\n| module | user | capabilities | namespaces |\n|---|---|---|---|\n");
+        for (name, module) in restricted {
+            let capabilities = match &module.capabilities {
+                None => "unchanged".to_owned(),
+                Some(list) if list.is_empty() => "none".to_owned(),
+                Some(list) => {
+                    let names: Vec<String> =
+                        list.iter().map(|capability| capability.name()).collect();
+                    code_list(names.iter().map(String::as_str))
+                }
+            };
+            let namespaces = module.namespaces.iter().map(|namespace| namespace.name());
+            let _ = writeln!(
+                out,
+                "| `{name}` | {} | {capabilities} | {} |",
+                module
+                    .user
+                    .as_deref()
+                    .map_or_else(|| "root".to_owned(), |user| format!("`{user}`")),
+                code_list(namespaces),
+            );
+        }
     }
     out.push_str(
         "\n### Command-line parameters\n\n| parameter | module | effect |\n|---|---|---|\n",

@@ -8,7 +8,10 @@ use std::path::PathBuf;
 
 use kiln_compose::RequiredKernelOption;
 use kiln_image::ImageArch;
-use kiln_init::config::{BackoffSettings, InitConfig, RestartPolicy, ServiceEntry, StepEntry};
+use kiln_init::config::{
+    BackoffSettings, Capability as InitCapability, InitConfig, Namespace as InitNamespace,
+    RestartPolicy, ServiceEntry, StepEntry,
+};
 use kiln_spec::{Catalog, ModuleKind, ModuleSpec, ResolvedProfile};
 
 /// How long kiln-init waits between SIGTERM and SIGKILL (kiln-init's own default).
@@ -166,6 +169,23 @@ pub fn plan_resolved(
                 message: "`restart:` applies to services only".to_owned(),
             });
         }
+        if !runs && (spec.capabilities.is_some() || !spec.namespaces.is_empty()) {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: format!(
+                    "a module of kind `{}` runs nothing: `capabilities:` and `namespaces:` apply to `onboot`, `service` and `shutdown` modules",
+                    spec.kind.name()
+                ),
+            });
+        }
+        // Steps have no user in init.json: a `user:` there was dropped without a word, and with
+        // `capabilities:` the step would silently run as root with them.
+        if spec.user.is_some() && spec.kind != ModuleKind::Service {
+            return Err(PlanError::BadModule {
+                module_path,
+                message: "`user:` applies to services only; onboot and shutdown steps run as root (`capabilities:` can limit what they may do)".to_owned(),
+            });
+        }
         if spec.timeout.is_some() && !matches!(spec.kind, ModuleKind::Onboot | ModuleKind::Shutdown)
         {
             return Err(PlanError::BadModule {
@@ -219,6 +239,12 @@ pub fn plan_resolved(
             .map(|(key, value)| Ok((key.clone(), substitute(value, module, &module_path)?)))
             .collect::<Result<BTreeMap<_, _>, PlanError>>()?;
         let working_directory = module.spec.working_dir.as_ref().map(PathBuf::from);
+        let capabilities = module
+            .spec
+            .capabilities
+            .as_ref()
+            .map(|capabilities| init_capabilities(capabilities));
+        let namespaces = init_namespaces(&module.spec.namespaces);
         match module.spec.kind {
             ModuleKind::Onboot | ModuleKind::Shutdown => {
                 let step = StepEntry {
@@ -226,6 +252,8 @@ pub fn plan_resolved(
                     argv,
                     env,
                     working_directory,
+                    capabilities,
+                    namespaces,
                     timeout_ms: module.spec.timeout.unwrap_or(60).saturating_mul(1000),
                     fatal: module.spec.fatal,
                 };
@@ -264,6 +292,8 @@ pub fn plan_resolved(
                     user: module.spec.user.clone(),
                     uid: None,
                     gid: None,
+                    capabilities,
+                    namespaces,
                     restart: match module.spec.restart {
                         None | Some(kiln_spec::RestartPolicy::Always) => RestartPolicy::Always,
                         Some(kiln_spec::RestartPolicy::OnFailure) => RestartPolicy::OnFailure,
@@ -304,6 +334,26 @@ pub fn plan_resolved(
                 module_allowed: !built_in,
             });
         }
+        // A namespace the kernel was built without makes unshare(2) fail at boot; asking for
+        // its option here fails the build instead, with the module named.
+        for namespace in &module.spec.namespaces {
+            let option = match namespace {
+                kiln_spec::Namespace::Mount => continue,
+                kiln_spec::Namespace::Uts => "CONFIG_UTS_NS",
+                kiln_spec::Namespace::Ipc => "CONFIG_IPC_NS",
+                kiln_spec::Namespace::Net => "CONFIG_NET_NS",
+                kiln_spec::Namespace::Cgroup => "CONFIG_CGROUPS",
+                kiln_spec::Namespace::Pid => "CONFIG_PID_NS",
+            };
+            let required = RequiredKernelOption {
+                module: module.name.clone(),
+                option: option.to_owned(),
+                module_allowed: false,
+            };
+            if !kernel_options.contains(&required) {
+                kernel_options.push(required);
+            }
+        }
         for kernel_module in &module.spec.kernel.modules {
             kernel_modules.push((module.name.clone(), kernel_module.clone()));
         }
@@ -328,6 +378,56 @@ pub fn plan_resolved(
         kernel_options,
         kernel_modules,
     })
+}
+
+/// The module's capabilities as kiln-init's, sorted by number and without repeats, so
+/// init.json does not change with the order a module lists them in.
+fn init_capabilities(capabilities: &[kiln_spec::Capability]) -> Vec<InitCapability> {
+    /// kiln-spec and kiln-init each have the list (kiln-init deliberately depends on neither
+    /// kiln-spec nor serde_yaml); an exhaustive match keeps them from drifting apart.
+    macro_rules! same_variants {
+        ($value:expr; $($variant:ident),* $(,)?) => {
+            match $value {
+                $(kiln_spec::Capability::$variant => InitCapability::$variant,)*
+            }
+        };
+    }
+    let mut converted: Vec<InitCapability> = capabilities
+        .iter()
+        .map(|capability| {
+            same_variants!(capability;
+                CapChown, CapDacOverride, CapDacReadSearch, CapFowner, CapFsetid, CapKill,
+                CapSetgid, CapSetuid, CapSetpcap, CapLinuxImmutable, CapNetBindService,
+                CapNetBroadcast, CapNetAdmin, CapNetRaw, CapIpcLock, CapIpcOwner, CapSysModule,
+                CapSysRawio, CapSysChroot, CapSysPtrace, CapSysPacct, CapSysAdmin, CapSysBoot,
+                CapSysNice, CapSysResource, CapSysTime, CapSysTtyConfig, CapMknod, CapLease,
+                CapAuditWrite, CapAuditControl, CapSetfcap, CapMacOverride, CapMacAdmin,
+                CapSyslog, CapWakeAlarm, CapBlockSuspend, CapAuditRead, CapPerfmon, CapBpf,
+                CapCheckpointRestore,
+            )
+        })
+        .collect();
+    converted.sort();
+    converted.dedup();
+    converted
+}
+
+/// The module's namespaces as kiln-init's, sorted and without repeats.
+fn init_namespaces(namespaces: &[kiln_spec::Namespace]) -> Vec<InitNamespace> {
+    let mut converted: Vec<InitNamespace> = namespaces
+        .iter()
+        .map(|namespace| match namespace {
+            kiln_spec::Namespace::Mount => InitNamespace::Mount,
+            kiln_spec::Namespace::Uts => InitNamespace::Uts,
+            kiln_spec::Namespace::Ipc => InitNamespace::Ipc,
+            kiln_spec::Namespace::Net => InitNamespace::Net,
+            kiln_spec::Namespace::Cgroup => InitNamespace::Cgroup,
+            kiln_spec::Namespace::Pid => InitNamespace::Pid,
+        })
+        .collect();
+    converted.sort();
+    converted.dedup();
+    converted
 }
 
 /// Replaces every `${name}` by the module's option `name`.

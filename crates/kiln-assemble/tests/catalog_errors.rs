@@ -86,7 +86,7 @@ fn unknown_key_names_file_line_and_column() {
             "description: d\nkind: onboot\ncomand: [/bin/true]\n",
         )
         .profile("p", "modules: [base, dhcp]\n");
-    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`");
 }
 
 #[test]
@@ -267,4 +267,177 @@ fn a_module_needing_pivot_root_moves_the_root_off_rootfs() {
             .root
             .move_off_rootfs
     );
+}
+
+#[test]
+fn unknown_capability_names_file_line_and_column() {
+    let fixture = Fixture::new();
+    fixture
+        .module(
+            "web",
+            "description: d\nkind: service\ncommand: [/bin/httpd]\ncapabilities: [CAP_NET_BIND_SERVICE, CAP_NET_BIND]\n",
+        )
+        .profile("p", "modules: [base, web]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/web/module.yaml:4:38: capabilities[1]: unknown variant `CAP_NET_BIND`, expected one of `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`, `CAP_FOWNER`, `CAP_FSETID`, `CAP_KILL`, `CAP_SETGID`, `CAP_SETUID`, `CAP_SETPCAP`, `CAP_LINUX_IMMUTABLE`, `CAP_NET_BIND_SERVICE`, `CAP_NET_BROADCAST`, `CAP_NET_ADMIN`, `CAP_NET_RAW`, `CAP_IPC_LOCK`, `CAP_IPC_OWNER`, `CAP_SYS_MODULE`, `CAP_SYS_RAWIO`, `CAP_SYS_CHROOT`, `CAP_SYS_PTRACE`, `CAP_SYS_PACCT`, `CAP_SYS_ADMIN`, `CAP_SYS_BOOT`, `CAP_SYS_NICE`, `CAP_SYS_RESOURCE`, `CAP_SYS_TIME`, `CAP_SYS_TTY_CONFIG`, `CAP_MKNOD`, `CAP_LEASE`, `CAP_AUDIT_WRITE`, `CAP_AUDIT_CONTROL`, `CAP_SETFCAP`, `CAP_MAC_OVERRIDE`, `CAP_MAC_ADMIN`, `CAP_SYSLOG`, `CAP_WAKE_ALARM`, `CAP_BLOCK_SUSPEND`, `CAP_AUDIT_READ`, `CAP_PERFMON`, `CAP_BPF`, `CAP_CHECKPOINT_RESTORE`");
+}
+
+#[test]
+fn unknown_namespace_names_file_line_and_column() {
+    let fixture = Fixture::new();
+    fixture
+        .module(
+            "web",
+            "description: d\nkind: service\ncommand: [/bin/httpd]\nnamespaces:\n  - net\n  - user\n",
+        )
+        .profile("p", "modules: [base, web]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/web/module.yaml:6:5: namespaces[1]: unknown variant `user`, expected one of `mount`, `uts`, `ipc`, `net`, `cgroup`, `pid`");
+}
+
+#[test]
+fn capabilities_on_a_module_that_runs_nothing() {
+    let fixture = Fixture::new();
+    fixture
+        .module("files", "description: d\nkind: base\ncapabilities: []\n")
+        .profile("p", "modules: [base, files]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/files/module.yaml: a module of kind `base` runs nothing: `capabilities:` and `namespaces:` apply to `onboot`, `service` and `shutdown` modules");
+}
+
+#[test]
+fn capabilities_and_namespaces_reach_init_json_sorted() {
+    let fixture = Fixture::new();
+    fixture
+        .module(
+            "clock",
+            "description: d\nkind: service\ncommand: [/bin/clock]\nuser: nobody\ncapabilities: [CAP_SYS_TIME, CAP_NET_BIND_SERVICE, CAP_SYS_TIME]\nnamespaces: [uts, ipc]\n",
+        )
+        .module(
+            "plain",
+            "description: d\nkind: service\ncommand: [/bin/plain]\n",
+        )
+        .module(
+            "isolated-step",
+            "description: d\nkind: onboot\ncommand: [/bin/step]\ncapabilities: []\nnamespaces: [net]\n",
+        )
+        .profile("p", "modules: [base, clock, plain, isolated-step]\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    // The kernel must have the namespaces: built in, checked like `kernel: options:`.
+    let needed: Vec<(&str, &str, bool)> = plan
+        .kernel_options
+        .iter()
+        .map(|needed| {
+            (
+                needed.module.as_str(),
+                needed.option.as_str(),
+                needed.module_allowed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        needed,
+        [
+            ("clock", "CONFIG_UTS_NS", false),
+            ("clock", "CONFIG_IPC_NS", false),
+            ("isolated-step", "CONFIG_NET_NS", false),
+        ]
+    );
+    let error = check_kernel_config(
+        &plan,
+        "CONFIG_UTS_NS=y\nCONFIG_IPC_NS=y\n# CONFIG_NET_NS is not set\n",
+        "6.1.192-kiln",
+        "flavor virt",
+    )
+    .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("module `isolated-step` needs CONFIG_NET_NS=y but the kernel has it unset"),
+        "{error}"
+    );
+    // As build.rs writes /etc/kiln/init.json.
+    let init_json =
+        String::from_utf8(serde_json::to_vec_pretty(&plan.init_config).unwrap()).unwrap();
+    let parsed = kiln_init::config::InitConfig::parse(Path::new("init.json"), &init_json).unwrap();
+    let entries = serde_json::to_string_pretty(&(&parsed.onboot, &parsed.services)).unwrap();
+    // Capabilities by number, namespaces in their fixed order, each once; a service without
+    // the fields is written as before they existed.
+    insta::assert_snapshot!(entries, @r#"
+    [
+      [
+        {
+          "name": "isolated-step",
+          "argv": [
+            "/bin/step"
+          ],
+          "env": {},
+          "working_directory": null,
+          "capabilities": [],
+          "namespaces": [
+            "net"
+          ],
+          "timeout_ms": 60000,
+          "fatal": false
+        }
+      ],
+      [
+        {
+          "name": "clock",
+          "argv": [
+            "/bin/clock"
+          ],
+          "env": {},
+          "working_directory": null,
+          "user": "nobody",
+          "uid": null,
+          "gid": null,
+          "capabilities": [
+            "CAP_NET_BIND_SERVICE",
+            "CAP_SYS_TIME"
+          ],
+          "namespaces": [
+            "uts",
+            "ipc"
+          ],
+          "restart": "always",
+          "backoff": {
+            "initial_ms": 1000,
+            "max_ms": 30000,
+            "reset_after_ms": 60000
+          },
+          "after": []
+        },
+        {
+          "name": "plain",
+          "argv": [
+            "/bin/plain"
+          ],
+          "env": {},
+          "working_directory": null,
+          "user": null,
+          "uid": null,
+          "gid": null,
+          "restart": "always",
+          "backoff": {
+            "initial_ms": 1000,
+            "max_ms": 30000,
+            "reset_after_ms": 60000
+          },
+          "after": []
+        }
+      ]
+    ]
+    "#);
+    assert_eq!(parsed, plan.init_config);
+}
+
+#[test]
+fn user_on_a_step_is_an_error() {
+    let fixture = Fixture::new();
+    fixture
+        .module(
+            "step",
+            "description: d\nkind: onboot\ncommand: [/bin/step]\nuser: nobody\ncapabilities: [CAP_NET_ADMIN]\n",
+        )
+        .profile("p", "modules: [base, step]\n");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/step/module.yaml: `user:` applies to services only; onboot and shutdown steps run as root (`capabilities:` can limit what they may do)");
 }

@@ -119,6 +119,12 @@ pub struct StepEntry {
     /// Working directory (default `/`).
     #[serde(default)]
     pub working_directory: Option<PathBuf>,
+    /// Exactly these capabilities (see [`ServiceEntry::capabilities`]); `None` keeps root's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
+    /// New namespaces the step starts in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Namespace>,
     /// SIGTERM after this long, SIGKILL `stop_grace_ms` later (default 60 s).
     #[serde(default = "default_step_timeout_ms")]
     pub timeout_ms: u64,
@@ -216,6 +222,17 @@ pub struct ServiceEntry {
     /// Run with this numeric gid (default: the user's primary group, or 0).
     #[serde(default)]
     pub gid: Option<u32>,
+    /// Exactly these capabilities: the bounding set is reduced to them and they become the
+    /// permitted, effective and inheritable sets (and the ambient set for a non-root user, so
+    /// they survive the setuid and the exec). `Some([])`: none at all. `None`: what the user
+    /// normally gets (everything for root, nothing otherwise). Left out of the JSON when
+    /// `None`, so configs without it are byte-identical to before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<Vec<Capability>>,
+    /// New namespaces the service starts in (`unshare(2)` before exec; `pid` through a
+    /// waiter process, see [`Namespace::Pid`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub namespaces: Vec<Namespace>,
     /// Restart policy (default `always`).
     #[serde(default)]
     pub restart: RestartPolicy,
@@ -225,6 +242,156 @@ pub struct ServiceEntry {
     /// Services that must be started before this one (start order only; no readiness wait).
     #[serde(default)]
     pub after: Vec<String>,
+}
+
+/// A Linux capability by its kernel name (`CAP_NET_BIND_SERVICE`); the discriminant is the
+/// kernel's capability number, the bit in `/proc/PID/status`'s masks. The module schema
+/// (kiln-spec) has the same list with a description of each; a kiln-assemble test checks
+/// that the two agree name for name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[repr(u8)]
+pub enum Capability {
+    CapChown = 0,
+    CapDacOverride = 1,
+    CapDacReadSearch = 2,
+    CapFowner = 3,
+    CapFsetid = 4,
+    CapKill = 5,
+    CapSetgid = 6,
+    CapSetuid = 7,
+    CapSetpcap = 8,
+    CapLinuxImmutable = 9,
+    CapNetBindService = 10,
+    CapNetBroadcast = 11,
+    CapNetAdmin = 12,
+    CapNetRaw = 13,
+    CapIpcLock = 14,
+    CapIpcOwner = 15,
+    CapSysModule = 16,
+    CapSysRawio = 17,
+    CapSysChroot = 18,
+    CapSysPtrace = 19,
+    CapSysPacct = 20,
+    CapSysAdmin = 21,
+    CapSysBoot = 22,
+    CapSysNice = 23,
+    CapSysResource = 24,
+    CapSysTime = 25,
+    CapSysTtyConfig = 26,
+    CapMknod = 27,
+    CapLease = 28,
+    CapAuditWrite = 29,
+    CapAuditControl = 30,
+    CapSetfcap = 31,
+    CapMacOverride = 32,
+    CapMacAdmin = 33,
+    CapSyslog = 34,
+    CapWakeAlarm = 35,
+    CapBlockSuspend = 36,
+    CapAuditRead = 37,
+    CapPerfmon = 38,
+    CapBpf = 39,
+    CapCheckpointRestore = 40,
+}
+
+impl Capability {
+    /// Every capability, in number order.
+    pub const ALL: [Capability; 41] = [
+        Capability::CapChown,
+        Capability::CapDacOverride,
+        Capability::CapDacReadSearch,
+        Capability::CapFowner,
+        Capability::CapFsetid,
+        Capability::CapKill,
+        Capability::CapSetgid,
+        Capability::CapSetuid,
+        Capability::CapSetpcap,
+        Capability::CapLinuxImmutable,
+        Capability::CapNetBindService,
+        Capability::CapNetBroadcast,
+        Capability::CapNetAdmin,
+        Capability::CapNetRaw,
+        Capability::CapIpcLock,
+        Capability::CapIpcOwner,
+        Capability::CapSysModule,
+        Capability::CapSysRawio,
+        Capability::CapSysChroot,
+        Capability::CapSysPtrace,
+        Capability::CapSysPacct,
+        Capability::CapSysAdmin,
+        Capability::CapSysBoot,
+        Capability::CapSysNice,
+        Capability::CapSysResource,
+        Capability::CapSysTime,
+        Capability::CapSysTtyConfig,
+        Capability::CapMknod,
+        Capability::CapLease,
+        Capability::CapAuditWrite,
+        Capability::CapAuditControl,
+        Capability::CapSetfcap,
+        Capability::CapMacOverride,
+        Capability::CapMacAdmin,
+        Capability::CapSyslog,
+        Capability::CapWakeAlarm,
+        Capability::CapBlockSuspend,
+        Capability::CapAuditRead,
+        Capability::CapPerfmon,
+        Capability::CapBpf,
+        Capability::CapCheckpointRestore,
+    ];
+
+    /// The kernel's number for it (`CAP_NET_BIND_SERVICE` is 10).
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+
+    /// The capability with this kernel number, if the schema knows it.
+    pub fn from_number(number: u8) -> Option<Capability> {
+        Capability::ALL.get(usize::from(number)).copied()
+    }
+
+    /// The kernel's name (`CAP_NET_BIND_SERVICE`), for messages.
+    pub fn name(self) -> String {
+        serde_json::to_value(self)
+            .ok()
+            .and_then(|value| value.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+/// A kind of namespace a child starts in, new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    /// `CLONE_NEWNS`; `/` is then made `MS_REC | MS_PRIVATE`.
+    Mount,
+    /// `CLONE_NEWUTS`.
+    Uts,
+    /// `CLONE_NEWIPC`.
+    Ipc,
+    /// `CLONE_NEWNET`; `lo` is brought up.
+    Net,
+    /// `CLONE_NEWCGROUP`.
+    Cgroup,
+    /// `CLONE_NEWPID`: unshare only affects the caller's future children, so the child forks
+    /// once more; the grandchild (PID 1 of the new namespace) runs the program and the child
+    /// waits for it, forwarding signals and its exit status.
+    Pid,
+}
+
+impl Namespace {
+    /// The `unshare(2)` flag.
+    pub fn clone_flag(self) -> libc::c_int {
+        match self {
+            Namespace::Mount => libc::CLONE_NEWNS,
+            Namespace::Uts => libc::CLONE_NEWUTS,
+            Namespace::Ipc => libc::CLONE_NEWIPC,
+            Namespace::Net => libc::CLONE_NEWNET,
+            Namespace::Cgroup => libc::CLONE_NEWCGROUP,
+            Namespace::Pid => libc::CLONE_NEWPID,
+        }
+    }
 }
 
 /// Console and log settings.
@@ -459,6 +626,10 @@ mod tests {
         assert_eq!(worker.restart, RestartPolicy::OnFailure);
         assert_eq!(worker.backoff, BackoffSettings::default());
         assert_eq!(worker.after, vec!["containerd".to_string()]);
+        assert_eq!(worker.capabilities, None);
+        let syslog = &config.services[3];
+        assert_eq!(syslog.capabilities, Some(vec![Capability::CapSyslog]));
+        assert_eq!(syslog.namespaces, [Namespace::Net]);
         assert_eq!(
             InitConfig::parse(Path::new("x"), "{}").unwrap(),
             InitConfig {
@@ -517,6 +688,14 @@ mod tests {
             (
                 "relative module",
                 r#"{"kernel_modules": [{"path": "igc.ko"}]}"#,
+            ),
+            (
+                "unknown capability",
+                r#"{"services": [{"name": "a", "argv": ["/a"], "capabilities": ["CAP_NET_BIND"]}]}"#,
+            ),
+            (
+                "unknown namespace",
+                r#"{"onboot": [{"name": "a", "argv": ["/a"], "namespaces": ["user"]}]}"#,
             ),
             (
                 "zero timeout",

@@ -27,8 +27,10 @@
 //! | `root.tmpfs_size` | string | kernel's | `size=` of that tmpfs |
 //! | `mounts[]` | `{source, target, fstype, flags[], data, optional}` | `optional: true` | after modules; flags: `ro nosuid nodev noexec noatime relatime bind rbind rec private shared slave` |
 //! | `kernel_modules[]` | `{path, args}` | `args: ""` | loaded in order (modules.dep order); `EEXIST` is fine |
-//! | `onboot[]`, `shutdown[]` | `{name, argv, env, working_directory, timeout_ms, fatal}` | `timeout_ms: 60000`, `fatal: false` | run in order, each killed at its timeout |
-//! | `services[]` | `{name, argv, env, working_directory, user \| uid, gid, restart, backoff, after}` | `restart: "always"` | `restart`: `always`, `on-failure`, `never`; `backoff`: `{initial_ms: 1000, max_ms: 30000, reset_after_ms: 60000}`; `after`: start order |
+//! | `onboot[]`, `shutdown[]` | `{name, argv, env, working_directory, capabilities, namespaces, timeout_ms, fatal}` | `timeout_ms: 60000`, `fatal: false` | run in order, each killed at its timeout |
+//! | `services[]` | `{name, argv, env, working_directory, user \| uid, gid, capabilities, namespaces, restart, backoff, after}` | `restart: "always"` | `restart`: `always`, `on-failure`, `never`; `backoff`: `{initial_ms: 1000, max_ms: 30000, reset_after_ms: 60000}`; `after`: start order |
+//! | `…capabilities` | list of `CAP_*` names | absent | exactly these: bounding, permitted, effective, inheritable (and ambient for a non-root user); `[]`: none; absent: unchanged ([`child_setup`]) |
+//! | `…namespaces` | list of `mount`, `uts`, `ipc`, `net`, `cgroup`, `pid` | `[]` | new namespaces before exec; `mount` makes `/` private, `net` brings `lo` up, `pid` runs the program as PID 1 under a waiter |
 //! | `console.service_output_to_console` | bool | `true` | copy `[NAME] line` to the console |
 //! | `console.log_directory` | path | `/var/log` | `NAME.log` per step and service |
 //! | `console.log_rotate_bytes` | integer | `1048576` | `NAME.log` → `NAME.log.1` at this size (logs are in RAM); `0`: never |
@@ -95,6 +97,7 @@
 //! `reboot(RB_DISABLE_CAD)`) and reboots.
 
 pub mod boot;
+pub mod child_setup;
 pub mod cmdline;
 pub mod config;
 pub mod early_mounts;

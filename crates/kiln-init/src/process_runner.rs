@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::child_setup::{ChildSetup, FailureChannel};
 use crate::config::{ServiceEntry, StepEntry};
 use crate::supervision::{
     format_configured_duration, format_elapsed, lookup_user, next_backoff, should_restart, ExitKind,
@@ -464,14 +465,15 @@ impl<'waiter> Supervisor<'waiter> {
         }
     }
 
-    /// Spawns one child in its own session, output through a pipe to a logging thread.
+    /// Spawns one child in its own session, output through a pipe to a logging thread, set up
+    /// by `setup` (user, capabilities, namespaces) between fork and exec.
     fn spawn(
         &self,
         name: &str,
         argv: &[String],
         env: &BTreeMap<String, String>,
         working_directory: Option<&Path>,
-        credentials: Option<(u32, u32)>,
+        setup: ChildSetup,
     ) -> std::io::Result<(i32, std::sync::mpsc::Receiver<()>)> {
         let Some((program, arguments)) = argv.split_first() else {
             return Err(std::io::Error::new(
@@ -490,22 +492,31 @@ impl<'waiter> Supervisor<'waiter> {
             .stdin(std::process::Stdio::null())
             .stdout(writer.try_clone()?)
             .stderr(writer);
-        if let Some((uid, gid)) = credentials {
-            command.uid(uid).gid(gid);
-        }
-        // SAFETY: the closure runs in the child between fork and exec and only calls
-        // sigemptyset, sigprocmask, signal and setsid, all async-signal-safe; it touches no
-        // memory shared with the parent (the sigset is on the child's stack).
+        // The user is switched in `setup.apply`, not with `Command::uid`: std switches before
+        // running `pre_exec`, when it would be too late to keep capabilities across setuid.
+        let failure_channel = FailureChannel::new()?;
+        let channel = failure_channel.writer_descriptor();
+        // SAFETY: the closure runs in the child between fork and exec. It resets signals, then
+        // `ChildSetup::apply` (setsid, namespaces, user, capabilities) makes only
+        // async-signal-safe system calls on its own `Copy` data and the channel's descriptor
+        // (valid in the child, closed on exec); nothing is allocated and no memory shared with
+        // the parent is touched.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 reset_signals_for_exec();
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                setup.apply(channel)
             });
         }
-        let child = command.spawn()?;
+        let child = match command.spawn() {
+            Ok(child) => child,
+            Err(error) => {
+                drop(command);
+                return Err(match failure_channel.into_failure() {
+                    Some(step) => std::io::Error::new(error.kind(), format!("{step}: {error}")),
+                    None => error,
+                });
+            }
+        };
         // The Command holds the pipe's write ends: drop them, or the reader never sees EOF.
         drop(command);
         let pid = i32::try_from(child.id())
@@ -652,12 +663,13 @@ impl<'waiter> Supervisor<'waiter> {
         let kind_name = kind.name();
         let name = &step.name;
         let started = Instant::now();
+        let setup = ChildSetup::new(None, step.capabilities.as_deref(), &step.namespaces);
         let (pid, output_closed) = match self.spawn(
             name,
             &step.argv,
             &step.env,
             step.working_directory.as_deref(),
-            None,
+            setup,
         ) {
             Ok(spawned) => spawned,
             Err(error) => {
@@ -789,12 +801,17 @@ impl<'waiter> Supervisor<'waiter> {
             .resolve_credentials(&entry)
             .map_err(|problem| problem.to_string())
             .and_then(|credentials| {
+                let setup = ChildSetup::new(
+                    credentials,
+                    entry.capabilities.as_deref(),
+                    &entry.namespaces,
+                );
                 self.spawn(
                     name,
                     &entry.argv,
                     &entry.env,
                     entry.working_directory.as_deref(),
-                    credentials,
+                    setup,
                 )
                 .map_err(|error| error.to_string())
             });

@@ -231,6 +231,8 @@ mod tests {
             user: None,
             uid: None,
             gid: None,
+            capabilities: None,
+            namespaces: Vec::new(),
             restart: RestartPolicy::Always,
             backoff: BackoffSettings::default(),
             after: after.iter().map(|s| s.to_string()).collect(),

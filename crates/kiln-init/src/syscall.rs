@@ -4,8 +4,10 @@
 //!
 //! *Architecture Invariant*: no other module of this crate calls `mount`, `mknod`,
 //! `finit_module`, `reboot`, `sethostname`, `chroot`, or `kill(-1, …)` directly. (Signalling
-//! and reaping the children a supervisor spawned itself is in [`crate::process_runner`]: it is
-//! tested with real processes, as style.md asks.)
+//! and reaping the children a supervisor spawned itself is in [`crate::process_runner`], and
+//! what a child does to itself between fork and exec — `unshare`, making its own `/` private,
+//! `capset` — in [`crate::child_setup`]: neither touches PID 1, both are tested with real
+//! processes, as style.md asks.)
 
 use std::cell::RefCell;
 use std::ffi::CString;

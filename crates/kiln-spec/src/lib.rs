@@ -241,8 +241,30 @@ pub struct ModuleSpec {
     #[serde(default)]
     pub working_dir: Option<String>,
     /// The user a service runs as (a name from the image's `/etc/passwd`); default root.
+    /// Services only: onboot and shutdown steps run as root.
     #[serde(default)]
     pub user: Option<String>,
+    /// The Linux capabilities the process keeps, by the kernel's names
+    /// (`[CAP_NET_BIND_SERVICE, CAP_SYS_TIME]`, see [`Capability`]). Unset: what a process of
+    /// its user normally has (all of kiln-init's for root, none for another `user:`). Set:
+    /// exactly these: the bounding set is reduced to them, so not even a setuid-root program
+    /// it runs gets more, and they are its permitted, effective and inheritable sets; for a
+    /// non-root `user:` they are also raised as ambient capabilities, which is what makes them
+    /// survive the change of user and the `exec`. `[]` means none at all, even for root. For
+    /// `onboot`, `service` and `shutdown` modules; written to init.json once each, sorted by
+    /// capability number.
+    #[serde(default)]
+    pub capabilities: Option<Vec<Capability>>,
+    /// New namespaces the process starts in (see [`Namespace`]): kiln-init calls
+    /// `unshare(2)` in the child before `exec`, so the service sees its own copy of these
+    /// and the rest of the system does not see its changes. `net` gives it a network of its own with
+    /// `lo` (brought up): never on a module that needs the machine's network. For `onboot`,
+    /// `service` and `shutdown` modules; written to init.json once each, in the order of
+    /// the list below. The kernel must have them: the plan adds `CONFIG_UTS_NS`,
+    /// `CONFIG_IPC_NS`, `CONFIG_NET_NS`, `CONFIG_CGROUPS` or `CONFIG_PID_NS` (built in) to the
+    /// module's kernel needs.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
     /// When a service is restarted after it exits (default `always`).
     #[serde(default)]
     pub restart: Option<RestartPolicy>,
@@ -281,6 +303,148 @@ pub struct ModuleSpec {
     /// cannot be pivoted away from.
     #[serde(default)]
     pub needs_pivot_root: bool,
+}
+
+/// A Linux capability, as `capabilities(7)` names it: upper case with the `CAP_` prefix
+/// (`CAP_NET_BIND_SERVICE`). Every capability of the kernel up to `CAP_CHECKPOINT_RESTORE`
+/// (Linux 5.9) is accepted; kiln-init refuses to start a process asking for one its kernel
+/// does not know. Variants are in the kernel's numbering order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Capability {
+    /// Change the owner and group of any file.
+    CapChown,
+    /// Read, write and execute any file regardless of its permissions.
+    CapDacOverride,
+    /// Read any file and list any directory regardless of their permissions.
+    CapDacReadSearch,
+    /// Act as the owner of any file (chmod, utime, set ACLs).
+    CapFowner,
+    /// Keep the set-user-ID and set-group-ID bits when changing a file.
+    CapFsetid,
+    /// Send signals to processes of other users.
+    CapKill,
+    /// Change group IDs and supplementary groups.
+    CapSetgid,
+    /// Change user IDs.
+    CapSetuid,
+    /// Change capability bounding and securebits; give away permitted capabilities.
+    CapSetpcap,
+    /// Set the immutable and append-only file attributes.
+    CapLinuxImmutable,
+    /// Bind TCP and UDP ports below 1024.
+    CapNetBindService,
+    /// Broadcast and listen to multicast (unused by the kernel).
+    CapNetBroadcast,
+    /// Configure interfaces, addresses, routes, firewall rules.
+    CapNetAdmin,
+    /// Open raw and packet sockets (ping, DHCP clients).
+    CapNetRaw,
+    /// Lock memory (mlock, mlockall, huge pages).
+    CapIpcLock,
+    /// Bypass permission checks on System V IPC objects.
+    CapIpcOwner,
+    /// Load and unload kernel modules.
+    CapSysModule,
+    /// Raw I/O: ioperm, iopl, /dev/mem.
+    CapSysRawio,
+    /// Call chroot.
+    CapSysChroot,
+    /// Trace any process.
+    CapSysPtrace,
+    /// Turn process accounting on and off.
+    CapSysPacct,
+    /// Mount, set the hostname, and many other administrative operations.
+    CapSysAdmin,
+    /// Reboot, and load a new kernel with kexec.
+    CapSysBoot,
+    /// Raise priorities and change scheduling policies of any process.
+    CapSysNice,
+    /// Override resource limits and quotas.
+    CapSysResource,
+    /// Set the system clock.
+    CapSysTime,
+    /// Configure terminals (vhangup, some ioctls).
+    CapSysTtyConfig,
+    /// Create device nodes.
+    CapMknod,
+    /// Take leases on files the process does not own.
+    CapLease,
+    /// Write to the kernel audit log.
+    CapAuditWrite,
+    /// Configure kernel auditing.
+    CapAuditControl,
+    /// Set file capabilities.
+    CapSetfcap,
+    /// Override a Mandatory Access Control policy (Smack).
+    CapMacOverride,
+    /// Configure Mandatory Access Control (Smack).
+    CapMacAdmin,
+    /// Read and clear the kernel log with syslog(2), set the console log level (klogd).
+    CapSyslog,
+    /// Set timers that wake the system up.
+    CapWakeAlarm,
+    /// Keep the system from suspending.
+    CapBlockSuspend,
+    /// Read the audit log through a multicast netlink socket.
+    CapAuditRead,
+    /// Use perf events and other performance monitoring.
+    CapPerfmon,
+    /// Use privileged BPF operations.
+    CapBpf,
+    /// Checkpoint and restore processes (CRIU).
+    CapCheckpointRestore,
+}
+
+/// A kind of Linux namespace a process can start in, new (`namespaces(7)`). Not `user`: a
+/// user namespace would give the service root inside it and change what its capabilities
+/// mean; kiln's services run as real users of the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Namespace {
+    /// Its own mount table, a copy of the system's; `/` is made private (`MS_REC |
+    /// MS_PRIVATE`), so its mounts and unmounts never propagate back.
+    Mount,
+    /// Its own hostname and NIS domain name, starting as copies of the system's.
+    Uts,
+    /// Its own System V IPC objects and POSIX message queues.
+    Ipc,
+    /// Its own network stack: `lo`, brought up, and only what the kernel creates in every new
+    /// namespace (fallback tunnel devices such as `sit0`, down). No access to the machine's
+    /// network.
+    Net,
+    /// Its own cgroup root: it sees its cgroup as `/`.
+    Cgroup,
+    /// Its own process IDs: the service is PID 1 of a new PID namespace. kiln-init forks a
+    /// small waiter that stays outside, forwards signals to it and exits with its status
+    /// (the pid kiln-init reports is the waiter's). As PID 1 the service only receives the
+    /// signals it has a handler for, so one without a SIGTERM handler is killed after the
+    /// grace period. With `mount` too, a fresh `/proc` is mounted for it; without, `/proc`
+    /// still shows the system's processes.
+    Pid,
+}
+
+impl Capability {
+    /// The name written in `capabilities:` (`CAP_NET_BIND_SERVICE`).
+    pub fn name(self) -> String {
+        serde_yaml::to_string(&self)
+            .map(|text| text.trim().to_owned())
+            .unwrap_or_default()
+    }
+}
+
+impl Namespace {
+    /// The name written in `namespaces:`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Namespace::Mount => "mount",
+            Namespace::Uts => "uts",
+            Namespace::Ipc => "ipc",
+            Namespace::Net => "net",
+            Namespace::Cgroup => "cgroup",
+            Namespace::Pid => "pid",
+        }
+    }
 }
 
 /// `restart:` of a service.
@@ -939,7 +1103,7 @@ mod tests {
     fn unknown_field_names_file_line_and_column() {
         check_module_error(
             "description: d\nkind: base\nsorces: []\n",
-            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`",
+            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`",
         );
     }
 
@@ -948,6 +1112,63 @@ mod tests {
         check_module_error(
             "description: d\nkind: daemon\n",
             "modules/x/module.yaml:2:7: kind: unknown variant `daemon`, expected one of `base`, `onboot`, `service`, `shutdown`, `build`",
+        );
+    }
+
+    #[test]
+    fn capabilities_and_namespaces_parse_in_the_order_written() {
+        let text = "description: d\nkind: service\ncommand: [/s]\nuser: nobody\ncapabilities: [CAP_SYS_TIME, CAP_NET_BIND_SERVICE]\nnamespaces: [uts, net]\n";
+        let module = parse_module(text, Path::new("m.yaml")).unwrap();
+        assert_eq!(
+            module.capabilities,
+            Some(vec![Capability::CapSysTime, Capability::CapNetBindService])
+        );
+        assert_eq!(module.namespaces, [Namespace::Uts, Namespace::Net]);
+        // Absent and empty are different: absent keeps today's behaviour, empty drops all.
+        let absent = parse_module("description: d\nkind: service\n", Path::new("m.yaml")).unwrap();
+        assert_eq!(absent.capabilities, None);
+        assert!(absent.namespaces.is_empty());
+        let empty = parse_module(
+            "description: d\nkind: service\ncapabilities: []\n",
+            Path::new("m.yaml"),
+        )
+        .unwrap();
+        assert_eq!(empty.capabilities, Some(Vec::new()));
+    }
+
+    #[test]
+    fn capability_names_are_the_kernels() {
+        // Spot checks against capabilities(7); the last one the schema knows is 40.
+        for (capability, name) in [
+            (Capability::CapChown, "CAP_CHOWN"),
+            (Capability::CapNetBindService, "CAP_NET_BIND_SERVICE"),
+            (Capability::CapSysTtyConfig, "CAP_SYS_TTY_CONFIG"),
+            (Capability::CapBpf, "CAP_BPF"),
+            (Capability::CapCheckpointRestore, "CAP_CHECKPOINT_RESTORE"),
+        ] {
+            assert_eq!(capability.name(), name);
+        }
+    }
+
+    #[test]
+    fn unknown_capability_names_file_line_and_column() {
+        let error = parse_module(
+            "description: d\nkind: service\ncapabilities:\n  - CAP_NET_RAW\n  - CAP_NET_BIND\n",
+            Path::new("m.yaml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("m.yaml:5:5: capabilities[1]: unknown variant `CAP_NET_BIND`, expected one of `CAP_CHOWN`, "),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_namespace_names_file_line_and_column() {
+        check_module_error(
+            "description: d\nkind: service\nnamespaces: [net, user]\n",
+            "modules/x/module.yaml:3:19: namespaces[1]: unknown variant `user`, expected one of `mount`, `uts`, `ipc`, `net`, `cgroup`, `pid`",
         );
     }
 

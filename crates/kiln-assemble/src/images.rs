@@ -245,7 +245,7 @@ pub fn embed_images(
     images: &[StoredImage],
 ) -> Result<u64, ImageError> {
     let path = |relative: &str| {
-        kiln_archive::ArchivePath::new(&format!("{EMBEDDED_IMAGES_DIRECTORY}/{relative}"))
+        kiln_archive::ArchivePath::new(format!("{EMBEDDED_IMAGES_DIRECTORY}/{relative}"))
             .map_err(|error| ImageError::Other(format!("{relative}: {error}")))
     };
     let mut blobs: BTreeMap<Sha256Digest, u64> = BTreeMap::new();

@@ -274,19 +274,19 @@ fn push_what_the_lock_uses(
             "{target}: {} Debian packages as OCI images",
             architecture.debian_packages.len()
         ));
-        let pins: Vec<&kiln_lock::DebianPackagePin> = architecture.debian_packages.iter().collect();
-        let summary = kiln_fetch::fetch_debian_packages(
+        // Packages the lock already mirrors come from their mirror in `debian_layer`.
+        let from_apt: Vec<&kiln_lock::DebianPackagePin> = architecture
+            .debian_packages
+            .iter()
+            .filter(|pin| pin.mirror.is_none())
+            .collect();
+        kiln_fetch::fetch_debian_packages(
             &store,
             target,
-            &pins
-                .iter()
-                .copied()
-                .filter(|pin| pin.mirror.is_none())
-                .collect::<Vec<_>>(),
+            &from_apt,
             kiln_fetch::FetchMode::Online,
             &mut |_| {},
         )?;
-        drop(summary);
         for pin in &architecture.debian_packages {
             debian_layer(&store, pin, target, epoch, &access)
                 .with_context(|| format!("package {} for {target}", pin.name))?;

@@ -86,6 +86,85 @@ impl StoredImage {
     }
 }
 
+/// Pulls `reference` for `platform` into `layout`, reading the layout first: the registry
+/// is asked only for what is missing there, and never when `offline`. True when something
+/// was downloaded.
+fn pull_store_first(
+    layout: &OciLayout,
+    reference: &str,
+    platform: OciPlatform,
+    options: &RegistryOptions,
+    offline: bool,
+) -> Result<bool, RegistryError> {
+    let pull = |offline: bool| {
+        kiln_registry::pull_image(
+            reference,
+            platform,
+            layout,
+            options,
+            offline,
+            Arc::new(IgnoreTransfers),
+        )
+    };
+    match pull(true) {
+        Ok(_) => Ok(false),
+        Err(RegistryError::OfflineMissing { .. }) if !offline => pull(false).map(|_| true),
+        Err(error) => Err(error),
+    }
+}
+
+/// The image manifest `digest` of `layout` (and its bytes); `what` names it in errors.
+fn read_manifest(
+    layout: &OciLayout,
+    digest: &Sha256Digest,
+    what: &str,
+) -> Result<(ManifestLayers, Vec<u8>), ImageError> {
+    let bytes = layout
+        .read_blob(digest)
+        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
+    let manifest = serde_json::from_slice(&bytes).map_err(|error| {
+        ImageError::Other(format!(
+            "{what}: manifest {digest} is not an image manifest: {error}"
+        ))
+    })?;
+    Ok((manifest, bytes))
+}
+
+/// The media type and digest of the one layer of the image manifest `digest` of `layout`
+/// (kiln's package and kernel images have exactly one), checking the media type when
+/// `expected` gives one.
+pub(crate) fn single_layer_of(
+    layout: &OciLayout,
+    digest: &Sha256Digest,
+    what: &str,
+    expected: Option<&str>,
+) -> Result<(String, Sha256Digest), ImageError> {
+    let (manifest, _) = read_manifest(layout, digest, what)?;
+    single_layer(&manifest, what, expected)
+}
+
+fn single_layer(
+    manifest: &ManifestLayers,
+    what: &str,
+    expected: Option<&str>,
+) -> Result<(String, Sha256Digest), ImageError> {
+    let [layer] = manifest.layers.as_slice() else {
+        return Err(ImageError::Other(format!(
+            "{what}: a kiln image has exactly one layer, this one has {}",
+            manifest.layers.len()
+        )));
+    };
+    if let Some(expected) = expected.filter(|expected| *expected != layer.media_type) {
+        return Err(ImageError::Other(format!(
+            "{what}: layer media type `{}`, expected `{expected}`",
+            layer.media_type
+        )));
+    }
+    let digest = Sha256Digest::parse(&layer.digest)
+        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
+    Ok((layer.media_type.clone(), digest))
+}
+
 fn registry_error(reference: &str, source: RegistryError) -> ImageError {
     ImageError::Registry {
         reference: reference.to_owned(),
@@ -104,28 +183,8 @@ pub fn ensure_pulled(
 ) -> Result<(StoredImage, bool), ImageError> {
     let pinned = pin.pinned_reference();
     let platform = platform(arch);
-    let mut downloaded = false;
-    match kiln_registry::pull_image(
-        &pinned,
-        platform,
-        layout,
-        options,
-        true,
-        Arc::new(IgnoreTransfers),
-    ) {
-        Ok(_) => {}
-        Err(RegistryError::OfflineMissing { .. }) if !offline => {
-            kiln_registry::pull_image(
-                &pinned,
-                platform,
-                layout,
-                options,
-                false,
-                Arc::new(IgnoreTransfers),
-            )
-            .map_err(|error| registry_error(&pin.reference, error))?;
-            downloaded = true;
-        }
+    let downloaded = match pull_store_first(layout, &pinned, platform, options, offline) {
+        Ok(downloaded) => downloaded,
         Err(RegistryError::OfflineMissing { what, digest, .. }) => {
             return Err(ImageError::Other(format!(
                 "image {} ({}): the {what} {digest} is not in the store and the build is --offline: run `cargo xtask pull {pinned} --platform {platform}` (or the build) with network access first",
@@ -133,19 +192,15 @@ pub fn ensure_pulled(
             )))
         }
         Err(error) => return Err(registry_error(&pin.reference, error)),
-    }
+    };
     let manifest_digest = Sha256Digest::parse(&pin.manifest_digest).map_err(|error| {
         ImageError::Other(format!("kiln.lock: image {}: {error}", pin.reference))
     })?;
-    let bytes = layout
-        .read_blob(&manifest_digest)
-        .map_err(|error| ImageError::Other(format!("reading image {}: {error}", pin.reference)))?;
-    let manifest: ManifestLayers = serde_json::from_slice(&bytes).map_err(|error| {
-        ImageError::Other(format!(
-            "image {} manifest {manifest_digest} is not an image manifest: {error}",
-            pin.reference
-        ))
-    })?;
+    let (manifest, bytes) = read_manifest(
+        layout,
+        &manifest_digest,
+        &format!("image {}", pin.reference),
+    )?;
     let descriptor = |raw: &RawDescriptor| -> Result<(String, Sha256Digest, u64), ImageError> {
         let digest = Sha256Digest::parse(&raw.digest).map_err(|error| {
             ImageError::Other(format!(
@@ -330,45 +385,18 @@ pub fn debian_layer_from_mirror(
 ) -> Result<String, ImageError> {
     let what = format!("package {} {} from mirror {mirror}", pin.name, pin.version);
     let platform = platform(arch);
-    let pull = |offline: bool| {
-        kiln_registry::pull_image(
-            mirror,
-            platform,
-            layout,
-            access.registry,
-            offline,
-            Arc::new(IgnoreTransfers),
-        )
-    };
-    let pulled = match pull(true) {
-        Ok(pulled) => pulled,
-        Err(RegistryError::OfflineMissing { .. }) if !access.offline => {
-            pull(false).map_err(|error| registry_error(&what, error))?
-        }
-        Err(error) => return Err(registry_error(&what, error)),
-    };
-    let manifest_digest = pulled.resolved.manifest_digest;
-    let bytes = layout
-        .read_blob(&manifest_digest)
-        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
-    let manifest: ManifestLayers = serde_json::from_slice(&bytes).map_err(|error| {
-        ImageError::Other(format!("{what}: manifest {manifest_digest}: {error}"))
-    })?;
-    let [layer] = manifest.layers.as_slice() else {
-        return Err(ImageError::Other(format!(
-            "{what}: a package image has one layer, this one has {}",
-            manifest.layers.len()
-        )));
-    };
-    if layer.media_type != kiln_oci::oci_json::UNCOMPRESSED_LAYER_MEDIA_TYPE {
-        return Err(ImageError::Other(format!(
-            "{what}: layer media type `{}`, expected `{}` (kiln's package images are uncompressed)",
-            layer.media_type,
-            kiln_oci::oci_json::UNCOMPRESSED_LAYER_MEDIA_TYPE
-        )));
-    }
-    let layer_digest = Sha256Digest::parse(&layer.digest)
-        .map_err(|error| ImageError::Other(format!("{what}: {error}")))?;
+    pull_store_first(layout, mirror, platform, access.registry, access.offline)
+        .map_err(|error| registry_error(&what, error))?;
+    let manifest_digest = mirror
+        .split_once('@')
+        .and_then(|(_, digest)| Sha256Digest::parse(digest).ok())
+        .ok_or_else(|| ImageError::Other(format!("{what}: the mirror has no sha256 digest")))?;
+    let (manifest, bytes) = read_manifest(layout, &manifest_digest, &what)?;
+    let (_, layer_digest) = single_layer(
+        &manifest,
+        &what,
+        Some(kiln_oci::oci_json::UNCOMPRESSED_LAYER_MEDIA_TYPE),
+    )?;
     let mut descriptor = OciDescriptor::new(
         manifest
             .media_type

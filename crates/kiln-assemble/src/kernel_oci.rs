@@ -96,6 +96,7 @@ pub fn fetch_kernel_from_registry(
         "{}/{KERNEL_REPOSITORY}:{key}",
         registry_prefix.trim_end_matches('/')
     );
+    // By tag: the key is the tag, and what comes back is verified against kernel.json.
     let pulled = kiln_registry::pull_image(
         &reference,
         platform(arch),
@@ -114,24 +115,8 @@ pub fn fetch_kernel_from_registry(
         },
     })?;
     let manifest_digest = pulled.resolved.manifest_digest;
-    let manifest: serde_json::Value = serde_json::from_slice(
-        &layout
-            .read_blob(&manifest_digest)
-            .map_err(|error| other(format!("{reference}: {error}")))?,
-    )
-    .map_err(|error| other(format!("{reference}: manifest {manifest_digest}: {error}")))?;
-    let layers = manifest["layers"].as_array().cloned().unwrap_or_default();
-    let [layer] = layers.as_slice() else {
-        return Err(other(format!(
-            "{reference}: a kernel image has exactly one layer, this one has {}",
-            layers.len()
-        )));
-    };
-    let layer_digest = layer["digest"]
-        .as_str()
-        .and_then(|text| kiln_oci::Sha256Digest::parse(text).ok())
-        .ok_or_else(|| other(format!("{reference}: a layer without a sha256 digest")))?;
-    let media_type = layer["mediaType"].as_str().unwrap_or_default();
+    let (media_type, layer_digest) =
+        images::single_layer_of(layout, &manifest_digest, &reference, None)?;
 
     fs::create_dir_all(cache.root()).map_err(|source| ImageError::Io {
         action: "creating",
@@ -143,7 +128,7 @@ pub fn fetch_kernel_from_registry(
         path: cache.tmp_dir(),
         source,
     })?;
-    let reader = images::open_layer(&layout.blob_path(&layer_digest), media_type, &reference)?;
+    let reader = images::open_layer(&layout.blob_path(&layer_digest), &media_type, &reference)?;
     unpack_artifact(reader, work.path(), &reference)?;
     let artifact = KernelArtifact::load(work.path()).map_err(|error| other(error.to_string()))?;
     verify_artifact(&artifact, key, arch, &reference)?;

@@ -3,7 +3,9 @@
 # Inputs, and nothing else:
 #   - every Debian package kiln.lock pins for <arch>, and every source tarball, each a
 #     fixed-output derivation keyed by the lock's sha256 (nix/pins.nix);
-#   - the kernel derivation of the profile's flavor (nix/kernel.nix);
+#   - the kernel derivation of the profile's flavor (nix/kernel.nix), or, for a profile
+#     that boots Debian's kernel package, that package (one of the pins below, `kernel`
+#     null, `debianKernel` its pin): `kiln image` imports it from the store;
 #   - the `kiln` package (nix/kiln.nix), and kiln.lock, modules/, profiles/,
 #     kernel-configs/ as they are in the repository;
 #   - `source_date_epoch` from the lock.
@@ -16,7 +18,7 @@
 #              --kernel-artifact <dir with kernel.json> --out <dir>
 # writes vmlinuz-<arch>, initramfs-<arch>, cmdline, boot.ipxe, <profile>_<arch>.tar.gz,
 # manifest.json and SHA256SUMS into <dir>, touching nothing outside KILN_CACHE and <dir>.
-{ pkgs, pins, kiln, kernel, profile, arch, inputs, salt ? "" }:
+{ pkgs, pins, kiln, kernel, profile, arch, inputs, salt ? "", debianKernel ? null }:
 let
   fetchPin = pin: pkgs.fetchurl (
     if pin ? url
@@ -39,7 +41,7 @@ pkgs.runCommand "kiln-image-${profile}-${arch}"
   # Only the reproducibility check sets this: a second, independent derivation with the
   # same inputs. It never reaches the image.
   kilnReproducibilitySalt = salt;
-  passthru = { inherit fetched kernel profile arch; };
+  passthru = { inherit fetched kernel debianKernel profile arch; };
   meta.description = "kiln image `${profile}` for ${arch}, assembled offline from the pins in kiln.lock";
 }
   ''
@@ -61,7 +63,7 @@ pkgs.runCommand "kiln-image-${profile}-${arch}"
     ${builtins.concatStringsSep "" (map placeBlob fetched)}
     cd "$KILN_ROOT"
     kiln image --arch ${arch} --profile ${profile} --offline --no-setup \
-      --kernel-artifact ${kernel} --out "$TMPDIR/out"
+      ${if kernel == null then "" else "--kernel-artifact ${kernel}"} --out "$TMPDIR/out"
     mkdir -p $out
     cp -r "$TMPDIR/out"/. $out/
   ''

@@ -67,9 +67,20 @@ let
     in
     if found == null then "virt" else builtins.head found;
 
+  # A profile that boots Debian's kernel (`kernel: {debian_package: ...}`) has its package
+  # pinned in kiln.lock with `required_by: profile:<name>` (for every profile that inherits
+  # it too). Its image derivation gets no kernel derivation: the package is among the
+  # fetched pins, and `kiln image` imports it from the store as the xtask does.
+  debianKernelPin = profile: arch:
+    let found = builtins.filter (pin: builtins.elem "profile:${profile}" pin.requiredBy) pins.debs.${arch};
+    in if found == [ ] then null else builtins.head found;
+  imageKernel = profile: arch:
+    if debianKernelPin profile arch != null then null else kernel (flavorOf profile) arch;
+
   image = profile: arch: salt: import ./image.nix {
     inherit pkgs pins kiln profile arch salt;
-    kernel = kernel (flavorOf profile) arch;
+    kernel = imageKernel profile arch;
+    debianKernel = debianKernelPin profile arch;
     inputs = imageInputs;
   };
 
@@ -96,6 +107,7 @@ in
         "a_malformed_pin_is_refused_at_evaluation_naming_the_package"
         "the_flake_fetches_exactly_the_lock_through_its_derivations"
         "the_flake_has_a_kernel_per_flavor_and_arch_and_an_image_per_profile_and_arch"
+        "each_image_boots_the_kernel_its_profile_names"
         "each_kernel_derivation_merges_the_fragments_the_xtask_merges_in_its_order"
         "seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_network"
         "flake_lock_is_consistent_with_the_inputs_of_flake_nix_and_its_comments"

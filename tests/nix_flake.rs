@@ -477,6 +477,55 @@ fn the_flake_has_a_kernel_per_flavor_and_arch_and_an_image_per_profile_and_arch(
     }
 }
 
+/// Each image derivation boots the kernel its profile names: the flavor's kernel
+/// derivation, or, for `kernel: {debian_package: ...}`, no kernel derivation and the
+/// lock's pin of that package (which `kiln image` imports from the store it is placed in).
+#[test]
+fn each_image_boots_the_kernel_its_profile_names() {
+    require_nix();
+    let root = workspace_root();
+    let catalog = kiln_spec::Catalog::load(&root).unwrap();
+    let mut debian_profiles = 0;
+    for profile in catalog.profiles.keys() {
+        let resolved = catalog.resolve_profile(profile).unwrap();
+        for arch in Arch::ALL {
+            let name = format!("image-{profile}-{}", arch.name());
+            let image = evaluate(
+                &root,
+                &format!(
+                    "let image = ({}).packages.x86_64-linux.{name}; in {{ kernel = if image.kernel == null then null else image.kernel.pname; debian = if image.debianKernel == null then null else {{ inherit (image.debianKernel) name sha256; fetched = builtins.any (item: item.pin.sha256 == image.debianKernel.sha256) image.fetched; }}; }}",
+                    flake_outputs_expression()
+                ),
+            )
+            .unwrap();
+            match resolved.kernel.kind() {
+                kiln_spec::KernelKind::Flavor(flavor) => {
+                    assert_eq!(
+                        image["kernel"],
+                        format!("kiln-kernel-{flavor}-{}", arch.name()),
+                        "{name}"
+                    );
+                    assert!(image["debian"].is_null(), "{name}: {image}");
+                }
+                kiln_spec::KernelKind::DebianPackage(packages) => {
+                    debian_profiles += 1;
+                    assert!(image["kernel"].is_null(), "{name}: {image}");
+                    assert_eq!(
+                        image["debian"]["name"].as_str(),
+                        packages.for_arch(arch.name()),
+                        "{name}"
+                    );
+                    assert_eq!(image["debian"]["fetched"], true, "{name}: {image}");
+                }
+            }
+        }
+    }
+    assert!(
+        debian_profiles > 0,
+        "no profile boots a Debian kernel package: this test checks nothing for them"
+    );
+}
+
 #[test]
 fn each_kernel_derivation_merges_the_fragments_the_xtask_merges_in_its_order() {
     require_nix();

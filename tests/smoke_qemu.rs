@@ -31,6 +31,11 @@ use kiln_tests::{test_cache_dir, xtask};
 /// parallel processes: an flock on a file per architecture keeps two builds from writing
 /// the same directory at once.
 fn hook_image(arch: ImageArch) -> ImageDirectory {
+    profile_image("hook", "hook", arch)
+}
+
+/// `OUT/<output_name>/ARCH/` of `profile`, built as [`hook_image`] builds hook's.
+fn profile_image(profile: &str, output_name: &str, arch: ImageArch) -> ImageDirectory {
     let root = test_cache_dir("smoke-images").join(arch.name());
     fs::create_dir_all(&root).unwrap();
     let lock = fs::File::create(root.with_extension("lock")).unwrap();
@@ -44,19 +49,26 @@ fn hook_image(arch: ImageArch) -> ImageDirectory {
         root.display(),
         std::io::Error::last_os_error()
     );
-    let output = xtask(&["image", "--arch", arch.name(), "--profile", "hook", "--out"])
-        .arg(&root)
-        .output()
-        .expect("running cargo xtask image");
+    let output = xtask(&[
+        "image",
+        "--arch",
+        arch.name(),
+        "--profile",
+        profile,
+        "--out",
+    ])
+    .arg(&root)
+    .output()
+    .expect("running cargo xtask image");
     assert!(
         output.status.success(),
-        "cargo xtask image --arch {} failed:\n{}\n{}",
+        "cargo xtask image --arch {} --profile {profile} failed:\n{}\n{}",
         arch.name(),
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     drop(lock);
-    ImageDirectory::open(&root.join("hook").join(arch.name()), arch)
+    ImageDirectory::open(&root.join(output_name).join(arch.name()), arch)
         .expect("the image directory is complete")
 }
 
@@ -128,6 +140,51 @@ fn hook_aarch64_boots_directly_to_ready_with_a_lease_ssh_and_power_off() {
         "{}",
         report.firmware
     );
+}
+
+/// Profile `hook-debian`: the kernel is Debian's `linux-image-*-cloud` package pinned in
+/// kiln.lock (`required_by: profile:hook-debian`), imported by the build; its drivers are
+/// modules, so the NIC works only if the kmod step loaded virtio_net by modalias.
+fn check_debian_kernel_run(arch: ImageArch) {
+    let image = profile_image("hook-debian", "hook-debian", arch);
+    let options = SmokeOptions::new(work_directory(&format!("{}-debian-kernel", arch.name())));
+    let report = run(&image, &options);
+    check_full_run(&report, arch);
+    let uname = report.remote_uname.as_deref().unwrap_or_default();
+    let lock = kiln_lock::Lock::read(&kiln_tests::workspace_root().join("kiln.lock")).unwrap();
+    let target: kiln_lock::TargetArch = arch.name().parse().unwrap();
+    let pin = lock
+        .architecture(target)
+        .unwrap()
+        .debian_packages
+        .iter()
+        .find(|pin| {
+            pin.required_by
+                .iter()
+                .any(|reason| reason == "profile:hook-debian")
+        })
+        .expect("kiln.lock pins hook-debian's kernel package");
+    // `linux-image-6.1.0-56-cloud-amd64` runs release `6.1.0-56-cloud-amd64`, and Debian
+    // puts the package version (`6.1.192-2`) in `uname -v`.
+    let release = pin.name.trim_start_matches("linux-image-");
+    assert!(
+        uname.contains(release) && uname.contains(&pin.version),
+        "{uname} (pinned {} {})",
+        pin.name,
+        pin.version
+    );
+}
+
+#[test]
+#[ignore = "slow: builds hook-debian (Debian's kernel package) and boots it in QEMU (x86_64, TCG)"]
+fn hook_debian_x86_64_boots_debians_pinned_kernel_with_a_lease_and_ssh() {
+    check_debian_kernel_run(ImageArch::X86_64);
+}
+
+#[test]
+#[ignore = "slow: builds hook-debian (Debian's kernel package) and boots it in QEMU (aarch64, TCG)"]
+fn hook_debian_aarch64_boots_debians_pinned_kernel_with_a_lease_and_ssh() {
+    check_debian_kernel_run(ImageArch::Aarch64);
 }
 
 #[test]

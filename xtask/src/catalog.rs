@@ -400,6 +400,7 @@ fn render_schema(out: &mut String) -> anyhow::Result<()> {
     write_variants(out, "Generator", "value")?;
     write_fields(out, "ProfileSpec")?;
     write_fields(out, "KernelChoice")?;
+    write_fields(out, "DebianKernelPackages")?;
     write_fields(out, "CmdlineDefaults")?;
     Ok(())
 }
@@ -613,7 +614,7 @@ fn render_profiles(out: &mut String, catalog: &Catalog) -> anyhow::Result<()> {
             } else {
                 options.join(", ")
             },
-            resolved.kernel.flavor,
+            resolved.kernel,
             if cmdline.is_empty() {
                 "—".to_owned()
             } else {

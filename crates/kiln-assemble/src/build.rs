@@ -667,10 +667,16 @@ fn kernel_artifact(
         }
         return Ok(artifact);
     }
-    let flavor: kiln_kernel::Flavor = plan.profile.kernel.flavor.parse().map_err(|_| {
+    let flavor_name = match plan.profile.kernel.kind() {
+        kiln_spec::KernelKind::Flavor(flavor) => flavor,
+        kiln_spec::KernelKind::DebianPackage(packages) => {
+            return debian_package_kernel(request, plan, lock, store, epoch, packages, observer)
+        }
+    };
+    let flavor: kiln_kernel::Flavor = flavor_name.parse().map_err(|_| {
         ImageError::Kernel(format!(
-            "profile `{}` asks for kernel flavor `{}`; kernel-configs/flavor/ has virt and generic",
-            plan.profile.name, plan.profile.kernel.flavor
+            "profile `{}` asks for kernel flavor `{flavor_name}`; kernel-configs/flavor/ has virt and generic",
+            plan.profile.name
         ))
     })?;
     let target = target_arch(request.arch);
@@ -711,6 +717,59 @@ fn kernel_artifact(
     }
     kiln_kernel::build_kernel(&build, &request.kernel_cache, observer.kernel())
         .map_err(|error| ImageError::Kernel(error.to_string()))
+}
+
+/// The profile's prebuilt Debian kernel: the `linux-image-*` package the lock pins for this
+/// profile and architecture, fetched into the store (apt, unless offline), imported into
+/// the kernel cache once (keyed by the package's sha256).
+fn debian_package_kernel(
+    request: &ImageRequest,
+    plan: &Plan,
+    lock: &Lock,
+    store: &Store,
+    epoch: u32,
+    packages: &kiln_spec::DebianKernelPackages,
+    observer: &mut dyn ImageObserver,
+) -> Result<KernelArtifact, ImageError> {
+    let target = target_arch(request.arch);
+    let profile = &plan.profile.name;
+    let package = packages.for_arch(target.name()).ok_or_else(|| {
+        ImageError::Kernel(format!(
+            "profile `{profile}` takes its kernel from a Debian package but names none for {target}: add `{target}: linux-image-...` under `kernel: {{debian_package: ...}}` in {}",
+            plan.profile.files.last().map_or_else(|| format!("profiles/{profile}.yaml"), |path| path.display().to_string())
+        ))
+    })?;
+    let reason = format!("profile:{profile}");
+    let pin = lock
+        .architecture(target)?
+        .debian_packages
+        .iter()
+        .find(|pin| pin.name == package && pin.required_by.contains(&reason))
+        .ok_or_else(|| {
+            ImageError::Kernel(format!(
+                "kiln.lock pins no {package} ({}) for {reason}: run `cargo xtask lock`",
+                target.debian_architecture()
+            ))
+        })?;
+    let mode = if request.offline {
+        FetchMode::Offline
+    } else {
+        FetchMode::Online
+    };
+    observer.note(&format!(
+        "kernel: Debian package {} {} ({})",
+        pin.name, pin.version, pin.architecture
+    ));
+    kiln_fetch::fetch_debian_packages(store, target, &[pin], mode, &mut |_| {})?;
+    let deb = store.blob_path(&kiln_store::Sha256Digest::parse(&pin.sha256)?);
+    kiln_kernel::debian_package::import_debian_package(
+        &deb,
+        &pin.sha256,
+        kernel_arch(request.arch),
+        u64::from(epoch),
+        &request.kernel_cache,
+    )
+    .map_err(|error| ImageError::Kernel(format!("importing {} {}: {error}", pin.name, pin.version)))
 }
 
 /// The kernel source tarball of the `linux-source-6.1` package `lock` pins for `target`:

@@ -121,6 +121,9 @@ pub enum FetchError {
         /// The import directory.
         import_dir: PathBuf,
     },
+    /// A profile could not be resolved (its kernel package is asked for by the profile).
+    #[error(transparent)]
+    Profile(Box<kiln_spec::SpecError>),
     /// Two modules pin the same tarball name differently.
     #[error("tarball {name} is pinned with sha256 {first} by module {first_module} and {second} by module {second_module}: make them agree")]
     ConflictingTarballs {
@@ -163,19 +166,39 @@ pub enum FetchedFrom {
     Network,
 }
 
-/// Every Debian package request of the catalog, module by module (sorted by module name).
-pub fn catalog_package_requests(catalog: &Catalog) -> Vec<PackageRequest> {
+/// Every Debian package request of the catalog for `arch`: module by module (sorted by
+/// module name), then the kernel package of every profile whose kernel is a Debian
+/// package (`kernel: {debian_package: ...}`, inherited through `extends:`), pinned as is,
+/// without its `Depends` (kmod, initramfs-tools: the installed system's business).
+pub fn catalog_package_requests(
+    catalog: &Catalog,
+    arch: TargetArch,
+) -> Result<Vec<PackageRequest>, FetchError> {
     let mut requests = Vec::new();
     for (module_name, module) in &catalog.modules {
         for package in module.debian_packages() {
             requests.push(PackageRequest {
                 package: package.to_owned(),
-                module: module_name.clone(),
+                required_by: format!("module:{module_name}"),
                 with_dependencies: module.kind.resolves_debian_dependencies(),
             });
         }
     }
-    requests
+    for profile_name in catalog.profiles.keys() {
+        let profile = catalog
+            .resolve_profile(profile_name)
+            .map_err(|error| FetchError::Profile(Box::new(error)))?;
+        if let kiln_spec::KernelKind::DebianPackage(packages) = profile.kernel.kind() {
+            if let Some(package) = packages.for_arch(arch.name()) {
+                requests.push(PackageRequest {
+                    package: package.to_owned(),
+                    required_by: format!("profile:{profile_name}"),
+                    with_dependencies: false,
+                });
+            }
+        }
+    }
+    Ok(requests)
 }
 
 /// Every tarball of the catalog, merged by name (two modules may share one pin).
@@ -236,7 +259,7 @@ pub fn lock_architecture(
     let arch = apt.arch();
     let resolution = resolve(
         &index,
-        &catalog_package_requests(catalog),
+        &catalog_package_requests(catalog, arch)?,
         &locked_versions,
         arch.debian_architecture(),
     )?;

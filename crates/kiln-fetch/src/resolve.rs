@@ -120,29 +120,40 @@ impl PackageIndex {
         let satisfies = |record: &&PackageRecord| {
             restriction.is_none_or(|restriction| restriction.is_satisfied_by(&record.version))
         };
+        // The same version can be in two archives (a security update later copied into a
+        // point release: `pool/updates/main/...` and `pool/main/...`, same bytes). Which one
+        // the indexes list first must not decide the pin, so the main archive's path wins,
+        // then the smaller path: a re-lock with no upstream change writes the same lock.
+        let archive_rank = |record: &PackageRecord| {
+            (
+                record.filename.starts_with("pool/updates/"),
+                record.filename.clone(),
+            )
+        };
         if let Some(preferred) = preferred_version {
             if let Some(record) = records
                 .iter()
                 .filter(satisfies)
-                .find(|record| record.version == preferred)
+                .filter(|record| record.version == preferred)
+                .min_by_key(|record| archive_rank(record))
             {
                 return Some(record);
             }
         }
-        records
-            .iter()
-            .filter(satisfies)
-            .max_by(|left, right| compare_versions(&left.version, &right.version))
+        records.iter().filter(satisfies).max_by(|left, right| {
+            compare_versions(&left.version, &right.version)
+                .then_with(|| archive_rank(right).cmp(&archive_rank(left)))
+        })
     }
 }
 
-/// One thing a module asks for.
+/// One thing a module (or a profile, for its kernel) asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackageRequest {
-    /// The package name as the module writes it.
+    /// The package name as the module or profile writes it.
     pub package: String,
-    /// The module's name.
-    pub module: String,
+    /// Who asks: `module:<name>` or `profile:<name>` (recorded in the pin's `required_by`).
+    pub required_by: String,
     /// Whether to follow its `Depends` (false for `kind: build` modules).
     pub with_dependencies: bool,
 }
@@ -232,13 +243,14 @@ pub fn resolve(
             };
             (
                 vec![alternative],
-                format!("module:{}", request.module),
+                request.required_by.clone(),
                 request.with_dependencies,
             )
         })
         .collect();
     while let Some((alternatives, reason, with_dependencies)) = queue.pop_front() {
-        let from_module = reason.starts_with("module:");
+        // Asked for by name (not a dependency): pinned even when Essential.
+        let from_module = !reason.starts_with("package:");
         let chosen = choose_alternative(
             index,
             &alternatives,
@@ -435,8 +447,38 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
     fn request(package: &str) -> PackageRequest {
         PackageRequest {
             package: package.into(),
-            module: "m".into(),
+            required_by: "module:m".into(),
             with_dependencies: true,
+        }
+    }
+
+    #[test]
+    fn the_same_version_in_two_archives_pins_the_main_archives_path_whatever_the_order() {
+        let stanza = |pool: &str| {
+            format!(
+                "Package: tool\nVersion: 1.0-1+deb12u1\nArchitecture: arm64\nFilename: {pool}/t/tool/tool_1.0-1+deb12u1_arm64.deb\nSize: 10\nSHA256: {}\n",
+                "ab".repeat(32)
+            )
+        };
+        let main = stanza("pool/main");
+        let updates = stanza("pool/updates/main");
+        for order in [[&main, &updates], [&updates, &main]] {
+            let mut index = PackageIndex::default();
+            index.add_stanzas(&parse_stanzas(&format!("{}\n{}", order[0], order[1])));
+            for locked in [None, Some("1.0-1+deb12u1")] {
+                let locked_versions: BTreeMap<String, String> = locked
+                    .map(|version| ("tool".to_owned(), version.to_owned()))
+                    .into_iter()
+                    .collect();
+                let resolution =
+                    resolve(&index, &[request("tool")], &locked_versions, "arm64").unwrap();
+                assert_eq!(
+                    resolution.pins[0].filename,
+                    "pool/main/t/tool/tool_1.0-1+deb12u1_arm64.deb",
+                    "index order {:?}, locked {locked:?}",
+                    order.map(|stanza| stanza.lines().nth(3).unwrap_or_default())
+                );
+            }
         }
     }
 
@@ -524,7 +566,7 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
     fn build_requests_do_not_follow_dependencies() {
         let build = PackageRequest {
             package: "tool".into(),
-            module: "kernel-source".into(),
+            required_by: "module:kernel-source".into(),
             with_dependencies: false,
         };
         let resolution = resolve(&index(), &[build], &BTreeMap::new(), "arm64").unwrap();

@@ -181,7 +181,8 @@ pub struct DebianPackagePin {
     /// `Size:` of the `.deb` in bytes.
     pub size: u64,
     /// Why the package is here, sorted: `module:<name>` for a package a module names,
-    /// `package:<name>` for a dependency of another pinned package.
+    /// `package:<name>` for a dependency of another pinned package, `profile:<name>` for
+    /// the Debian kernel package a profile boots (`kernel: {debian_package: ...}`).
     pub required_by: Vec<String>,
     /// `registry/repository@sha256:…`: the package's OCI image (made by kiln from this
     /// `.deb` for this architecture and the lock's epoch) in a mirror registry, written by

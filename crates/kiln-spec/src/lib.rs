@@ -621,12 +621,135 @@ pub struct ProfileSpec {
     pub embed_images: Vec<ImageReference>,
 }
 
-/// `kernel:` of a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `kernel:` of a profile: exactly one of `flavor` (a kernel kiln builds) and
+/// `debian_package` (the distribution's prebuilt kernel, for sites that prefer it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KernelChoice {
     /// A flavor of `kernel-configs/flavor/` (`virt`, `generic`), built from the pinned source.
-    pub flavor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flavor: Option<String>,
+    /// A prebuilt Debian kernel package (`linux-image-*`) per architecture, instead of a
+    /// built kernel: `cargo xtask lock` pins it (`required_by: profile:<name>`), the build
+    /// imports its vmlinuz, System.map, config and modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debian_package: Option<DebianKernelPackages>,
+}
+
+/// `kernel: {debian_package: ...}` of a profile: the package per architecture (a profile
+/// that names none for an architecture cannot be built for it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebianKernelPackages {
+    /// The amd64 package (`linux-image-6.1.0-56-cloud-amd64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x86_64: Option<String>,
+    /// The arm64 package (`linux-image-6.1.0-56-cloud-arm64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aarch64: Option<String>,
+}
+
+impl DebianKernelPackages {
+    /// The package for `arch` (`x86_64` or `aarch64`).
+    pub fn for_arch(&self, arch: &str) -> Option<&str> {
+        match arch {
+            "x86_64" => self.x86_64.as_deref(),
+            "aarch64" => self.aarch64.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// What a [`KernelChoice`] says, once checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind<'choice> {
+    /// Build this flavor.
+    Flavor(&'choice str),
+    /// Import these Debian packages.
+    DebianPackage(&'choice DebianKernelPackages),
+}
+
+impl KernelChoice {
+    /// Build `flavor` from the pinned source.
+    pub fn flavor(flavor: &str) -> Self {
+        KernelChoice {
+            flavor: Some(flavor.to_owned()),
+            debian_package: None,
+        }
+    }
+
+    /// Which of the two it is (parsing guarantees exactly one).
+    pub fn kind(&self) -> KernelKind<'_> {
+        match (&self.flavor, &self.debian_package) {
+            (_, Some(packages)) => KernelKind::DebianPackage(packages),
+            (Some(flavor), None) => KernelKind::Flavor(flavor),
+            (None, None) => KernelKind::Flavor("virt"),
+        }
+    }
+}
+
+impl fmt::Display for KernelChoice {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind() {
+            KernelKind::Flavor(flavor) => write!(formatter, "flavor {flavor}"),
+            KernelKind::DebianPackage(packages) => {
+                let names: Vec<String> =
+                    [("x86_64", &packages.x86_64), ("aarch64", &packages.aarch64)]
+                        .into_iter()
+                        .filter_map(|(arch, name)| {
+                            name.as_ref().map(|name| format!("{arch}: {name}"))
+                        })
+                        .collect();
+                write!(formatter, "Debian package ({})", names.join(", "))
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            flavor: Option<String>,
+            #[serde(default)]
+            debian_package: Option<DebianKernelPackages>,
+        }
+        let fields = Fields::deserialize(deserializer)?;
+        let choice = KernelChoice {
+            flavor: fields.flavor,
+            debian_package: fields.debian_package,
+        };
+        match (&choice.flavor, &choice.debian_package) {
+            (Some(_), Some(_)) => Err(serde::de::Error::custom(
+                "`kernel:` names both a `flavor` and a `debian_package`: keep one (a built kernel, or the Debian package's)",
+            )),
+            (None, None) => Err(serde::de::Error::custom(
+                "`kernel:` needs `flavor: virt|generic` (a kernel kiln builds) or `debian_package: {x86_64: linux-image-..., aarch64: linux-image-...}`",
+            )),
+            (None, Some(packages)) => {
+                if packages.x86_64.is_none() && packages.aarch64.is_none() {
+                    return Err(serde::de::Error::custom(
+                        "`kernel: {debian_package: {}}` names no package: give `x86_64:` and/or `aarch64:` (for example linux-image-6.1.0-56-cloud-amd64)",
+                    ));
+                }
+                for name in [&packages.x86_64, &packages.aarch64].into_iter().flatten() {
+                    let valid = name.len() >= 2
+                        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                        && name.chars().all(|c| {
+                            c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c)
+                        });
+                    if !valid {
+                        return Err(serde::de::Error::custom(format!(
+                            "`{name}` is not a Debian package name (lowercase letters, digits, `+`, `-`, `.`; at least two characters)"
+                        )));
+                    }
+                }
+                Ok(choice)
+            }
+            (Some(_), None) => Ok(choice),
+        }
+    }
 }
 
 /// `cmdline:` of a profile: parameters for every architecture, then per architecture.
@@ -906,9 +1029,7 @@ impl Catalog {
             output_name: name.to_owned(),
             modules: Vec::new(),
             options: BTreeMap::new(),
-            kernel: KernelChoice {
-                flavor: "virt".to_owned(),
-            },
+            kernel: KernelChoice::flavor("virt"),
             cmdline: CmdlineDefaults::default(),
             ram_budget_mib: None,
             prune: Vec::new(),
@@ -1363,7 +1484,7 @@ mod tests {
         assert_eq!(c.cmdline.all, ["a1", "b1", "c1"]);
         assert_eq!(c.cmdline.x86_64, ["ax"]);
         assert_eq!(c.cmdline.aarch64, ["ca"]);
-        assert_eq!(c.kernel.flavor, "generic");
+        assert_eq!(c.kernel.kind(), KernelKind::Flavor("generic"));
         assert_eq!(c.ram_budget_mib, Some(300));
         let profiles = root.path().join("profiles");
         assert_eq!(
@@ -1387,9 +1508,69 @@ mod tests {
     fn resolve_profile_defaults_to_the_virt_kernel() {
         let (_root, catalog) = catalog_with_profiles(&[("p", "modules: [base]\n")]);
         let p = catalog.resolve_profile("p").unwrap();
-        assert_eq!(p.kernel.flavor, "virt");
+        assert_eq!(p.kernel.kind(), KernelKind::Flavor("virt"));
         assert_eq!(p.output_name, "p");
         assert_eq!(p.ram_budget_mib, None);
+    }
+
+    #[test]
+    fn a_debian_kernel_package_is_inherited_and_named_per_architecture() {
+        let (_root, catalog) = catalog_with_profiles(&[
+            (
+                "a",
+                "modules: [base]\nkernel:\n  debian_package:\n    x86_64: linux-image-6.1.0-56-cloud-amd64\n",
+            ),
+            ("b", "extends: a\n"),
+        ]);
+        let b = catalog.resolve_profile("b").unwrap();
+        let KernelKind::DebianPackage(packages) = b.kernel.kind() else {
+            panic!("{:?}", b.kernel)
+        };
+        assert_eq!(
+            packages.for_arch("x86_64"),
+            Some("linux-image-6.1.0-56-cloud-amd64")
+        );
+        assert_eq!(packages.for_arch("aarch64"), None);
+        assert_eq!(
+            b.kernel.to_string(),
+            "Debian package (x86_64: linux-image-6.1.0-56-cloud-amd64)"
+        );
+    }
+
+    #[test]
+    fn a_kernel_choice_must_be_exactly_one_valid_thing_and_errors_say_where() {
+        for (text, expected) in [
+            (
+                "modules: [base]\nkernel:\n  flavor: virt\n  debian_package: {x86_64: linux-image-amd64}\n",
+                "names both a `flavor` and a `debian_package`",
+            ),
+            ("modules: [base]\nkernel: {}\n", "needs `flavor: virt|generic`"),
+            (
+                "modules: [base]\nkernel: {debian_package: {}}\n",
+                "names no package",
+            ),
+            (
+                "modules: [base]\nkernel: {debian_package: {x86_64: Linux_Image}}\n",
+                "`Linux_Image` is not a Debian package name",
+            ),
+            (
+                "modules: [base]\nkernel: {debian_package: {riscv64: linux-image-riscv64}}\n",
+                "unknown field `riscv64`",
+            ),
+        ] {
+            let root = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(root.path().join("modules/base")).unwrap();
+            std::fs::write(
+                root.path().join("modules/base/module.yaml"),
+                "description: d\nkind: base\n",
+            )
+            .unwrap();
+            std::fs::create_dir_all(root.path().join("profiles")).unwrap();
+            std::fs::write(root.path().join("profiles/p.yaml"), text).unwrap();
+            let error = Catalog::load(root.path()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{text:?}: {error}");
+            assert!(error.contains("profiles/p.yaml:"), "{text:?}: {error}");
+        }
     }
 
     #[test]

@@ -188,6 +188,24 @@ fn image_sources_and_embedded_images_are_pinned_pulled_and_composed() {
         payload_index.manifests[0].digest.to_string(),
         "the amd64 manifest is the index's first entry"
     );
+    // The blobs (config, then layers) are recorded with the manifest's size, for the
+    // flake, which fetches by digest and cannot read a manifest it has not fetched.
+    let manifest_digest =
+        kiln_oci::Sha256Digest::parse(payload_pin["manifest_digest"].as_str().unwrap()).unwrap();
+    let manifest_bytes = source_layout.read_blob(&manifest_digest).unwrap();
+    assert_eq!(payload_pin["manifest_size"], manifest_bytes.len() as u64);
+    let manifest: serde_json::Value = serde_json::from_slice(&manifest_bytes).unwrap();
+    let expected_blobs: Vec<serde_json::Value> = std::iter::once(&manifest["config"])
+        .chain(manifest["layers"].as_array().unwrap())
+        .map(|descriptor| {
+            serde_json::json!({
+                "digest": descriptor["digest"],
+                "size": descriptor["size"],
+                "media_type": descriptor["mediaType"],
+            })
+        })
+        .collect();
+    assert_eq!(payload_pin["blobs"], serde_json::Value::Array(expected_blobs));
 
     // Build: pulled by digest, composed, embedded.
     let first_out = scratch.path().join("out-online");

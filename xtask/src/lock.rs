@@ -189,6 +189,32 @@ fn lock_images(
             .find(|pin| pin.reference == reference)
             .filter(|_| !update.contains(&reference));
         let pin = match kept {
+            // Written before blobs were recorded: resolve the pinned digest (not the tag,
+            // which may have moved) to fill them in.
+            Some(pin) if pin.blobs.is_empty() => {
+                if options.is_none() {
+                    options = Some(registry.options()?);
+                }
+                let pinned = OciImagePin {
+                    mirror: None,
+                    ..pin.clone()
+                }
+                .pinned_reference();
+                let resolved = kiln_registry::resolve_reference(
+                    &pinned,
+                    platform_of(arch),
+                    options.as_ref().expect("set above"),
+                )
+                .with_context(|| format!("reading the manifest of {pinned} to record its blobs"))?;
+                eprintln!("{arch}: ~ image {reference}: recorded {} blobs", resolved.blobs.len());
+                OciImagePin {
+                    required_by: required_by.into_iter().collect(),
+                    manifest_size: resolved.manifest_size,
+                    manifest_media_type: resolved.manifest_media_type.clone(),
+                    blobs: blob_pins(&resolved),
+                    ..pin.clone()
+                }
+            }
             Some(pin) => OciImagePin {
                 required_by: required_by.into_iter().collect(),
                 ..pin.clone()
@@ -197,10 +223,7 @@ fn lock_images(
                 if options.is_none() {
                     options = Some(registry.options()?);
                 }
-                let platform = match arch {
-                    TargetArch::X86_64 => OciPlatform::LinuxAmd64,
-                    TargetArch::Aarch64 => OciPlatform::LinuxArm64,
-                };
+                let platform = platform_of(arch);
                 let progress = spinner(format!("resolve {reference} ({})", platform));
                 let resolved = kiln_registry::resolve_reference(
                     &reference,
@@ -221,6 +244,9 @@ fn lock_images(
                     index_digest: resolved.index_digest.map(|digest| digest.to_string()),
                     required_by: required_by.into_iter().collect(),
                     mirror: None,
+                    manifest_size: resolved.manifest_size,
+                    manifest_media_type: resolved.manifest_media_type.clone(),
+                    blobs: blob_pins(&resolved),
                 }
             }
         };
@@ -232,6 +258,25 @@ fn lock_images(
         }
     }
     Ok(pins)
+}
+
+fn platform_of(arch: TargetArch) -> OciPlatform {
+    match arch {
+        TargetArch::X86_64 => OciPlatform::LinuxAmd64,
+        TargetArch::Aarch64 => OciPlatform::LinuxArm64,
+    }
+}
+
+fn blob_pins(resolved: &kiln_registry::ResolvedReference) -> Vec<kiln_lock::OciBlobPin> {
+    resolved
+        .blobs
+        .iter()
+        .map(|blob| kiln_lock::OciBlobPin {
+            digest: blob.digest.to_string(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+        })
+        .collect()
 }
 
 fn mebibytes(bytes: u64) -> f64 {

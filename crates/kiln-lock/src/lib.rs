@@ -143,6 +143,34 @@ pub struct OciImagePin {
     /// xtask push --write-lock`): builds pull `mirror@manifest_digest` instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirror: Option<String>,
+    /// Size in bytes of the manifest `manifest_digest` names (0 in locks written before
+    /// it was recorded).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub manifest_size: u64,
+    /// The manifest's media type.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub manifest_media_type: String,
+    /// The blobs the manifest names, config first, then the layers in order: what the
+    /// flake fetches by digest (nix/pins.nix), since Nix cannot read a manifest before it
+    /// has fetched it. `cargo xtask lock` fills them in for pins that lack them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<OciBlobPin>,
+}
+
+/// One blob of a pinned image's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciBlobPin {
+    /// `sha256:…`.
+    pub digest: String,
+    /// Bytes.
+    pub size: u64,
+    /// Media type, as the manifest gives it.
+    pub media_type: String,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 impl OciImagePin {
@@ -473,7 +501,9 @@ impl Lock {
                 if let Err(message) = kiln_spec::ImageReference::parse(&image.reference) {
                     return Err(format!("{message} (pinned for {arch})"));
                 }
-                let digests = std::iter::once(&image.manifest_digest).chain(&image.index_digest);
+                let digests = std::iter::once(&image.manifest_digest)
+                    .chain(&image.index_digest)
+                    .chain(image.blobs.iter().map(|blob| &blob.digest));
                 for digest in digests {
                     if !digest.strip_prefix("sha256:").is_some_and(is_sha256_hex) {
                         return Err(format!(
@@ -828,6 +858,9 @@ mod tests {
             index_digest: None,
             required_by: vec!["profile:hook".into()],
             mirror: None,
+            manifest_size: 0,
+            manifest_media_type: String::new(),
+            blobs: Vec::new(),
         };
         assert_eq!(
             pin.pinned_reference(),

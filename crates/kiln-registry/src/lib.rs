@@ -52,7 +52,9 @@ pub use connection::{ProxySettings, RegistryOptions, RetryPolicy};
 pub use credentials::{normalise_registry_name, RegistryCredential, RegistryCredentials};
 pub use error::RegistryError;
 pub use observer::{BlobOutcome, IgnoreTransfers, TransferObserver};
-pub use pull::{layout_reference_name, partial_download_directory, PulledImage, ResolvedReference};
+pub use pull::{
+    layout_reference_name, partial_download_directory, ManifestBlob, PulledImage, ResolvedReference,
+};
 pub use push::{repository_and_tag_for_reference_name, PushItem, PushReport, PushedImage};
 
 fn runtime() -> Result<tokio::runtime::Runtime, RegistryError> {

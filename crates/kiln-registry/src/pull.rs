@@ -49,6 +49,42 @@ pub struct ResolvedReference {
     pub index_digest: Option<Sha256Digest>,
     /// `registry/repository@manifest_digest`: pull this.
     pub pinned_reference: String,
+    /// Size in bytes and media type of the image manifest.
+    pub manifest_size: u64,
+    /// The manifest's media type.
+    pub manifest_media_type: String,
+    /// The blobs the manifest names, config first, then the layers in order: what a
+    /// fetcher that knows only digests (the Nix flake) needs to rebuild the image.
+    pub blobs: Vec<ManifestBlob>,
+}
+
+/// One blob an image manifest names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestBlob {
+    /// Its digest.
+    pub digest: Sha256Digest,
+    /// Its size in bytes, as the manifest says.
+    pub size: u64,
+    /// Its media type, as the manifest says.
+    pub media_type: String,
+}
+
+/// The blobs `manifest` names, each digest checked to be sha256.
+fn manifest_blobs(
+    manifest: &RemoteManifest,
+    unsupported: impl Fn(&str) -> RegistryError,
+) -> Result<Vec<ManifestBlob>, RegistryError> {
+    manifest
+        .blobs()
+        .map(|descriptor| {
+            Ok(ManifestBlob {
+                digest: parse_sha256(&descriptor.digest)
+                    .ok_or_else(|| unsupported(&descriptor.digest))?,
+                size: descriptor.size,
+                media_type: descriptor.media_type.clone(),
+            })
+        })
+        .collect()
 }
 
 /// An image pulled into a layout.
@@ -210,15 +246,25 @@ impl RepositoryConnection {
         })
     }
 
-    fn resolved_reference(&self, resolved: &ResolvedManifests) -> ResolvedReference {
-        let manifest_digest = resolved.manifest.1;
-        ResolvedReference {
+    fn resolved_reference(
+        &self,
+        resolved: &ResolvedManifests,
+    ) -> Result<ResolvedReference, RegistryError> {
+        let (manifest_bytes, manifest_digest, manifest) = &resolved.manifest;
+        Ok(ResolvedReference {
             registry: self.registry.clone(),
             repository: self.repository.clone(),
-            manifest_digest,
+            manifest_digest: *manifest_digest,
             index_digest: resolved.index.as_ref().map(|index| index.1),
             pinned_reference: format!("{}/{}@{manifest_digest}", self.registry, self.repository),
-        }
+            manifest_size: manifest_bytes.len() as u64,
+            manifest_media_type: manifest.effective_media_type().to_owned(),
+            blobs: manifest_blobs(manifest, |digest| RegistryError::UnsupportedDigest {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                digest: digest.to_owned(),
+            })?,
+        })
     }
 
     /// One attempt at downloading blob `digest` into its partial file and committing it.
@@ -420,7 +466,7 @@ pub(crate) async fn resolve_reference_async(
         .store_auth_if_needed(&connection.registry, &connection.authentication)
         .await;
     let resolved = connection.resolve(&parsed, platform, None).await?;
-    Ok(connection.resolved_reference(&resolved))
+    connection.resolved_reference(&resolved)
 }
 
 pub(crate) async fn pull_image_async(
@@ -437,7 +483,7 @@ pub(crate) async fn pull_image_async(
         .store_auth_if_needed(&connection.registry, &connection.authentication)
         .await;
     let resolved = connection.resolve(&parsed, platform, Some(layout)).await?;
-    let resolved_reference = connection.resolved_reference(&resolved);
+    let resolved_reference = connection.resolved_reference(&resolved)?;
 
     let (manifest_bytes, manifest_digest, manifest) = &resolved.manifest;
     let mut blobs_already_present = Vec::new();
@@ -615,6 +661,7 @@ pub(crate) fn pull_image_offline(
     descriptor.platform = Some(OciDescriptorPlatform::from(platform));
     let layout_reference_name = layout_reference_name(&registry, &repository, &manifest_digest);
     layout.add_manifest_ref(&layout_reference_name, &descriptor)?;
+    let blobs = manifest_blobs(&manifest, &unsupported)?;
     Ok(PulledImage {
         resolved: ResolvedReference {
             pinned_reference: format!("{registry}/{repository}@{manifest_digest}"),
@@ -622,6 +669,9 @@ pub(crate) fn pull_image_offline(
             repository,
             manifest_digest,
             index_digest,
+            manifest_size,
+            manifest_media_type: manifest.effective_media_type().to_owned(),
+            blobs,
         },
         layout_reference_name,
         downloaded_blobs: Vec::new(),

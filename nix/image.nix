@@ -3,6 +3,9 @@
 # Inputs, and nothing else:
 #   - every Debian package kiln.lock pins for <arch>, and every source tarball, each a
 #     fixed-output derivation keyed by the lock's sha256 (nix/pins.nix);
+#   - every blob (manifest, config, layers) of every OCI image the lock pins for <arch>,
+#     each a fixed-output derivation keyed by its digest (nix/oci-blob.nix): the store
+#     `kiln image --offline` reads then holds them as the xtask's pulls would;
 #   - the kernel derivation of the profile's flavor (nix/kernel.nix), or, for a profile
 #     that boots Debian's kernel package, that package (one of the pins below, `kernel`
 #     null, `debianKernel` its pin): `kiln image` imports it from the store;
@@ -28,7 +31,14 @@ let
   # All of the architecture's pins, not only the profile's closure: which modules a
   # profile uses is `kiln image`'s question (profiles are YAML with `extends`), and the
   # fetches are shared fixed-output derivations, downloaded once for every image.
-  fetched = map (pin: { inherit pin; file = fetchPin pin; }) (pins.debs.${arch} ++ pins.tarballs);
+  # And every blob of every OCI image the lock pins for <arch> (manifests, configs,
+  # layers; nix/oci-blob.nix), once each: two images may share a layer.
+  ociFiles = builtins.foldl'
+    (seen: file: if builtins.any (other: other.sha256 == file.sha256) seen then seen else seen ++ [ file ])
+    [ ]
+    (builtins.concatLists (map (image: image.files) pins.ociImages.${arch}));
+  fetched = map (pin: { inherit pin; file = fetchPin pin; }) (pins.debs.${arch} ++ pins.tarballs)
+    ++ map (file: { pin = file; file = import ./oci-blob.nix { inherit pkgs file; }; }) ociFiles;
   placeBlob = item: ''
     place_blob ${item.file} ${item.pin.sha256} ${toString item.pin.size}
   '';

@@ -108,6 +108,7 @@ in
         "the_flake_fetches_exactly_the_lock_through_its_derivations"
         "the_flake_has_a_kernel_per_flavor_and_arch_and_an_image_per_profile_and_arch"
         "each_image_boots_the_kernel_its_profile_names"
+        "an_image_pin_is_fetched_blob_by_blob_by_digest_from_a_real_registry"
         "each_kernel_derivation_merges_the_fragments_the_xtask_merges_in_its_order"
         "seeded_blobs_are_the_paths_of_the_flakes_fixed_output_fetches_and_need_no_network"
         "flake_lock_is_consistent_with_the_inputs_of_flake_nix_and_its_comments"

@@ -102,18 +102,80 @@ let
       }
     else throw "kiln.lock pins no kernel source for ${arch}: add the `kernel-source` module to a profile and run `cargo xtask lock`";
 
+  # OCI images a module (`image:` source) or a profile (`embed_images:`) names, per
+  # architecture. Nix cannot read a manifest before fetching it, so the lock records the
+  # manifest's blobs too (config, layers: `blobs`), and every one of them, the manifest
+  # included, is a fixed-output fetch whose hash is its digest (nix/oci-blob.nix). A
+  # `mirror` (written by `cargo xtask push --write-lock`) changes where they are fetched
+  # from, never what: the same digests, so the same store paths.
+  isDigest = text: builtins.isString text && builtins.match "sha256:[0-9a-f]{64}" text != null;
+  hexOfDigest = what: digest:
+    if isDigest digest then builtins.substring 7 64 digest
+    else throw "${what} has digest `${toString digest}` in kiln.lock, expected `sha256:` and 64 lowercase hex digits: regenerate the lock with `cargo xtask lock`";
+  # `registry[:port]/repository[:tag][@digest]` (kiln-spec ImageReference: always with a
+  # registry host) → { registry, repository }.
+  splitReference = reference:
+    let
+      name = builtins.head (builtins.split "@" reference);
+      parts = builtins.match "([^/]+)/(.+)" name;
+      rest = builtins.elemAt parts 1;
+      tagged = builtins.match "(.+):([^/:]+)" rest;
+    in
+    if parts == null then throw "image reference `${reference}` in kiln.lock names no registry"
+    else { registry = builtins.elemAt parts 0; repository = if tagged == null then rest else builtins.head tagged; };
+  ociImagePin = arch: image:
+    let
+      what = "image ${image.reference} (${arch})";
+      source = splitReference (if (image.mirror or null) != null then image.mirror else image.reference);
+      recordedBlobs = image.blobs or [ ];
+      file = kind: blob: rec {
+        inherit kind;
+        inherit (blob) digest size;
+        mediaType = blob.media_type;
+        sha256 = hexOfDigest what blob.digest;
+        storeName = "oci-blob-${sha256}";
+        inherit (source) registry repository;
+        # The registry API's address of the blob (the fetch script adds the token
+        # exchange a registry may ask for).
+        url = "https://${source.registry}/v2/${source.repository}/${kind}/${blob.digest}";
+      };
+      manifest = file "manifests" {
+        digest = image.manifest_digest;
+        size = image.manifest_size or 0;
+        media_type = image.manifest_media_type or "application/vnd.oci.image.manifest.v1+json";
+      };
+      blobs =
+        if recordedBlobs == [ ] || (image.manifest_size or 0) == 0
+        then throw "${what} has no recorded blobs in kiln.lock (written before they were recorded): run `cargo xtask lock` to record them"
+        else map (file "blobs") recordedBlobs;
+    in
+    {
+      inherit (image) reference;
+      requiredBy = image.required_by;
+      manifestDigest = image.manifest_digest;
+      inherit manifest blobs;
+      files = [ manifest ] ++ blobs;
+    };
+  ociImages = builtins.listToAttrs (map
+    (arch: {
+      name = arch;
+      value = map (ociImagePin arch) (checkedLock.architectures.${arch}.oci_images or [ ]);
+    })
+    architectures);
+
   # Every (url, sha256) the flake may fetch, deduplicated: an `Architecture: all`
   # package is pinned once per target but is one file.
   fetches =
     let
       debFetches = builtins.concatLists (map (arch: map (pin: { url = pin.url; inherit (pin) sha256 storeName; }) debs.${arch}) architectures);
       tarballFetches = builtins.concatLists (map (pin: map (url: { inherit url; inherit (pin) sha256 storeName; }) pin.urls) tarballs);
+      ociFetches = builtins.concatLists (map (arch: builtins.concatLists (map (image: map (file: { inherit (file) url sha256 storeName; }) image.files) ociImages.${arch})) architectures);
       addUnique = seen: item: if builtins.elem item seen then seen else seen ++ [ item ];
     in
-    builtins.foldl' addUnique [ ] (debFetches ++ tarballFetches);
+    builtins.foldl' addUnique [ ] (debFetches ++ tarballFetches ++ ociFetches);
 in
 {
-  inherit architectures debs tarballs debsForModules kernelSource fetches toStoreName;
+  inherit architectures debs tarballs debsForModules kernelSource fetches toStoreName ociImages;
   sourceDateEpoch = checkedLock.source_date_epoch;
   debianArchitecture = arch: checkedLock.architectures.${arch}.debian_architecture;
   version = checkedLock.version;

@@ -205,7 +205,10 @@ fn image_sources_and_embedded_images_are_pinned_pulled_and_composed() {
             })
         })
         .collect();
-    assert_eq!(payload_pin["blobs"], serde_json::Value::Array(expected_blobs));
+    assert_eq!(
+        payload_pin["blobs"],
+        serde_json::Value::Array(expected_blobs)
+    );
 
     // Build: pulled by digest, composed, embedded.
     let first_out = scratch.path().join("out-online");

@@ -1104,3 +1104,259 @@ fn the_nix_build_of_the_tests_skips_exactly_the_tests_that_run_nix() {
         "nix/outputs.nix checks.tests skip list is out of date"
     );
 }
+
+/// The lock's image pin for `reference`, as `cargo xtask lock` writes it (blobs included).
+fn image_pin_json(reference: &str, resolved: &kiln_registry::ResolvedReference) -> Value {
+    serde_json::json!({
+        "reference": reference,
+        "manifest_digest": resolved.manifest_digest.to_string(),
+        "index_digest": resolved.index_digest.map(|digest| digest.to_string()),
+        "required_by": ["profile:hook"],
+        "manifest_size": resolved.manifest_size,
+        "manifest_media_type": resolved.manifest_media_type,
+        "blobs": resolved.blobs.iter().map(|blob| serde_json::json!({
+            "digest": blob.digest.to_string(),
+            "size": blob.size,
+            "media_type": blob.media_type,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn write_lock_with_image(directory: &Path, pin: &Value) {
+    let lock_path = directory.join("kiln.lock");
+    let mut lock = read_lock(&workspace_root().join("kiln.lock"));
+    lock["architectures"]["aarch64"]["oci_images"] = Value::Array(vec![pin.clone()]);
+    std::fs::write(
+        &lock_path,
+        serde_json::to_string_pretty(&lock).unwrap() + "\n",
+    )
+    .unwrap();
+}
+
+/// `(url, outputHash)` of the OCI blob derivations `image-hook-aarch64` would build, from
+/// the flake in `directory` (stub nixpkgs: runCommand returns its environment as data).
+fn image_blob_fetches(directory: &Path) -> anyhow::Result<BTreeSet<(String, String)>> {
+    let fetched = evaluate(
+        directory,
+        &format!(
+            "let outputs = {}; in map (item: {{ url = item.file.environment.blobUrl; hash = item.file.environment.outputHash; mode = item.file.environment.outputHashMode; }}) (builtins.filter (item: item.file ? environment && item.file.environment ? blobUrl) outputs.packages.x86_64-linux.image-hook-aarch64.fetched)",
+            flake_outputs_expression()
+        ),
+    )?;
+    Ok(fetched
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            assert_eq!(item["mode"], "flat", "{item}");
+            (
+                item["url"].as_str().unwrap().to_owned(),
+                item["hash"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect())
+}
+
+/// An image pin reaches the flake blob by blob: nix/pins.nix turns the lock's manifest
+/// digest and recorded blobs into registry API addresses, the image derivation fetches
+/// each as a fixed-output derivation whose hash is the digest, and nix/fetch-oci-blob.sh
+/// (the fetcher those derivations run) downloads exactly those bytes from a real registry
+/// (Debian's docker-registry, anonymous reads, TLS). Changing a digest in the lock changes
+/// the fetch; a pin without recorded blobs is refused by name; a registry that wants a
+/// password gets a clear error (the flake fetches only what anyone may read).
+/// Not covered here: the bearer-token exchange of public registries (no token server runs
+/// here), and a real `nix build` (no nixpkgs).
+#[test]
+fn an_image_pin_is_fetched_blob_by_blob_by_digest_from_a_real_registry() {
+    require_nix();
+    if !kiln_tests::registry::registry_tools_available() {
+        panic!("docker-registry, htpasswd, openssl and skopeo are needed (.ci/run installs them)");
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let registry =
+        kiln_tests::registry::TestRegistry::start_anonymous(&scratch.path().join("registry"))
+            .unwrap();
+    let options = kiln_tests::registry::registry_options(&registry, None);
+    let layout = kiln_oci::OciLayout::open_or_create(&scratch.path().join("layout")).unwrap();
+    kiln_tests::registry::write_test_images(&layout, scratch.path(), 1 << 20).unwrap();
+    kiln_registry::push_layout(
+        &layout,
+        &format!("{}/kiln", registry.address()),
+        None,
+        &options,
+        std::sync::Arc::new(kiln_registry::IgnoreTransfers),
+    )
+    .unwrap();
+    let reference = format!("{}/kiln/kiln-multi:1.0", registry.address());
+    let resolved =
+        kiln_registry::resolve_reference(&reference, kiln_oci::OciPlatform::LinuxArm64, &options)
+            .unwrap();
+    assert!(resolved.blobs.len() >= 2, "{resolved:?}");
+
+    let copy = tempfile::tempdir().unwrap();
+    copy_flake_inputs(copy.path());
+    let pin = image_pin_json(&reference, &resolved);
+    write_lock_with_image(copy.path(), &pin);
+
+    // pins.nix: the manifest, then config and layers, each with its digest and address.
+    let images = evaluate(
+        copy.path(),
+        &format!(
+            "(import ./nix/pins.nix {{ lockFile = {}; }}).ociImages.aarch64",
+            copy.path().join("kiln.lock").display()
+        ),
+    )
+    .unwrap();
+    let files = images[0]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1 + resolved.blobs.len());
+    let mut expected = vec![(
+        resolved.manifest_digest.to_string(),
+        resolved.manifest_size,
+        "manifests",
+    )];
+    expected.extend(
+        resolved
+            .blobs
+            .iter()
+            .map(|blob| (blob.digest.to_string(), blob.size, "blobs")),
+    );
+    for (file, (digest, size, kind)) in files.iter().zip(&expected) {
+        assert_eq!(file["digest"], digest.as_str());
+        assert_eq!(file["size"], *size);
+        assert_eq!(
+            file["url"],
+            format!(
+                "https://{}/v2/kiln/kiln-multi/{kind}/{digest}",
+                registry.address()
+            )
+        );
+        // The fetcher the derivation runs, against the registry: the bytes of the digest.
+        let out = scratch.path().join(file["storeName"].as_str().unwrap());
+        let work = tempfile::tempdir().unwrap();
+        let output = run(Command::new("sh")
+            .arg(workspace_root().join("nix/fetch-oci-blob.sh"))
+            .arg(file["url"].as_str().unwrap())
+            .arg(file["mediaType"].as_str().unwrap())
+            .arg(&out)
+            .current_dir(work.path())
+            .env(
+                "SSL_CERT_FILE",
+                &registry.certificate_authority.ca_certificate,
+            )
+            .env(
+                "CURL_CA_BUNDLE",
+                &registry.certificate_authority.ca_certificate,
+            ))
+        .unwrap();
+        assert!(output.status.success());
+        let bytes = std::fs::read(&out).unwrap();
+        assert_eq!(bytes.len() as u64, *size, "{digest}");
+        assert_eq!(
+            kiln_oci::Sha256Digest::of_bytes(&bytes).to_string(),
+            *digest
+        );
+    }
+
+    // The image derivation of a profile on that architecture fetches exactly those.
+    let fetches = image_blob_fetches(copy.path()).unwrap();
+    let wanted: BTreeSet<(String, String)> = files
+        .iter()
+        .map(|file| {
+            (
+                file["url"].as_str().unwrap().to_owned(),
+                file["sha256"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(fetches, wanted);
+
+    // `cargo xtask nix check-pins` agrees: the flake fetches exactly what that lock pins.
+    let check = kiln_tests::xtask(&["nix", "check-pins", "--lock"])
+        .arg(copy.path().join("kiln.lock"))
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    // Another layer digest in the lock → another fixed-output hash, and only that changes.
+    let mut changed = pin.clone();
+    let last = changed["blobs"].as_array().unwrap().len() - 1;
+    let new_hex = "0123456789abcdef".repeat(4);
+    changed["blobs"][last]["digest"] = Value::String(format!("sha256:{new_hex}"));
+    write_lock_with_image(copy.path(), &changed);
+    let after = image_blob_fetches(copy.path()).unwrap();
+    let hashes = |set: &BTreeSet<(String, String)>| -> BTreeSet<String> {
+        set.iter().map(|(_, hash)| hash.clone()).collect()
+    };
+    let removed: Vec<_> = hashes(&fetches)
+        .difference(&hashes(&after))
+        .cloned()
+        .collect();
+    let added: Vec<_> = hashes(&after)
+        .difference(&hashes(&fetches))
+        .cloned()
+        .collect();
+    assert_eq!(added, [new_hex]);
+    assert_eq!(
+        removed,
+        [resolved.blobs[last].digest.hex()],
+        "only the edited blob's fetch changes"
+    );
+
+    // A mirror changes where, not what: same hashes, the mirror's addresses.
+    let mut mirrored = pin.clone();
+    mirrored["mirror"] = Value::String("127.0.0.1:1/mirror/tools".into());
+    write_lock_with_image(copy.path(), &mirrored);
+    let via_mirror = image_blob_fetches(copy.path()).unwrap();
+    assert_eq!(hashes(&via_mirror), hashes(&fetches));
+    assert!(via_mirror
+        .iter()
+        .all(|(url, _)| url.starts_with("https://127.0.0.1:1/v2/mirror/tools/")));
+
+    // Written before blobs were recorded: refused, naming the image and the fix.
+    let mut old = pin.clone();
+    old.as_object_mut().unwrap().remove("blobs");
+    write_lock_with_image(copy.path(), &old);
+    let error = image_blob_fetches(copy.path()).unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "image {reference} (aarch64) has no recorded blobs"
+        )) && error.contains("cargo xtask lock"),
+        "{error}"
+    );
+
+    // A registry that wants a password: a clear error, not an HTML page saved as a blob.
+    let private =
+        kiln_tests::registry::TestRegistry::start(&scratch.path().join("private")).unwrap();
+    let url = format!(
+        "https://{}/v2/kiln/kiln-multi/blobs/{}",
+        private.address(),
+        resolved.blobs[0].digest
+    );
+    let work = tempfile::tempdir().unwrap();
+    let output = Command::new("sh")
+        .arg(workspace_root().join("nix/fetch-oci-blob.sh"))
+        .args([url.as_str(), "application/octet-stream"])
+        .arg(work.path().join("out"))
+        .current_dir(work.path())
+        .env(
+            "SSL_CERT_FILE",
+            &private.certificate_authority.ca_certificate,
+        )
+        .env(
+            "CURL_CA_BUNDLE",
+            &private.certificate_authority.ca_certificate,
+        )
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("401 without a Bearer challenge"),
+        "{stderr}"
+    );
+}

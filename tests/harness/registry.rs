@@ -145,6 +145,16 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// Starts a TLS + htpasswd registry in `directory` on a free port.
     pub fn start(directory: &Path) -> anyhow::Result<Self> {
+        Self::start_with_authentication(directory, true)
+    }
+
+    /// Starts a TLS registry anyone may read and write (no `auth:`), as a public
+    /// registry is for pulls.
+    pub fn start_anonymous(directory: &Path) -> anyhow::Result<Self> {
+        Self::start_with_authentication(directory, false)
+    }
+
+    fn start_with_authentication(directory: &Path, authentication: bool) -> anyhow::Result<Self> {
         fs::create_dir_all(directory)?;
         let certificate_authority = TestCertificateAuthority::create(&directory.join("tls"))?;
         let htpasswd_path = directory.join("htpasswd");
@@ -160,12 +170,18 @@ impl TestRegistry {
             format!(
                 "version: 0.1\nlog:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n\
-                 http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n  tls:\n    certificate: {certificate}\n    key: {key}\n\
-                 auth:\n  htpasswd:\n    realm: kiln-test\n    path: {htpasswd}\n",
+                 http:\n  addr: 127.0.0.1:{port}\n  secret: kiln-test-secret\n  tls:\n    certificate: {certificate}\n    key: {key}\n{auth}",
                 storage = storage.display(),
                 certificate = certificate_authority.server_certificate.display(),
                 key = certificate_authority.server_key.display(),
-                htpasswd = htpasswd_path.display(),
+                auth = if authentication {
+                    format!(
+                        "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                        htpasswd_path.display()
+                    )
+                } else {
+                    String::new()
+                },
             ),
         )?;
         let mut registry = Self {

@@ -206,7 +206,10 @@ fn lock_images(
                     options.as_ref().expect("set above"),
                 )
                 .with_context(|| format!("reading the manifest of {pinned} to record its blobs"))?;
-                eprintln!("{arch}: ~ image {reference}: recorded {} blobs", resolved.blobs.len());
+                eprintln!(
+                    "{arch}: ~ image {reference}: recorded {} blobs",
+                    resolved.blobs.len()
+                );
                 OciImagePin {
                     required_by: required_by.into_iter().collect(),
                     manifest_size: resolved.manifest_size,

@@ -257,6 +257,11 @@ fn check_pins(lock_path: &Path) -> anyhow::Result<ExitCode> {
             pinned.insert((url.clone(), tarball.sha256.clone()));
         }
     }
+    for architecture in lock.architectures.values() {
+        for image in &architecture.oci_images {
+            pinned.extend(image_blob_fetches(image));
+        }
+    }
     let extra: Vec<_> = flake.difference(&pinned).collect();
     let missing: Vec<_> = pinned.difference(&flake).collect();
     for (url, sha256) in &extra {
@@ -295,6 +300,28 @@ fn check_pins(lock_path: &Path) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `(url, sha256 hex)` of the manifest and every blob of `image`, as nix/pins.nix
+/// addresses them: `https://REGISTRY/v2/REPOSITORY/{manifests,blobs}/DIGEST`, from the
+/// mirror when the lock names one.
+fn image_blob_fetches(image: &kiln_lock::OciImagePin) -> Vec<(String, String)> {
+    let source = image.mirror.as_deref().unwrap_or(&image.reference);
+    let name = source.split_once('@').map_or(source, |(name, _)| name);
+    let (registry, rest) = name.split_once('/').unwrap_or((name, ""));
+    let repository = match rest.rsplit_once(':') {
+        Some((repository, tag)) if !tag.contains('/') => repository,
+        _ => rest,
+    };
+    std::iter::once(("manifests", &image.manifest_digest))
+        .chain(image.blobs.iter().map(|blob| ("blobs", &blob.digest)))
+        .map(|(kind, digest)| {
+            (
+                format!("https://{registry}/v2/{repository}/{kind}/{digest}"),
+                digest.trim_start_matches("sha256:").to_owned(),
+            )
+        })
+        .collect()
 }
 
 fn seed(lock_path: &Path) -> anyhow::Result<ExitCode> {

@@ -36,7 +36,7 @@ let
       tools = builtins.listToAttrs (map (name: { inherit name; value = package name; }) [
         "bc" "bison" "flex" "perl" "openssl" "elfutils" "kmod" "python3" "dpkg" "xz" "zstd" "gnutar" "gawk" "jq"
         "cpio" "skopeo" "diffoscopeMinimal" "xorriso" "qemu" "ipxe" "gnumake" "ncurses" "pkg-config"
-        "nixpkgs-fmt" "cargo-nextest" "apt"
+        "nixpkgs-fmt" "cargo-nextest" "apt" "curl" "cacert"
       ]);
     in
     tools // self;

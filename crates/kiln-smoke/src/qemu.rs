@@ -219,6 +219,12 @@ pub fn qemu_command(config: &QemuConfig) -> Result<QemuCommand, SmokeError> {
             arguments.push("order=n,strict=on".into());
         }
     }
+    // An entropy source, as cloud VMs (virtio-rng) and servers (RDRAND, a TPM) have: without
+    // one, a TCG guest's kernel spends seconds making jitter entropy before the first
+    // getrandom() answers (what the rngd module waits for), which no real machine pays.
+    // The `virt` kernels have CONFIG_HW_RANDOM_VIRTIO=y; the floor of `bench boot` gets it too.
+    arguments.push("-device".into());
+    arguments.push("virtio-rng-pci".into());
     match &config.network {
         Network::None => {
             arguments.push("-nic".into());
@@ -300,9 +306,9 @@ mod tests {
         };
         report.push_str(&qemu_command(&ipxe).unwrap().display());
         insta::assert_snapshot!(report, @r"
-        qemu-system-x86_64 -machine q35 -accel tcg -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -kernel /out/hook/vmlinuz-x -initrd /out/hook/initramfs-x -append 'console=ttyS0,115200 panic=-1' -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net0
-        qemu-system-aarch64 -machine virt -cpu cortex-a57 -accel tcg -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd -kernel /out/hook/vmlinuz-x -initrd /out/hook/initramfs-x -append 'console=ttyS0,115200 panic=-1' -nic none
-        qemu-system-x86_64 -machine q35 -accel kvm -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -boot order=n,strict=on -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,tftp=/run/tftp,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0
+        qemu-system-x86_64 -machine q35 -accel tcg -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -kernel /out/hook/vmlinuz-x -initrd /out/hook/initramfs-x -append 'console=ttyS0,115200 panic=-1' -device virtio-rng-pci -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22 -device virtio-net-pci,netdev=net0
+        qemu-system-aarch64 -machine virt -cpu cortex-a57 -accel tcg -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -bios /usr/share/qemu-efi-aarch64/QEMU_EFI.fd -kernel /out/hook/vmlinuz-x -initrd /out/hook/initramfs-x -append 'console=ttyS0,115200 panic=-1' -device virtio-rng-pci -nic none
+        qemu-system-x86_64 -machine q35 -accel kvm -m 1024 -smp 2 -nodefaults -nographic -no-reboot -monitor none -serial stdio -boot order=n,strict=on -device virtio-rng-pci -netdev user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22,tftp=/run/tftp,bootfile=boot.ipxe -device virtio-net-pci,netdev=net0
         ");
     }
 

@@ -100,6 +100,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             mebibytes(total_size),
             if resolution.skipped_essential.is_empty() { "none".to_owned() } else { resolution.skipped_essential.iter().cloned().collect::<Vec<_>>().join(", ") }
         );
+        if !resolution.skipped_dependencies.is_empty() {
+            eprintln!(
+                "{arch}: Depends not followed (skip_dependencies: of a module): {}",
+                resolution
+                    .skipped_dependencies
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         let mut architecture_lock = architecture_lock;
         // A mirror (from `push --write-lock`) stays with a pin whose .deb did not change.
         for pin in &mut architecture_lock.debian_packages {

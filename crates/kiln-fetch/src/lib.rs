@@ -181,6 +181,7 @@ pub fn catalog_package_requests(
                 package: package.to_owned(),
                 required_by: format!("module:{module_name}"),
                 with_dependencies: module.kind.resolves_debian_dependencies(),
+                skip_dependencies: module.skip_dependencies.iter().cloned().collect(),
             });
         }
     }
@@ -194,6 +195,7 @@ pub fn catalog_package_requests(
                     package: package.to_owned(),
                     required_by: format!("profile:{profile_name}"),
                     with_dependencies: false,
+                    skip_dependencies: BTreeSet::new(),
                 });
             }
         }

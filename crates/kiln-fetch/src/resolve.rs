@@ -156,6 +156,9 @@ pub struct PackageRequest {
     pub required_by: String,
     /// Whether to follow its `Depends` (false for `kind: build` modules).
     pub with_dependencies: bool,
+    /// Package names whose `Depends` edges are not followed anywhere in this request's
+    /// closure (the module's `skip_dependencies:`).
+    pub skip_dependencies: BTreeSet<String>,
 }
 
 /// Why resolution failed; each names the package and who asked for it.
@@ -208,6 +211,9 @@ pub struct Resolution {
     pub pins: Vec<DebianPackagePin>,
     /// Essential packages that were depended on but deliberately not pinned.
     pub skipped_essential: BTreeSet<String>,
+    /// `package -> dependency` edges not followed because a module's
+    /// `skip_dependencies:` names the dependency, as `required_by` words them.
+    pub skipped_dependencies: BTreeSet<String>,
 }
 
 fn pin_from(record: &PackageRecord) -> DebianPackagePin {
@@ -233,10 +239,26 @@ pub fn resolve(
 ) -> Result<Resolution, Box<ResolveError>> {
     let mut pins: BTreeMap<String, DebianPackagePin> = BTreeMap::new();
     let mut skipped_essential = BTreeSet::new();
-    // (alternatives, reason, follow dependencies of what is picked)
-    let mut queue: VecDeque<(Vec<DependencyAlternative>, String, bool)> = requests
+    let mut skipped_dependencies = BTreeSet::new();
+    // Each distinct skip list, by index: a package's `Depends` are followed once per skip
+    // list that reaches it (a module that skips nothing still gets the full closure of a
+    // package another module reached first with a skip list).
+    let mut skip_sets: Vec<&BTreeSet<String>> = Vec::new();
+    let mut followed: BTreeSet<(String, usize)> = BTreeSet::new();
+    // (alternatives, reason, follow dependencies of what is picked, skip list)
+    let mut queue: VecDeque<(Vec<DependencyAlternative>, String, bool, usize)> = requests
         .iter()
         .map(|request| {
+            let skip = match skip_sets
+                .iter()
+                .position(|set| **set == request.skip_dependencies)
+            {
+                Some(index) => index,
+                None => {
+                    skip_sets.push(&request.skip_dependencies);
+                    skip_sets.len() - 1
+                }
+            };
             let alternative = DependencyAlternative {
                 name: request.package.clone(),
                 restriction: None,
@@ -245,10 +267,11 @@ pub fn resolve(
                 vec![alternative],
                 request.required_by.clone(),
                 request.with_dependencies,
+                skip,
             )
         })
         .collect();
-    while let Some((alternatives, reason, with_dependencies)) = queue.pop_front() {
+    while let Some((alternatives, reason, with_dependencies, skip)) = queue.pop_front() {
         // Asked for by name (not a dependency): pinned even when Essential.
         let from_module = !reason.starts_with("package:");
         let chosen = choose_alternative(
@@ -281,14 +304,21 @@ pub fn resolve(
                 }
             }
             existing.required_by.push(reason);
-            continue;
+        } else {
+            let mut pin = pin_from(chosen);
+            pin.required_by.push(reason);
+            pins.insert(chosen.name.clone(), pin);
         }
-        let mut pin = pin_from(chosen);
-        pin.required_by.push(reason);
-        pins.insert(chosen.name.clone(), pin);
-        if with_dependencies {
+        if with_dependencies && followed.insert((chosen.name.clone(), skip)) {
             for clause in parse_dependencies(&chosen.depends) {
-                queue.push_back((clause, format!("package:{}", chosen.name), true));
+                if let Some(skipped) = clause
+                    .iter()
+                    .find(|alternative| skip_sets[skip].contains(&alternative.name))
+                {
+                    skipped_dependencies.insert(format!("{} -> {}", chosen.name, skipped.name));
+                    continue;
+                }
+                queue.push_back((clause, format!("package:{}", chosen.name), true, skip));
             }
         }
     }
@@ -300,6 +330,7 @@ pub fn resolve(
     Ok(Resolution {
         pins,
         skipped_essential,
+        skipped_dependencies,
     })
 }
 
@@ -449,6 +480,7 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
             package: package.into(),
             required_by: "module:m".into(),
             with_dependencies: true,
+            skip_dependencies: BTreeSet::new(),
         }
     }
 
@@ -480,6 +512,49 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
                 );
             }
         }
+    }
+
+    #[test]
+    fn skipped_dependencies_are_not_followed_for_that_module_only() {
+        // tool depends on libfoo, `mta | mail-transport-agent`, coreutils and `awk`.
+        let index = index();
+        let mut skipping = request("tool");
+        skipping.skip_dependencies = BTreeSet::from(["awk".to_owned(), "mta".to_owned()]);
+        let resolution = resolve(&index, &[skipping.clone()], &BTreeMap::new(), "arm64").unwrap();
+        let names = |resolution: &Resolution| -> Vec<String> {
+            resolution.pins.iter().map(|pin| pin.name.clone()).collect()
+        };
+        assert!(
+            !names(&resolution)
+                .iter()
+                .any(|name| ["postfix", "mawk", "gawk"].contains(&name.as_str())),
+            "{:?}",
+            summary(&resolution)
+        );
+        assert!(names(&resolution).contains(&"libfoo".to_owned()));
+        assert_eq!(
+            resolution.skipped_dependencies,
+            BTreeSet::from(["tool -> awk".to_owned(), "tool -> mta".to_owned()])
+        );
+        // Another module asking for the same package without skipping gets its whole
+        // closure, though the skipping module reached it first.
+        let other = PackageRequest {
+            required_by: "module:other".into(),
+            ..request("tool")
+        };
+        let both = resolve(
+            &index,
+            &[skipping, other, request("mawk")],
+            &BTreeMap::new(),
+            "arm64",
+        )
+        .unwrap();
+        let postfix = both
+            .pins
+            .iter()
+            .find(|pin| pin.name == "postfix")
+            .unwrap_or_else(|| panic!("{:?}", summary(&both)));
+        assert_eq!(postfix.required_by, ["package:tool"]);
     }
 
     fn summary(resolution: &Resolution) -> Vec<String> {
@@ -568,6 +643,7 @@ SHA256: 0000000000000000000000000000000000000000000000000000000000000007
             package: "tool".into(),
             required_by: "module:kernel-source".into(),
             with_dependencies: false,
+            skip_dependencies: BTreeSet::new(),
         };
         let resolution = resolve(&index(), &[build], &BTreeMap::new(), "arm64").unwrap();
         assert_eq!(summary(&resolution), ["tool 1.0-1 <- module:kernel-source"]);

@@ -298,6 +298,12 @@ pub struct ModuleSpec {
     /// Files the assembler derives from the composed tree or the build's identity.
     #[serde(default)]
     pub generate: Vec<Generator>,
+    /// Packages the `Depends` of this module's Debian packages name that the image does not
+    /// need (used only by their maintainer scripts, which never run in an image, or by
+    /// features the module does not use): `cargo xtask lock` does not follow those edges
+    /// from this module's packages. Each needs a comment in module.yaml saying why.
+    #[serde(default)]
+    pub skip_dependencies: Vec<String>,
     /// The module calls `pivot_root(2)` (a container runtime does): kiln-init then moves
     /// `/` off the initramfs's rootfs onto a tmpfs before anything runs, since rootfs
     /// cannot be pivoted away from.
@@ -1224,7 +1230,7 @@ mod tests {
     fn unknown_field_names_file_line_and_column() {
         check_module_error(
             "description: d\nkind: base\nsorces: []\n",
-            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`",
+            "modules/x/module.yaml:3:1: unknown field `sorces`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `skip_dependencies`, `needs_pivot_root`",
         );
     }
 

@@ -86,7 +86,7 @@ fn unknown_key_names_file_line_and_column() {
             "description: d\nkind: onboot\ncomand: [/bin/true]\n",
         )
         .profile("p", "modules: [base, dhcp]\n");
-    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `needs_pivot_root`");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/modules/dhcp/module.yaml:3:1: unknown field `comand`, expected one of `description`, `kind`, `sources`, `command`, `env`, `working_dir`, `user`, `capabilities`, `namespaces`, `restart`, `backoff`, `timeout`, `fatal`, `after`, `requires`, `cmdline`, `kernel`, `options`, `generate`, `skip_dependencies`, `needs_pivot_root`");
 }
 
 #[test]

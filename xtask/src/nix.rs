@@ -306,13 +306,12 @@ fn check_pins(lock_path: &Path) -> anyhow::Result<ExitCode> {
 /// addresses them: `https://REGISTRY/v2/REPOSITORY/{manifests,blobs}/DIGEST`, from the
 /// mirror when the lock names one.
 fn image_blob_fetches(image: &kiln_lock::OciImagePin) -> Vec<(String, String)> {
-    let source = image.mirror.as_deref().unwrap_or(&image.reference);
-    let name = source.split_once('@').map_or(source, |(name, _)| name);
-    let (registry, rest) = name.split_once('/').unwrap_or((name, ""));
-    let repository = match rest.rsplit_once(':') {
-        Some((repository, tag)) if !tag.contains('/') => repository,
-        _ => rest,
-    };
+    // `registry/repository@digest`, tag dropped, the mirror's when there is one.
+    let pinned = image.pinned_reference();
+    let name = pinned
+        .split_once('@')
+        .map_or(pinned.as_str(), |(name, _)| name);
+    let (registry, repository) = name.split_once('/').unwrap_or((name, ""));
     std::iter::once(("manifests", &image.manifest_digest))
         .chain(image.blobs.iter().map(|blob| ("blobs", &blob.digest)))
         .map(|(kind, digest)| {

@@ -1438,6 +1438,13 @@ mod tests {
     /// A catalog in a temporary directory: modules `base`, `sshd` (option `port`, default 22)
     /// and `getty`, and the profiles given as (name, text).
     fn catalog_with_profiles(profiles: &[(&str, &str)]) -> (tempfile::TempDir, Catalog) {
+        let root = write_catalog(profiles);
+        let catalog = Catalog::load(root.path()).unwrap();
+        (root, catalog)
+    }
+
+    /// The directory [`catalog_with_profiles`] loads, not yet loaded.
+    fn write_catalog(profiles: &[(&str, &str)]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
         let modules = [
             ("base", "description: d\nkind: base\n"),
@@ -1463,8 +1470,7 @@ mod tests {
             )
             .unwrap();
         }
-        let catalog = Catalog::load(root.path()).unwrap();
-        (root, catalog)
+        root
     }
 
     fn resolve_error(profiles: &[(&str, &str)], name: &str) -> String {
@@ -1564,15 +1570,7 @@ mod tests {
                 "unknown field `riscv64`",
             ),
         ] {
-            let root = tempfile::tempdir().unwrap();
-            std::fs::create_dir_all(root.path().join("modules/base")).unwrap();
-            std::fs::write(
-                root.path().join("modules/base/module.yaml"),
-                "description: d\nkind: base\n",
-            )
-            .unwrap();
-            std::fs::create_dir_all(root.path().join("profiles")).unwrap();
-            std::fs::write(root.path().join("profiles/p.yaml"), text).unwrap();
+            let root = write_catalog(&[("p", text)]);
             let error = Catalog::load(root.path()).unwrap_err().to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
             assert!(error.contains("profiles/p.yaml:"), "{text:?}: {error}");

@@ -44,6 +44,11 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
         "a real OCI registry on 127.0.0.1 for the registry tests",
     ),
     ("apache2-utils", "htpasswd for the registry tests"),
+    (
+        "curl",
+        "nix/fetch-oci-blob.sh, run against the test registry in tests/nix_flake.rs",
+    ),
+    ("jq", "nix/fetch-oci-blob.sh reads registry tokens with it"),
     ("openssl", "a test CA for the registry tests"),
     ("dropbear-bin", "the sshd module and its login test"),
     ("iproute2", "network namespaces for the dhcp module tests"),

@@ -16,7 +16,7 @@ fn archive_in(
     time_zone: &str,
     locale: &str,
     cwd: &Path,
-    workers: &str,
+    compression: &[&str],
 ) {
     // umask is a property of the process: set it in a shell, then exec xtask.
     let mut shell = Command::new("/bin/sh");
@@ -30,7 +30,7 @@ fn archive_in(
         .arg(root)
         .arg("--out")
         .arg(out)
-        .args(["--workers", workers])
+        .args(compression)
         .current_dir(cwd)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -43,6 +43,18 @@ fn archive_in(
 
 #[test]
 fn two_environments_give_identical_bytes() {
+    two_environments_give_identical_bytes_with(&["--workers", "1"], &["--workers", "2"]);
+}
+
+#[test]
+fn two_environments_give_identical_lz4_bytes() {
+    two_environments_give_identical_bytes_with(&["--lz4"], &["--lz4"]);
+}
+
+fn two_environments_give_identical_bytes_with(
+    first_compression: &[&str],
+    second_compression: &[&str],
+) {
     let work = tempfile::tempdir().unwrap();
     let first = work.path().join("first/tree");
     let second = work.path().join("elsewhere/deeper/copy");
@@ -53,7 +65,15 @@ fn two_environments_give_identical_bytes() {
 
     let first_out = work.path().join("first.img");
     let second_out = work.path().join("second.img");
-    archive_in(&first, &first_out, "022", "UTC", "C", Path::new("/"), "1");
+    archive_in(
+        &first,
+        &first_out,
+        "022",
+        "UTC",
+        "C",
+        Path::new("/"),
+        first_compression,
+    );
     archive_in(
         &second,
         &second_out,
@@ -61,7 +81,7 @@ fn two_environments_give_identical_bytes() {
         "Pacific/Chatham",
         "de_DE.UTF-8",
         work.path(),
-        "2",
+        second_compression,
     );
 
     let first_bytes = std::fs::read(&first_out).unwrap();

@@ -13,6 +13,10 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
         "GNU cpio: extracts our archives in the interoperability test and the benchmark",
     ),
     ("zstd", "the zstd CLI: the benchmark's baseline"),
+    (
+        "lz4",
+        "the reference LZ4 decoder our legacy-format writer is checked against",
+    ),
     ("busybox-static", "a static /init for boot tests"),
     ("qemu-system-x86", "boots x86_64 kernels in tests"),
     ("qemu-system-arm", "boots aarch64 kernels in tests"),

@@ -25,6 +25,10 @@ pub struct Args {
     /// Write a plain, uncompressed cpio.
     #[arg(long, conflicts_with_all = ["level", "workers"])]
     no_compress: bool,
+    /// Compress with LZ4 (the legacy format the kernel reads, LZ4HC level 9) instead of zstd:
+    /// ~45% larger, several times faster for the kernel to unpack under emulation.
+    #[arg(long, conflicts_with_all = ["level", "workers", "no_compress"])]
+    lz4: bool,
     /// A directory packed as an uncompressed archive in front (CPU microcode).
     #[arg(long)]
     early_root: Option<PathBuf>,
@@ -53,6 +57,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let compression = if args.no_compress {
         Compression::None
+    } else if args.lz4 {
+        Compression::Lz4
     } else {
         let workers = args
             .workers

@@ -1,6 +1,6 @@
 //! An initramfs file: an optional uncompressed early archive (CPU microcode
 //! must be found by the kernel before anything is decompressed), then the main
-//! archive, zstd-compressed or plain.
+//! archive, zstd- or LZ4-compressed or plain.
 
 use std::fs;
 use std::io::{self, BufWriter, Write};
@@ -55,6 +55,9 @@ impl ZstdSettings {
 pub enum Compression {
     None,
     Zstd(ZstdSettings),
+    /// The LZ4 legacy stream the kernel reads ([`crate::lz4`]); no settings: the level is
+    /// fixed and it is single-threaded.
+    Lz4,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +108,12 @@ pub fn write_initramfs<W: Write>(
             buffered
                 .into_inner()
                 .map_err(|error| ArchiveError::output(error.into_error()))?;
+            encoder.finish().map_err(ArchiveError::output)?;
+        }
+        Compression::Lz4 => {
+            let mut encoder =
+                crate::lz4::Lz4LegacyWriter::new(&mut counted).map_err(ArchiveError::output)?;
+            summary.main = write_newc(tree, options.mtime, &mut encoder, progress)?;
             encoder.finish().map_err(ArchiveError::output)?;
         }
     }

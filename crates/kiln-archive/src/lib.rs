@@ -1,5 +1,5 @@
 //! Deterministic initramfs archives: a newc cpio writer and reader, and zstd
-//! streaming compression with fixed parameters.
+//! or LZ4 (legacy) streaming compression with fixed parameters.
 //!
 //! This crate owns the bytes of every initramfs kiln writes. Given the same
 //! [`ArchiveTree`] and the same `SOURCE_DATE_EPOCH`, [`write_initramfs`]
@@ -17,6 +17,7 @@ pub mod compare;
 pub mod entry;
 pub mod initramfs;
 pub mod listing;
+pub mod lz4;
 pub mod newc;
 pub mod reader;
 pub mod tree;
@@ -30,6 +31,7 @@ pub use initramfs::{
     InitramfsSummary, ZstdSettings, DEFAULT_ZSTD_LEVEL,
 };
 pub use listing::{inspect_segments, render_listing, InspectedEntry};
+pub use lz4::{decompress_lz4_legacy, Lz4LegacyWriter, LZ4_LEGACY_MAGIC};
 pub use newc::{write_newc, NewcSummary};
 pub use reader::{read_initramfs, RawMember, Segment, SegmentEncoding};
 pub use tree::ArchiveTree;

@@ -6,6 +6,7 @@
 
 use sha2::{Digest, Sha256};
 
+use crate::lz4::{decompress_lz4_legacy, LZ4_LEGACY_MAGIC};
 use crate::newc::{HEADER_LENGTH, NEWC_CRC_MAGIC, NEWC_MAGIC, TRAILER_NAME};
 use crate::ArchiveError;
 
@@ -16,6 +17,7 @@ const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 pub enum SegmentEncoding {
     Plain,
     Zstd,
+    Lz4,
 }
 
 impl SegmentEncoding {
@@ -23,6 +25,7 @@ impl SegmentEncoding {
         match self {
             SegmentEncoding::Plain => "uncompressed",
             SegmentEncoding::Zstd => "zstd",
+            SegmentEncoding::Lz4 => "lz4",
         }
     }
 }
@@ -98,8 +101,16 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
                 members,
             });
             position += consumed;
-        } else if rest.starts_with(&ZSTD_MAGIC) {
-            let (decompressed, consumed) = decompress_zstd_frames(rest, position as u64)?;
+        } else if rest.starts_with(&ZSTD_MAGIC) || rest.starts_with(&LZ4_LEGACY_MAGIC) {
+            let encoding = if rest.starts_with(&ZSTD_MAGIC) {
+                SegmentEncoding::Zstd
+            } else {
+                SegmentEncoding::Lz4
+            };
+            let (decompressed, consumed) = match encoding {
+                SegmentEncoding::Zstd => decompress_zstd_frames(rest, position as u64)?,
+                _ => decompress_lz4_legacy(rest, position as u64)?,
+            };
             let mut members = Vec::new();
             let mut inner = 0usize;
             loop {
@@ -113,14 +124,17 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
                     read_one_archive(&decompressed[inner..], inner as u64).map_err(|error| {
                         ArchiveError::Malformed {
                             offset: position as u64,
-                            reason: format!("inside the zstd stream that starts here: {error}"),
+                            reason: format!(
+                                "inside the {} stream that starts here: {error}",
+                                encoding.name()
+                            ),
                         }
                     })?;
                 members.extend(more);
                 inner += used;
             }
             segments.push(Segment {
-                encoding: SegmentEncoding::Zstd,
+                encoding,
                 file_offset: position as u64,
                 file_length: consumed as u64,
                 cpio_sha256: Sha256::digest(&decompressed).into(),
@@ -131,7 +145,7 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
             return Err(ArchiveError::Malformed {
                 offset: position as u64,
                 reason: format!(
-                    "expected a newc header (070701) or a zstd stream, found {}",
+                    "expected a newc header (070701), a zstd stream or an LZ4 legacy stream, found {}",
                     describe_magic(rest)
                 ),
             });
@@ -149,9 +163,11 @@ pub fn read_initramfs(bytes: &[u8]) -> Result<Vec<Segment>, ArchiveError> {
 fn describe_magic(bytes: &[u8]) -> String {
     let head = &bytes[..bytes.len().min(6)];
     let known = if head.starts_with(&[0x1f, 0x8b]) {
-        " (gzip: not supported, recompress with zstd)"
+        " (gzip: not supported, recompress with zstd or lz4 -l)"
     } else if head.starts_with(&[0xfd, b'7', b'z', b'X', b'Z']) {
-        " (xz: not supported, recompress with zstd)"
+        " (xz: not supported, recompress with zstd or lz4 -l)"
+    } else if head.starts_with(&[0x04, 0x22, 0x4d, 0x18]) {
+        " (LZ4 frame format: the kernel reads only the legacy format, recompress with lz4 -l)"
     } else if head.starts_with(b"070707") {
         " (old binary/odc cpio: only newc is supported)"
     } else {

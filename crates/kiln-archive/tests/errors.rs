@@ -110,7 +110,21 @@ fn reader_errors_name_the_offset_and_the_problem() {
     gzip.extend_from_slice(&archive);
     insta::assert_snapshot!(
         read_initramfs(&gzip).unwrap_err().to_string(),
-        @"malformed archive at byte 0: expected a newc header (070701) or a zstd stream, found bytes 1f8b08000000 (gzip: not supported, recompress with zstd)"
+        @"malformed archive at byte 0: expected a newc header (070701), a zstd stream or an LZ4 legacy stream, found bytes 1f8b08000000 (gzip: not supported, recompress with zstd or lz4 -l)"
+    );
+
+    // An LZ4 legacy stream cut short, after an uncompressed archive: the offset is the file's.
+    let options = InitramfsOptions {
+        mtime: 0,
+        compression: Compression::Lz4,
+        early: Some(&tree),
+    };
+    let mut lz4 = Vec::new();
+    write_initramfs(&tree, &options, &mut lz4, &mut |_| {}).unwrap();
+    let cut = &lz4[..lz4.len() - 3];
+    insta::assert_snapshot!(
+        read_initramfs(cut).unwrap_err().to_string(),
+        @"malformed archive at byte 516: the LZ4 chunk says 84 bytes but only 81 remain (truncated file?)"
     );
 
     let mut bad_field = archive.clone();

@@ -65,7 +65,8 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
         bail!("the image build failed ({status})");
     }
     let catalog = kiln_spec::Catalog::load(&crate::epoch::workspace_root())?;
-    let name = catalog.resolve_profile(&args.profile)?.output_name;
+    let profile = catalog.resolve_profile(&args.profile)?;
+    let name = profile.output_name;
     let directory = out.join(name).join(arch.name());
     let kernel = directory.join(kiln_image::kernel_file_name(arch));
     let initramfs = directory.join(kiln_image::initramfs_file_name(arch));
@@ -76,7 +77,7 @@ pub fn run(args: BootArgs) -> anyhow::Result<ExitCode> {
     eprintln!("[2/3] floor: the same kernel and busybox, /init prints one line and powers off");
     let work = tempfile::tempdir()?;
     let floor = work.path().join("floor.initramfs");
-    write_floor_initramfs(&initramfs, &floor)?;
+    write_floor_initramfs(&initramfs, &floor, profile.compression)?;
 
     eprintln!("[3/3] {} boots of each, alternating (TCG)", args.runs);
     let mut image_times = Vec::new();
@@ -124,8 +125,13 @@ fn median(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-/// `/bin/busybox` from the image's initramfs, `/init` that echoes the marker, `/dev/console`.
-fn write_floor_initramfs(image: &Path, floor: &Path) -> anyhow::Result<()> {
+/// `/bin/busybox` from the image's initramfs, `/init` that echoes the marker, `/dev/console`,
+/// compressed as the image is (so the floor pays the same decoder's setup).
+fn write_floor_initramfs(
+    image: &Path,
+    floor: &Path,
+    compression: kiln_spec::InitramfsCompression,
+) -> anyhow::Result<()> {
     let bytes = std::fs::read(image).with_context(|| format!("reading {}", image.display()))?;
     let segments = kiln_archive::read_initramfs(&bytes)?;
     let busybox = segments
@@ -157,10 +163,13 @@ fn write_floor_initramfs(image: &Path, floor: &Path) -> anyhow::Result<()> {
     tree.complete()?;
     let options = InitramfsOptions {
         mtime: 0,
-        compression: Compression::Zstd(ZstdSettings::new(
-            kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL,
-            2,
-        )?),
+        compression: match compression {
+            kiln_spec::InitramfsCompression::Zstd => Compression::Zstd(ZstdSettings::new(
+                kiln_assemble::build::DEFAULT_IMAGE_ZSTD_LEVEL,
+                2,
+            )?),
+            kiln_spec::InitramfsCompression::Lz4 => Compression::Lz4,
+        },
         early: None,
     };
     kiln_archive::write_initramfs_file(&tree, &options, floor, &mut |_| {})?;

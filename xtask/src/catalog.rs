@@ -402,6 +402,7 @@ fn render_schema(out: &mut String) -> anyhow::Result<()> {
     write_fields(out, "KernelChoice")?;
     write_fields(out, "DebianKernelPackages")?;
     write_fields(out, "CmdlineDefaults")?;
+    write_variants(out, "InitramfsCompression", "value")?;
     Ok(())
 }
 
@@ -570,8 +571,8 @@ fn render_modules(out: &mut String, catalog: &Catalog) {
 fn render_profiles(out: &mut String, catalog: &Catalog) -> anyhow::Result<()> {
     out.push_str(
         "## Profiles\n\nModules in composition order, after `extends:` and `remove:` are applied.\n\n\
-         | profile | description | extends | modules | options | kernel | command line | output name | RAM budget |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         | profile | description | extends | modules | options | kernel | command line | output name | RAM budget | compression |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
     );
     for (name, profile) in &catalog.profiles {
         let resolved = catalog.resolve_profile(name)?;
@@ -602,7 +603,7 @@ fn render_profiles(out: &mut String, catalog: &Catalog) -> anyhow::Result<()> {
             .collect();
         writeln!(
             out,
-            "| `{name}` | {} | {} | {} | {} | `{}` | {} | `{}` | {} |",
+            "| `{name}` | {} | {} | {} | {} | `{}` | {} | `{}` | {} | `{}` |",
             cell(profile.description.as_deref().unwrap_or("—")),
             profile
                 .extends
@@ -624,6 +625,7 @@ fn render_profiles(out: &mut String, catalog: &Catalog) -> anyhow::Result<()> {
             resolved
                 .ram_budget_mib
                 .map_or_else(|| "—".to_owned(), |mib| format!("{mib} MiB")),
+            resolved.compression.name(),
         )?;
     }
     Ok(())

@@ -170,7 +170,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if report.pruned_bytes > 0 {
         println!("  (`prune:` removed {})", format_bytes(report.pruned_bytes));
     }
-    println!("initramfs (zstd): {}", format_bytes(report.initramfs_bytes));
+    println!(
+        "initramfs ({}): {}",
+        report.compression.name(),
+        format_bytes(report.initramfs_bytes)
+    );
     if let Some(budget) = report.ram_budget_mib {
         let budget_bytes = budget * 1024 * 1024;
         if report.unpacked_bytes > budget_bytes {

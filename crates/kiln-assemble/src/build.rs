@@ -7,7 +7,7 @@
 //! kernel: --kernel-artifact, or built from the pinned source (cached by key) kiln-kernel
 //! kernel .config ◄─ every module's kernel options (checked before writing)  kiln-compose
 //! layers in profile order + files + crates + modules.tar + generated files  kiln-compose
-//! tree ─► newc + zstd initramfs                                            kiln-archive
+//! tree ─► newc + zstd or lz4 initramfs (the profile's `compression:`)        kiln-archive
 //! out/<name>/<arch>/: vmlinuz, initramfs, cmdline, boot.ipxe, tar.gz, manifest, SHA256SUMS
 //! ```
 //!
@@ -28,7 +28,7 @@ use kiln_fetch::FetchMode;
 use kiln_image::{ImageArch, Manifest, ManifestInput, OutputRequest};
 use kiln_kernel::{BuildObserver, KernelArtifact, KernelCache};
 use kiln_lock::{DebianPackagePin, Lock, TargetArch};
-use kiln_spec::{Catalog, Generator, ModuleSource};
+use kiln_spec::{Catalog, Generator, InitramfsCompression, ModuleSource};
 use kiln_store::Store;
 use sha2::{Digest, Sha256};
 
@@ -103,6 +103,8 @@ pub struct ImageReport {
     pub unpacked_bytes: u64,
     /// Bytes of the compressed initramfs.
     pub initramfs_bytes: u64,
+    /// How it is compressed (the profile's `compression:`).
+    pub compression: InitramfsCompression,
     /// The profile's RAM budget, in MiB.
     pub ram_budget_mib: Option<u64>,
     /// The build key.
@@ -448,7 +450,11 @@ pub fn build_image(
 
     let mut pruned_bytes = 0;
     for path in &plan.profile.prune {
-        pruned_bytes += tree.prune(&archive_path(path)?);
+        pruned_bytes += if path.split('/').any(|component| component == "*") {
+            tree.prune_matching(path)
+        } else {
+            tree.prune(&archive_path(path)?)
+        };
     }
     // After pruning: an embedded image is shipped whole, whatever paths its blobs have.
     if !embedded.is_empty() {
@@ -463,7 +469,10 @@ pub fn build_image(
     observer.stage(
         7,
         STAGES,
-        &format!("initramfs (zstd level {})", request.zstd.level),
+        &match plan.profile.compression {
+            InitramfsCompression::Zstd => format!("initramfs (zstd level {})", request.zstd.level),
+            InitramfsCompression::Lz4 => "initramfs (lz4)".to_owned(),
+        },
     );
     let mut archive_tree = tree.to_archive_tree();
     archive_tree.complete()?;
@@ -475,7 +484,10 @@ pub fn build_image(
     let initramfs = work.path().join("initramfs");
     let options = InitramfsOptions {
         mtime: epoch,
-        compression: Compression::Zstd(request.zstd),
+        compression: match plan.profile.compression {
+            InitramfsCompression::Zstd => Compression::Zstd(request.zstd),
+            InitramfsCompression::Lz4 => Compression::Lz4,
+        },
         early: None,
     };
     let summary =
@@ -571,6 +583,7 @@ pub fn build_image(
         ram_budget_mib: plan.profile.ram_budget_mib,
         build_key,
         pruned_bytes,
+        compression: plan.profile.compression,
     })
 }
 
@@ -1199,6 +1212,7 @@ fn build_key(
     field("profile", plan.profile.name.as_bytes());
     field("arch", plan.arch.name().as_bytes());
     field("zstd-level", &request.zstd.level.to_le_bytes());
+    field("compression", plan.profile.compression.name().as_bytes());
     // Without `mirror` fields: where the bytes come from must not change what is built.
     field(
         "lock",
@@ -1354,5 +1368,6 @@ fn up_to_date(
         ram_budget_mib: plan.profile.ram_budget_mib,
         build_key: build_key.to_owned(),
         pruned_bytes: 0,
+        compression: plan.profile.compression,
     }))
 }

@@ -307,7 +307,20 @@ pub fn plan_resolved(
         }
     }
 
-    let mut kernel_options = Vec::new();
+    // The kernel must unpack the initramfs in the format the profile writes it.
+    let mut kernel_options = vec![RequiredKernelOption {
+        module: format!(
+            "profile `{}` (compression: {})",
+            profile.name,
+            profile.compression.name()
+        ),
+        option: match profile.compression {
+            kiln_spec::InitramfsCompression::Zstd => "CONFIG_RD_ZSTD",
+            kiln_spec::InitramfsCompression::Lz4 => "CONFIG_RD_LZ4",
+        }
+        .to_owned(),
+        module_allowed: false,
+    }];
     let mut kernel_modules = Vec::new();
     for module in &modules {
         let module_path = catalog.module_path(&module.name).display().to_string();

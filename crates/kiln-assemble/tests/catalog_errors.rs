@@ -93,7 +93,7 @@ fn unknown_key_names_file_line_and_column() {
 fn unknown_profile_key_names_file_line_and_column() {
     let fixture = Fixture::new();
     fixture.profile("p", "modules: [base]\nkernal: {flavor: virt}\n");
-    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml:2:1: unknown field `kernal`, expected one of `description`, `extends`, `modules`, `remove`, `options`, `kernel`, `cmdline`, `output_name`, `ram_budget_mib`, `prune`, `embed_images`");
+    insta::assert_snapshot!(fixture.plan_error("p"), @"<root>/profiles/p.yaml:2:1: unknown field `kernal`, expected one of `description`, `extends`, `modules`, `remove`, `options`, `kernel`, `cmdline`, `output_name`, `ram_budget_mib`, `prune`, `embed_images`, `compression`");
 }
 
 #[test]
@@ -201,13 +201,14 @@ fn missing_kernel_option_names_module_option_and_kernel() {
     let fixture = Fixture::new();
     fixture
         .module("dhcp", "description: d\nkind: onboot\ncommand: [/bin/dhcp]\nkernel:\n  options: [CONFIG_PACKET, CONFIG_VLAN_8021Q, CONFIG_UNIX=y]\n")
-        .profile("p", "modules: [base, dhcp]\n");
+        .profile("p", "modules: [base, dhcp]\ncompression: lz4\n");
     let catalog = Catalog::load(fixture.path()).unwrap();
     let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
-    let config = "CONFIG_PACKET=m\n# CONFIG_VLAN_8021Q is not set\nCONFIG_UNIX=m\n";
+    let config = "CONFIG_PACKET=m\n# CONFIG_VLAN_8021Q is not set\nCONFIG_UNIX=m\nCONFIG_RD_ZSTD=y\n";
     let error = check_kernel_config(&plan, config, "6.1.192-kiln", "flavor virt").unwrap_err();
     insta::assert_snapshot!(error.to_string(), @r"
     the kernel 6.1.192-kiln (flavor virt) lacks what the profile's modules need:
+      profile `p` (compression: lz4) needs CONFIG_RD_LZ4=y but the kernel has it unset
       module `dhcp` needs CONFIG_VLAN_8021Q=y or m but the kernel has it unset
       module `dhcp` needs CONFIG_UNIX=y but the kernel has CONFIG_UNIX=m
     add the options to a fragment under kernel-configs/ (then `cargo xtask kernel` rebuilds), or drop the module
@@ -336,6 +337,7 @@ fn capabilities_and_namespaces_reach_init_json_sorted() {
     assert_eq!(
         needed,
         [
+            ("profile `p` (compression: zstd)", "CONFIG_RD_ZSTD", false),
             ("clock", "CONFIG_UTS_NS", false),
             ("clock", "CONFIG_IPC_NS", false),
             ("isolated-step", "CONFIG_NET_NS", false),
@@ -343,7 +345,7 @@ fn capabilities_and_namespaces_reach_init_json_sorted() {
     );
     let error = check_kernel_config(
         &plan,
-        "CONFIG_UTS_NS=y\nCONFIG_IPC_NS=y\n# CONFIG_NET_NS is not set\n",
+        "CONFIG_RD_ZSTD=y\nCONFIG_UTS_NS=y\nCONFIG_IPC_NS=y\n# CONFIG_NET_NS is not set\n",
         "6.1.192-kiln",
         "flavor virt",
     )

@@ -22,7 +22,7 @@
 //! store or the CLI: it takes tar bytes and returns a tree
 //! ([`ComposedTree::to_archive_tree`] hands it to `kiln-archive`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;
 
@@ -364,6 +364,34 @@ impl ComposedTree {
         before - total(self)
     }
 
+    /// [`ComposedTree::prune`] for every path that `pattern` matches, where a `*` component
+    /// matches any one component (`usr/lib/*/gconv`: the multiarch directory of either
+    /// architecture). Returns the bytes of file data removed.
+    pub fn prune_matching(&mut self, pattern: &str) -> u64 {
+        let wanted: Vec<&[u8]> = pattern
+            .trim_matches('/')
+            .split('/')
+            .map(str::as_bytes)
+            .collect();
+        let matches: BTreeSet<ArchivePath> = self
+            .entries
+            .keys()
+            .filter_map(|path| {
+                let components: Vec<&[u8]> = path.as_bytes().split(|byte| *byte == b'/').collect();
+                if components.len() < wanted.len()
+                    || !components
+                        .iter()
+                        .zip(&wanted)
+                        .all(|(have, want)| *want == b"*" || have == want)
+                {
+                    return None;
+                }
+                ArchivePath::new(components[..wanted.len()].join(&b'/')).ok()
+            })
+            .collect();
+        matches.iter().map(|path| self.prune(path)).sum()
+    }
+
     fn remove_subtree(&mut self, path: &ArchivePath) {
         let mut prefix = path.as_bytes().to_vec();
         prefix.push(b'/');
@@ -550,6 +578,8 @@ fn content_sha256(content: &Content) -> String {
 /// A kernel option a module needs, as `CONFIG_NAME` with the values that satisfy it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequiredKernelOption {
+    /// The module's name, or a description of another requirer (`profile `hook`
+    /// (compression: lz4)`), which has a space and is printed as it is.
     pub module: String,
     pub option: String,
     /// `y` only (built in), or `y` or `m`.
@@ -576,9 +606,13 @@ pub fn check_kernel_options(
         let satisfied =
             matches!(value, Some("y")) || (requirement.module_allowed && value == Some("m"));
         if !satisfied {
+            let requirer = if requirement.module.contains(' ') {
+                requirement.module.clone()
+            } else {
+                format!("module `{}`", requirement.module)
+            };
             missing.push(format!(
-                "module `{}` needs {}={} but the kernel has {}",
-                requirement.module,
+                "{requirer} needs {}={} but the kernel has {}",
                 requirement.option,
                 if requirement.module_allowed {
                     "y or m"

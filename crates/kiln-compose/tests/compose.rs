@@ -290,3 +290,43 @@ fn prune_removes_a_subtree_and_counts_its_bytes() {
         "pruning what is not there removes nothing"
     );
 }
+
+#[test]
+fn a_star_component_prunes_the_same_directory_under_every_name() {
+    let mut tree = ComposedTree::new();
+    tree.apply_layer(
+        "libc6",
+        &layer(&[
+            Item::Dir("usr/"),
+            Item::Dir("usr/lib/"),
+            Item::Dir("usr/lib/x86_64-linux-gnu/"),
+            Item::Dir("usr/lib/x86_64-linux-gnu/gconv/"),
+            Item::File("usr/lib/x86_64-linux-gnu/gconv/UTF-16.so", "sixteen", 0o644),
+            Item::File("usr/lib/x86_64-linux-gnu/libc.so.6", "libc", 0o755),
+            Item::Dir("usr/lib/aarch64-linux-gnu/"),
+            Item::Dir("usr/lib/aarch64-linux-gnu/gconv/"),
+            Item::File("usr/lib/aarch64-linux-gnu/gconv/IBM1390.so", "ibm", 0o644),
+            Item::Dir("usr/lib/gconv-not-this/"),
+            Item::File("usr/lib/gconv-not-this/keep", "kept", 0o644),
+        ])[..],
+    )
+    .unwrap();
+    assert_eq!(tree.prune_matching("usr/lib/*/gconv"), 7 + 3);
+    let left: Vec<String> = tree
+        .entries()
+        .map(|composed| composed.entry.path.display())
+        .collect();
+    assert_eq!(
+        left,
+        [
+            "usr",
+            "usr/lib",
+            "usr/lib/aarch64-linux-gnu",
+            "usr/lib/gconv-not-this",
+            "usr/lib/gconv-not-this/keep",
+            "usr/lib/x86_64-linux-gnu",
+            "usr/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+    );
+    assert_eq!(tree.prune_matching("usr/lib/*/gconv"), 0);
+}

@@ -22,6 +22,7 @@ pkgs.mkShell {
     # archives and images
     cpio
     zstd
+    lz4
     xz
     gnutar
     dpkg

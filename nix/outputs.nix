@@ -96,7 +96,7 @@ in
     tests = kiln.overrideAttrs (previous: {
       pname = "kiln-tests";
       doCheck = true;
-      nativeCheckInputs = (previous.nativeCheckInputs or [ ]) ++ (with pkgs; [ cpio zstd skopeo dpkg gnutar xz ]);
+      nativeCheckInputs = (previous.nativeCheckInputs or [ ]) ++ (with pkgs; [ cpio zstd lz4 skopeo dpkg gnutar xz ]);
       # Nix cannot run inside a Nix build (no writable store in the sandbox): the tests of
       # tests/nix_flake.rs that evaluate the flake run in `cargo xtask test` instead. Its
       # tests that need no Nix (the kernel config script against kiln-kernel) still run.

@@ -13,10 +13,11 @@ fn kernel_runs_init_from_our_zstd_initramfs() {
 }
 
 /// The legacy LZ4 stream is read by `lib/decompress_unlz4.c`, a different decoder from the
-/// one `lz4 -d` uses: only a boot shows the kernel accepts our chunks.
+/// one `lz4 -d` uses: only a boot shows the kernel accepts our chunks, and that the stream's
+/// end mark lets an archive appended behind it (a second initrd) reach the root too.
 #[test]
 #[ignore = "slow: downloads Debian's kernel and boots it in QEMU (TCG)"]
-fn kernel_runs_init_from_our_lz4_initramfs() {
+fn kernel_runs_init_from_our_lz4_initramfs_and_reads_an_archive_appended_to_it() {
     kernel_runs_init_from_our_initramfs(&["--lz4"]);
 }
 
@@ -35,7 +36,8 @@ fn kernel_runs_init_from_our_initramfs(compression: &[&str]) {
     std::fs::write(
         &init,
         "#!/bin/sh\n/bin/busybox mkdir -p /proc\n/bin/busybox mount -t proc proc /proc\n\
-         echo \"KILN-INIT-RAN pid=$$ links=$(/bin/busybox stat -c %h /bin/poweroff)\"\n/bin/poweroff -f\n",
+         echo \"KILN-INIT-RAN pid=$$ links=$(/bin/busybox stat -c %h /bin/poweroff) appended=$(/bin/busybox cat /appended)\"\n\
+         /bin/poweroff -f\n",
     )
     .unwrap();
     std::fs::set_permissions(&init, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -55,12 +57,30 @@ fn kernel_runs_init_from_our_initramfs(compression: &[&str]) {
     ];
     arguments.extend_from_slice(compression);
     run(xtask(&arguments).env("SOURCE_DATE_EPOCH", "1747699200")).unwrap();
+    // A plain archive appended, as a boot loader concatenates a second initrd.
+    let extra_root = work.path().join("extra");
+    std::fs::create_dir_all(&extra_root).unwrap();
+    std::fs::write(extra_root.join("appended"), "yes").unwrap();
+    let extra = work.path().join("extra.cpio");
+    run(xtask(&[
+        "initramfs",
+        "--root",
+        extra_root.to_str().unwrap(),
+        "--out",
+        extra.to_str().unwrap(),
+        "--no-compress",
+    ])
+    .env("SOURCE_DATE_EPOCH", "1747699200"))
+    .unwrap();
+    let mut bytes = std::fs::read(&image).unwrap();
+    bytes.extend(std::fs::read(&extra).unwrap());
+    std::fs::write(&image, bytes).unwrap();
 
     let log = qemu::boot_x86_64(
         &kernel,
         &image,
         "console=ttyS0 panic=-1",
-        "KILN-INIT-RAN pid=1 links=2",
+        "KILN-INIT-RAN pid=1 links=2 appended=yes",
         Duration::from_secs(180),
     )
     .unwrap();

@@ -31,7 +31,7 @@ pub use initramfs::{
     InitramfsSummary, ZstdSettings, DEFAULT_ZSTD_LEVEL,
 };
 pub use listing::{inspect_segments, render_listing, InspectedEntry};
-pub use lz4::{decompress_lz4_legacy, Lz4LegacyWriter, LZ4_LEGACY_MAGIC};
+pub use lz4::{decompress_lz4_legacy, Lz4LegacyWriter, LZ4_LEGACY_END, LZ4_LEGACY_MAGIC};
 pub use newc::{write_newc, NewcSummary};
 pub use reader::{read_initramfs, RawMember, Segment, SegmentEncoding};
 pub use tree::ArchiveTree;

@@ -204,7 +204,8 @@ fn missing_kernel_option_names_module_option_and_kernel() {
         .profile("p", "modules: [base, dhcp]\ncompression: lz4\n");
     let catalog = Catalog::load(fixture.path()).unwrap();
     let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
-    let config = "CONFIG_PACKET=m\n# CONFIG_VLAN_8021Q is not set\nCONFIG_UNIX=m\nCONFIG_RD_ZSTD=y\n";
+    let config =
+        "CONFIG_PACKET=m\n# CONFIG_VLAN_8021Q is not set\nCONFIG_UNIX=m\nCONFIG_RD_ZSTD=y\n";
     let error = check_kernel_config(&plan, config, "6.1.192-kiln", "flavor virt").unwrap_err();
     insta::assert_snapshot!(error.to_string(), @r"
     the kernel 6.1.192-kiln (flavor virt) lacks what the profile's modules need:

@@ -52,9 +52,11 @@ pub fn debian_x86_64_kernel() -> anyhow::Result<PathBuf> {
                 .is_some_and(|name| name.to_string_lossy().starts_with("vmlinuz-"))
         })
         .context("the kernel package has no /boot/vmlinuz-*")?;
-    let partial = cache.join(format!("{package}.vmlinuz.partial"));
-    fs::copy(&image, &partial)?;
-    fs::rename(&partial, &vmlinuz)?;
+    // Tests run in parallel and may all download at once: each copies into its own temporary
+    // file and renames it over the name (atomic; the bytes are the same package's).
+    let partial = tempfile::NamedTempFile::new_in(&cache)?;
+    fs::copy(&image, partial.path())?;
+    partial.persist(&vmlinuz)?;
     Ok(vmlinuz)
 }
 

@@ -314,11 +314,7 @@ pub fn plan_resolved(
             profile.name,
             profile.compression.name()
         ),
-        option: match profile.compression {
-            kiln_spec::InitramfsCompression::Zstd => "CONFIG_RD_ZSTD",
-            kiln_spec::InitramfsCompression::Lz4 => "CONFIG_RD_LZ4",
-        }
-        .to_owned(),
+        option: profile.compression.kernel_option().to_owned(),
         module_allowed: false,
     }];
     let mut kernel_modules = Vec::new();

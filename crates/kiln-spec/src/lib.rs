@@ -656,6 +656,14 @@ impl InitramfsCompression {
             InitramfsCompression::Lz4 => "lz4",
         }
     }
+
+    /// The kernel option that lets the kernel unpack an initramfs in this format.
+    pub fn kernel_option(self) -> &'static str {
+        match self {
+            InitramfsCompression::Zstd => "CONFIG_RD_ZSTD",
+            InitramfsCompression::Lz4 => "CONFIG_RD_LZ4",
+        }
+    }
 }
 
 /// `kernel:` of a profile: exactly one of `flavor` (a kernel kiln builds) and

@@ -1,7 +1,10 @@
 //! `cargo xtask image` end to end: the same profile built from two checkouts at different
 //! paths, one with a cold store and target directory under umask 077, another TZ and
-//! locale, the other warm, gives the same SHA256SUMS; a repeated build is a no-op.
+//! locale, the other warm, gives the same SHA256SUMS; a repeated build is a no-op. The
+//! image has busybox's applet links where its own busybox would install them.
 
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
@@ -96,8 +99,69 @@ fn same_sha256sums_from_two_checkouts_cold_and_warm() {
         );
     }
 
+    assert_busybox_links(&warm_out.join("hook/x86_64/initramfs-x86_64"));
+
     // Again, unchanged: nothing to do.
     let again = run(&mut image(&workspace_root(), &warm_out, &kernel)).unwrap();
     let stdout = String::from_utf8_lossy(&again.stdout);
     assert!(stdout.contains("up to date, nothing to do"), "{stdout}");
+}
+
+/// The `busybox-links` generator's links are in the initramfs (`sbin/modprobe`, `bin/cat`,
+/// `usr/bin/wget` -> `/bin/busybox`), and they are what the image's own busybox, run here
+/// (x86_64), lists with `--list-full`, but for the paths the image has something else at
+/// (the `busybox` applet, which is the binary itself, and base's `bin/sh -> busybox`), as
+/// `busybox --install -s` would leave them.
+fn assert_busybox_links(initramfs: &Path) {
+    const S_IFMT: u32 = 0o170_000;
+    const S_IFLNK: u32 = 0o120_000;
+    let bytes = std::fs::read(initramfs).unwrap();
+    let segments = kiln_archive::read_initramfs(&bytes).unwrap();
+    let members: Vec<&kiln_archive::RawMember> = segments
+        .iter()
+        .flat_map(|segment| &segment.members)
+        .collect();
+    let name =
+        |member: &kiln_archive::RawMember| String::from_utf8_lossy(&member.name).into_owned();
+    let links: BTreeSet<String> = members
+        .iter()
+        .filter(|member| member.mode & S_IFMT == S_IFLNK && member.data == b"/bin/busybox")
+        .map(|member| name(member))
+        .collect();
+    let all: BTreeSet<String> = members.iter().map(|member| name(member)).collect();
+    for expected in ["sbin/modprobe", "bin/cat", "usr/bin/wget"] {
+        assert!(
+            links.contains(expected),
+            "{expected} -> /bin/busybox missing: {links:?}"
+        );
+    }
+
+    let busybox = members
+        .iter()
+        .find(|member| member.name == b"bin/busybox")
+        .expect("bin/busybox in the initramfs");
+    let scratch = tempfile::tempdir().unwrap();
+    let binary = scratch.path().join("busybox");
+    std::fs::write(&binary, &busybox.data).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let listed = run(Command::new(&binary).arg("--list-full")).unwrap();
+    let listed: BTreeSet<String> = String::from_utf8(listed.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let kept: BTreeSet<String> = listed.difference(&links).cloned().collect();
+    assert_eq!(
+        kept,
+        BTreeSet::from(["bin/busybox".to_owned(), "bin/sh".to_owned()]),
+        "applets without a link to /bin/busybox (links: {} of {} applets)",
+        links.len(),
+        listed.len()
+    );
+    assert!(kept.iter().all(|path| all.contains(path)), "{kept:?}");
+    assert_eq!(
+        links.difference(&listed).collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "links to /bin/busybox that are no applet"
+    );
 }

@@ -444,6 +444,7 @@ pub fn build_image(
                         text.into_bytes(),
                     )?;
                 }
+                Generator::BusyboxLinks => add_busybox_links(&mut tree, &module.name)?,
             }
         }
     }
@@ -1063,6 +1064,59 @@ pub fn add_files(
     Ok(())
 }
 
+/// What the image's busybox links for itself at boot with `busybox --install -s`, added to
+/// the tree instead: `<applet path> -> /bin/busybox` for every applet of the tree's
+/// `bin/busybox` (read from its tables, [`crate::busybox_applets`]). Like `--install -s`, a
+/// path the tree already has is kept (a real binary of a later module, base's `bin/sh`); a
+/// path below a symlink is skipped, where `--install -s` would write through it. Unlike it,
+/// a missing directory (`sbin`) is made rather than its applets lost.
+fn add_busybox_links(tree: &mut ComposedTree, module: &str) -> Result<(), ImageError> {
+    const BUSYBOX: &str = "/bin/busybox";
+    let binary = match tree.get(&archive_path(BUSYBOX)?).map(|composed| &composed.entry.kind) {
+        Some(EntryKind::File(Content::Bytes(bytes))) => bytes.to_vec(),
+        Some(EntryKind::File(Content::File { path, .. })) => {
+            fs::read(path).map_err(io_error("reading", path))?
+        }
+        None => {
+            return Err(ImageError::Other(
+                "generator `busybox-links`: no /bin/busybox in the image; the module needs busybox-static".to_owned(),
+            ))
+        }
+        Some(_) => {
+            return Err(ImageError::Other(
+                "generator `busybox-links`: /bin/busybox in the image is not a regular file (a symlink or hard link); the links need the busybox binary itself there".to_owned(),
+            ))
+        }
+    };
+    let paths = crate::busybox_applets::applet_paths(&binary).map_err(|error| {
+        ImageError::Other(format!(
+            "generator `busybox-links`: reading the applet tables of /bin/busybox: {error}"
+        ))
+    })?;
+    for path in paths {
+        let path = archive_path(&path)?;
+        if tree.get(&path).is_some() || below_symlink(tree, &path) {
+            continue;
+        }
+        tree.add(module, Entry::symlink(path, BUSYBOX))?;
+    }
+    Ok(())
+}
+
+/// Whether a directory above `path` is a symlink in the tree.
+fn below_symlink(tree: &ComposedTree, path: &ArchivePath) -> bool {
+    let mut ancestor = path.parent();
+    while let Some(parent) = ancestor {
+        if let Some(composed) = tree.get(&parent) {
+            if matches!(composed.entry.kind, EntryKind::Symlink { .. }) {
+                return true;
+            }
+        }
+        ancestor = parent.parent();
+    }
+    false
+}
+
 /// Every `usr/share/ca-certificates/**.crt` of the tree, sorted by path, concatenated.
 fn ca_bundle(tree: &ComposedTree) -> Result<Vec<u8>, ImageError> {
     let mut bundle = Vec::new();
@@ -1370,4 +1424,119 @@ fn up_to_date(
         pruned_bytes: 0,
         compression: plan.profile.compression,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(text: &str) -> ArchivePath {
+        ArchivePath::new(text).unwrap()
+    }
+
+    fn kind(tree: &ComposedTree, text: &str) -> Option<(EntryKind, String)> {
+        tree.get(&path(text))
+            .map(|composed| (composed.entry.kind.clone(), composed.module.clone()))
+    }
+
+    fn link() -> EntryKind {
+        EntryKind::Symlink {
+            target: b"/bin/busybox".to_vec(),
+        }
+    }
+
+    #[test]
+    fn busybox_links_are_added_where_nothing_is_and_not_below_a_symlink() {
+        let busybox = crate::busybox_applets::tests::binary(
+            &[
+                "[", "[[", "cat", "linuxrc", "modprobe", "sh", "wget", "zcat",
+            ],
+            &[3, 3, 1, 0, 2, 1, 3, 4],
+        );
+        let mut tree = ComposedTree::new();
+        tree.add(
+            "base",
+            Entry::file(path("bin/busybox"), 0o755, Content::Bytes(busybox.into())),
+        )
+        .unwrap();
+        tree.add("base", Entry::symlink(path("bin/sh"), "busybox"))
+            .unwrap();
+        tree.add(
+            "wget",
+            Entry::file(
+                path("usr/bin/wget"),
+                0o755,
+                Content::Bytes(Vec::new().into()),
+            ),
+        )
+        .unwrap();
+        tree.add("merged", Entry::symlink(path("usr/sbin"), "/usr/bin"))
+            .unwrap();
+
+        add_busybox_links(&mut tree, "base").unwrap();
+
+        for added in [
+            "usr/bin/[",
+            "usr/bin/[[",
+            "bin/cat",
+            "linuxrc",
+            "sbin/modprobe",
+        ] {
+            assert_eq!(
+                kind(&tree, added),
+                Some((link(), "base".to_owned())),
+                "{added}"
+            );
+        }
+        // Kept as they were.
+        assert_eq!(
+            kind(&tree, "bin/sh"),
+            Some((
+                EntryKind::Symlink {
+                    target: b"busybox".to_vec()
+                },
+                "base".to_owned()
+            ))
+        );
+        assert!(
+            matches!(kind(&tree, "usr/bin/wget"), Some((EntryKind::File(_), module)) if module == "wget")
+        );
+        // usr/sbin is a symlink: usr/sbin/zcat is not written through it.
+        assert_eq!(kind(&tree, "usr/sbin/zcat"), None);
+        // sbin did not exist: made for the links.
+        assert_eq!(
+            kind(&tree, "sbin"),
+            Some((EntryKind::Directory, "base".to_owned()))
+        );
+    }
+
+    #[test]
+    fn busybox_links_need_bin_busybox() {
+        let mut tree = ComposedTree::new();
+        let error = add_busybox_links(&mut tree, "base").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "generator `busybox-links`: no /bin/busybox in the image; the module needs busybox-static"
+        );
+        tree.add(
+            "base",
+            Entry::file(
+                path("bin/busybox"),
+                0o755,
+                Content::Bytes(b"not busybox".to_vec().into()),
+            ),
+        )
+        .unwrap();
+        let error = add_busybox_links(&mut tree, "base")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("generator `busybox-links`: reading the applet tables of /bin/busybox: busybox's applet name table"),
+            "{error}"
+        );
+        assert!(
+            error.contains("keep `command: [/bin/busybox, --install, -s]`"),
+            "{error}"
+        );
+    }
 }

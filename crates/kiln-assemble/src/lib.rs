@@ -16,6 +16,7 @@
 //! paths, every timestamp is the lock's `source_date_epoch`.
 
 pub mod build;
+pub mod busybox_applets;
 pub mod images;
 pub mod kernel_oci;
 pub mod plan;

@@ -256,6 +256,10 @@ pub fn plan_resolved(
                     namespaces,
                     timeout_ms: module.spec.timeout.unwrap_or(60).saturating_mul(1000),
                     fatal: module.spec.fatal,
+                    // Onboot steps run as soon as the steps they come after have ended;
+                    // shutdown steps one after another (the machine is going down anyway).
+                    after: (module.spec.kind == ModuleKind::Onboot)
+                        .then(|| steps_before(index, &modules)),
                 };
                 if module.spec.kind == ModuleKind::Onboot {
                     init_config.onboot.push(step);
@@ -464,6 +468,37 @@ fn substitute(text: &str, module: &PlannedModule, module_path: &str) -> Result<S
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The onboot steps `modules[index]` must wait for: the onboot modules its `after:` and
+/// `requires:` name, and, through modules without a step (`base`, services), the onboot
+/// modules those name in turn. Sorted names.
+fn steps_before(index: usize, modules: &[PlannedModule]) -> Vec<String> {
+    let index_of: BTreeMap<&str, usize> = modules
+        .iter()
+        .enumerate()
+        .map(|(index, module)| (module.name.as_str(), index))
+        .collect();
+    let mut found = BTreeSet::new();
+    let mut visited = BTreeSet::from([index]);
+    let mut pending = vec![index];
+    while let Some(current) = pending.pop() {
+        let spec = &modules[current].spec;
+        for name in spec.after.iter().chain(&spec.requires) {
+            let Some(&other) = index_of.get(name.as_str()) else {
+                continue;
+            };
+            if !visited.insert(other) {
+                continue;
+            }
+            if modules[other].spec.kind == ModuleKind::Onboot {
+                found.insert(modules[other].name.clone());
+            } else {
+                pending.push(other);
+            }
+        }
+    }
+    found.into_iter().collect()
 }
 
 /// Indexes of `modules` in run order: every `after`/`requires` module of the profile first,

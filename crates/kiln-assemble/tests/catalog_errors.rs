@@ -245,6 +245,49 @@ fn onboot_order_follows_after_and_keeps_profile_order_otherwise() {
 }
 
 #[test]
+fn onboot_steps_wait_only_for_the_steps_they_come_after() {
+    let fixture = Fixture::new();
+    fixture
+        // A step-less module between two steps: `late` waits for `early` through it.
+        .module("glue", "description: d\nkind: base\nrequires: [early]\n")
+        .module(
+            "early",
+            "description: d\nkind: onboot\ncommand: [/bin/early]\nrequires: [base]\n",
+        )
+        .module(
+            "alone",
+            "description: d\nkind: onboot\ncommand: [/bin/alone]\nrequires: [base]\n",
+        )
+        .module(
+            "late",
+            "description: d\nkind: onboot\ncommand: [/bin/late]\nafter: [glue, alone]\n",
+        )
+        .module(
+            "goodbye",
+            "description: d\nkind: shutdown\ncommand: [/bin/goodbye]\nafter: [early]\n",
+        )
+        .profile("p", "modules: [base, glue, early, alone, late, goodbye]\n");
+    let catalog = Catalog::load(fixture.path()).unwrap();
+    let plan = kiln_assemble::plan(&catalog, "p", ImageArch::X86_64).unwrap();
+    let steps: Vec<(&str, Option<Vec<String>>)> = plan
+        .init_config
+        .onboot
+        .iter()
+        .map(|step| (step.name.as_str(), step.after.clone()))
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            ("early", Some(vec![])),
+            ("alone", Some(vec![])),
+            ("late", Some(vec!["alone".to_string(), "early".to_string()])),
+        ]
+    );
+    // Shutdown steps keep running one after another.
+    assert_eq!(plan.init_config.shutdown[0].after, None);
+}
+
+#[test]
 fn a_module_needing_pivot_root_moves_the_root_off_rootfs() {
     let fixture = Fixture::new();
     fixture
@@ -379,7 +422,8 @@ fn capabilities_and_namespaces_reach_init_json_sorted() {
             "net"
           ],
           "timeout_ms": 60000,
-          "fatal": false
+          "fatal": false,
+          "after": []
         }
       ],
       [

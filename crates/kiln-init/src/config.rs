@@ -132,6 +132,26 @@ pub struct StepEntry {
     /// the boot must not hang or stop because, say, dhcp failed.
     #[serde(default)]
     pub fatal: bool,
+    /// The steps (listed earlier in the same list) that must have ended before this one
+    /// starts. Absent: the step before it in the list (one after another, as LinuxKit runs
+    /// onboot steps). Given: the step starts as soon as those have ended, alongside any other
+    /// step that is ready (the assembler writes each module's `after:`/`requires:` here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Vec<String>>,
+}
+
+impl StepEntry {
+    /// Indexes (into `steps`) of the steps that must end before `steps[index]` starts. Names
+    /// not found among the earlier steps are left out ([`InitConfig::parse`] rejects them).
+    pub fn predecessors(steps: &[StepEntry], index: usize) -> Vec<usize> {
+        match &steps[index].after {
+            None => index.checked_sub(1).into_iter().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|name| steps[..index].iter().position(|step| &step.name == name))
+                .collect(),
+        }
+    }
 }
 
 fn default_step_timeout_ms() -> u64 {
@@ -524,6 +544,20 @@ impl InitConfig {
                         step.name
                     ));
                 }
+                for earlier in step.after.iter().flatten() {
+                    if !steps.iter().any(|other| &other.name == earlier) {
+                        return Err(format!(
+                            "{list_name} step `{}` runs after `{earlier}`, but no {list_name} step has that name; remove it from `after` or add the step",
+                            step.name
+                        ));
+                    }
+                    if !seen.contains(earlier.as_str()) || earlier == &step.name {
+                        return Err(format!(
+                            "{list_name} step `{}` runs after `{earlier}`, which is not a step listed before it; list steps in an order where every `after` name comes first",
+                            step.name
+                        ));
+                    }
+                }
             }
         }
         let mut service_names = BTreeSet::new();
@@ -700,6 +734,14 @@ mod tests {
             (
                 "zero timeout",
                 r#"{"onboot": [{"name": "x", "argv": ["/x"], "timeout_ms": 0}]}"#,
+            ),
+            (
+                "step after a later step",
+                r#"{"onboot": [{"name": "a", "argv": ["/a"], "after": ["b"]}, {"name": "b", "argv": ["/b"]}]}"#,
+            ),
+            (
+                "step after an unknown step",
+                r#"{"onboot": [{"name": "a", "argv": ["/a"], "after": ["network"]}]}"#,
             ),
         ];
         let mut report = String::new();

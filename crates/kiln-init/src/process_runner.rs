@@ -308,11 +308,21 @@ struct ServiceState {
     restart_at: Option<Instant>,
 }
 
-/// A child the supervisor waits for right now (the running step).
+/// A step that runs right now.
 #[derive(Debug)]
 struct RunningStep {
+    /// Its index in the list being run.
+    index: usize,
     pid: i32,
     exit: Option<ExitKind>,
+    started: Instant,
+    /// Signalled when the step's output pipe closed (all its lines were printed).
+    output_closed: std::sync::mpsc::Receiver<()>,
+    /// When SIGTERM was sent (at the timeout or at a power request).
+    terminated_at: Option<Instant>,
+    killed: bool,
+    /// SIGTERM came from the timeout, not from a power request.
+    timed_out: bool,
 }
 
 /// Runs steps and services, reaps everything.
@@ -321,7 +331,7 @@ pub struct Supervisor<'waiter> {
     console: Console,
     waiter: &'waiter mut dyn EventWaiter,
     services: Vec<ServiceState>,
-    current_step: Option<RunningStep>,
+    running_steps: Vec<RunningStep>,
     /// A power action requested while the supervisor was busy.
     pending_action: Option<PowerAction>,
     stopping: bool,
@@ -459,7 +469,7 @@ impl<'waiter> Supervisor<'waiter> {
             console,
             waiter,
             services: Vec::new(),
-            current_step: None,
+            running_steps: Vec::new(),
             pending_action: None,
             stopping: false,
         }
@@ -611,11 +621,9 @@ impl<'waiter> Supervisor<'waiter> {
     }
 
     fn dispatch_exit(&mut self, pid: i32, exit: ExitKind) {
-        if let Some(step) = self.current_step.as_mut() {
-            if step.pid == pid {
-                step.exit = Some(exit);
-                return;
-            }
+        if let Some(step) = self.running_steps.iter_mut().find(|step| step.pid == pid) {
+            step.exit = Some(exit);
+            return;
         }
         let now = Instant::now();
         if let Some(service) = self.services.iter_mut().find(|s| s.pid == Some(pid)) {
@@ -660,81 +668,231 @@ impl<'waiter> Supervisor<'waiter> {
 
     /// Runs one step to completion or timeout and prints its marker.
     pub fn run_step(&mut self, kind: StepKind, step: &StepEntry) -> StepOutcome {
+        let (mut outcomes, interrupted) =
+            self.run_step_graph(kind, std::slice::from_ref(step), &[Vec::new()], &[false]);
+        match (outcomes.pop().flatten(), interrupted) {
+            (Some(outcome), _) => outcome,
+            // A power request was pending before the step could start.
+            (None, action) => StepOutcome::Interrupted(action.unwrap_or(PowerAction::PowerOff)),
+        }
+    }
+
+    /// Runs steps, skipping `disabled` names: each step starts once the steps it comes after
+    /// ([`StepEntry::predecessors`]: the one before it, or its `after` list) have ended,
+    /// so independent steps run at the same time. Stops starting steps at a power request
+    /// (onboot) or once a fatal step failed (the running ones end first). Returns the power
+    /// action if one interrupted the steps.
+    pub fn run_steps(
+        &mut self,
+        kind: StepKind,
+        steps: &[StepEntry],
+        disabled: &[String],
+    ) -> Result<Option<PowerAction>, FatalStepError> {
+        let predecessors: Vec<Vec<usize>> = (0..steps.len())
+            .map(|index| StepEntry::predecessors(steps, index))
+            .collect();
+        let skipped: Vec<bool> = steps
+            .iter()
+            .map(|step| disabled.contains(&step.name))
+            .collect();
+        let (outcomes, interrupted) = self.run_step_graph(kind, steps, &predecessors, &skipped);
+        if let Some(action) = interrupted {
+            return Ok(Some(action));
+        }
+        for (step, outcome) in steps.iter().zip(&outcomes) {
+            let succeeded = matches!(outcome, None | Some(StepOutcome::Finished(_)));
+            if !succeeded && step.fatal {
+                return Err(FatalStepError {
+                    kind: kind.name(),
+                    name: step.name.clone(),
+                });
+            }
+        }
+        Ok(None)
+    }
+
+    /// The scheduler behind [`Supervisor::run_step`] and [`Supervisor::run_steps`]. Returns
+    /// each step's outcome (`None`: skipped, or never started because the steps stopped) and
+    /// the power action that interrupted them, if any.
+    fn run_step_graph(
+        &mut self,
+        kind: StepKind,
+        steps: &[StepEntry],
+        predecessors: &[Vec<usize>],
+        skipped: &[bool],
+    ) -> (Vec<Option<StepOutcome>>, Option<PowerAction>) {
         let kind_name = kind.name();
-        let name = &step.name;
+        let mut outcomes: Vec<Option<StepOutcome>> = vec![None; steps.len()];
+        let mut ended = vec![false; steps.len()];
+        let mut started = vec![false; steps.len()];
+        let mut interrupted_by: Option<PowerAction> = None;
+        let mut fatal_failed = false;
+        loop {
+            // Onboot steps stop at a power request; shutdown steps are part of it.
+            if kind == StepKind::Onboot && interrupted_by.is_none() {
+                interrupted_by = self.pending_action;
+            }
+            // Start (in list order) every step whose predecessors have all ended.
+            let mut progressed = true;
+            while progressed && interrupted_by.is_none() && !fatal_failed {
+                progressed = false;
+                for index in 0..steps.len() {
+                    if started[index] || !predecessors[index].iter().all(|&p| ended[p]) {
+                        continue;
+                    }
+                    started[index] = true;
+                    progressed = true;
+                    let step = &steps[index];
+                    if skipped[index] {
+                        self.console.marker(&format!(
+                            "{kind_name} {} disabled by kernel command line",
+                            step.name
+                        ));
+                        ended[index] = true;
+                        continue;
+                    }
+                    if let Err(error) = self.start_step(kind, step, index) {
+                        self.console.marker(&format!(
+                            "{kind_name} {} failed to start ({error})",
+                            step.name
+                        ));
+                        outcomes[index] = Some(StepOutcome::FailedToStart(error.to_string()));
+                        ended[index] = true;
+                        fatal_failed |= step.fatal;
+                    }
+                }
+            }
+            // Steps that exited: their marker, in the order they ended.
+            let mut progressed_by_exit = false;
+            let exited: Vec<usize> = self
+                .running_steps
+                .iter()
+                .filter(|running| running.exit.is_some())
+                .map(|running| running.index)
+                .collect();
+            for index in exited {
+                let position = self
+                    .running_steps
+                    .iter()
+                    .position(|running| running.index == index)
+                    .unwrap_or_default();
+                let running = self.running_steps.remove(position);
+                let outcome = self.finish_step(kind, &steps[index], running, interrupted_by);
+                fatal_failed |= steps[index].fatal && !matches!(outcome, StepOutcome::Finished(_));
+                outcomes[index] = Some(outcome);
+                ended[index] = true;
+                // Steps waiting for this one start now, not after the next wait.
+                progressed_by_exit = true;
+            }
+            if self.running_steps.is_empty()
+                && (interrupted_by.is_some()
+                    || fatal_failed
+                    || started.iter().all(|&was_started| was_started))
+            {
+                break;
+            }
+            if progressed_by_exit {
+                continue;
+            }
+            // Timeouts, and the power request, for every running step.
+            let now = Instant::now();
+            let mut wait = self.settings.poll_interval;
+            let stop_grace = self.settings.stop_grace;
+            for running in &mut self.running_steps {
+                let timeout = Duration::from_millis(steps[running.index].timeout_ms);
+                let elapsed = now.saturating_duration_since(running.started);
+                if running.terminated_at.is_none()
+                    && (elapsed >= timeout || interrupted_by.is_some())
+                {
+                    signal_child_session(running.pid, libc::SIGTERM);
+                    running.terminated_at = Some(now);
+                    running.timed_out = interrupted_by.is_none();
+                }
+                match running.terminated_at {
+                    Some(at) => {
+                        if !running.killed && now.saturating_duration_since(at) >= stop_grace {
+                            signal_child_session(running.pid, libc::SIGKILL);
+                            running.killed = true;
+                        }
+                        wait = wait.min(Duration::from_millis(50));
+                    }
+                    None => {
+                        wait = wait
+                            .min(timeout.saturating_sub(elapsed))
+                            .max(Duration::from_millis(1));
+                    }
+                }
+            }
+            self.tick(wait);
+        }
+        (outcomes, interrupted_by)
+    }
+
+    /// Spawns a step and records it as running.
+    fn start_step(
+        &mut self,
+        kind: StepKind,
+        step: &StepEntry,
+        index: usize,
+    ) -> std::io::Result<()> {
         let started = Instant::now();
         let setup = ChildSetup::new(None, step.capabilities.as_deref(), &step.namespaces);
-        let (pid, output_closed) = match self.spawn(
-            name,
+        let (pid, output_closed) = self.spawn(
+            &step.name,
             &step.argv,
             &step.env,
             step.working_directory.as_deref(),
             setup,
-        ) {
-            Ok(spawned) => spawned,
-            Err(error) => {
-                self.console
-                    .marker(&format!("{kind_name} {name} failed to start ({error})"));
-                return StepOutcome::FailedToStart(error.to_string());
-            }
-        };
-        self.console
-            .debug(&format!("{kind_name} {name} started (pid {pid})"));
-        self.current_step = Some(RunningStep { pid, exit: None });
-        let timeout = Duration::from_millis(step.timeout_ms);
-        let mut terminated_at: Option<Instant> = None;
-        let mut killed = false;
-        let mut interrupted_by: Option<PowerAction> = None;
-        let exit = loop {
-            if let Some(exit) = self.current_step.as_ref().and_then(|s| s.exit) {
-                break exit;
-            }
-            let now = Instant::now();
-            let elapsed = now.saturating_duration_since(started);
-            // Onboot steps stop at a power request; shutdown steps are part of it.
-            if kind == StepKind::Onboot && interrupted_by.is_none() {
-                if let Some(action) = self.pending_action {
-                    interrupted_by = Some(action);
-                }
-            }
-            if terminated_at.is_none() && (elapsed >= timeout || interrupted_by.is_some()) {
-                signal_child_session(pid, libc::SIGTERM);
-                terminated_at = Some(now);
-            }
-            if let Some(at) = terminated_at {
-                if !killed && now.saturating_duration_since(at) >= self.settings.stop_grace {
-                    signal_child_session(pid, libc::SIGKILL);
-                    killed = true;
-                }
-            }
-            let until_timeout = timeout.saturating_sub(elapsed);
-            let wait = if terminated_at.is_some() {
-                self.settings.poll_interval.min(Duration::from_millis(50))
-            } else {
-                self.settings
-                    .poll_interval
-                    .min(until_timeout)
-                    .max(Duration::from_millis(1))
-            };
-            self.tick(wait);
-        };
-        self.current_step = None;
-        let elapsed = started.elapsed();
+        )?;
+        self.console.debug(&format!(
+            "{} {} started (pid {pid})",
+            kind.name(),
+            step.name
+        ));
+        self.running_steps.push(RunningStep {
+            index,
+            pid,
+            exit: None,
+            started,
+            output_closed,
+            terminated_at: None,
+            killed: false,
+            timed_out: false,
+        });
+        Ok(())
+    }
+
+    /// Prints the marker of a step that exited and says how it ended.
+    fn finish_step(
+        &mut self,
+        kind: StepKind,
+        step: &StepEntry,
+        running: RunningStep,
+        interrupted_by: Option<PowerAction>,
+    ) -> StepOutcome {
+        let kind_name = kind.name();
+        let name = &step.name;
+        let elapsed = running.started.elapsed();
+        let exit = running.exit.unwrap_or(ExitKind::Signaled(libc::SIGKILL));
         // Let the step's last lines reach the console before its marker; a background process
         // that keeps the pipe open (a daemonised dhcp client) only costs this short wait.
-        let _ = output_closed.recv_timeout(Duration::from_millis(100));
-        if let Some(action) = interrupted_by {
-            self.console.marker(&format!(
-                "{kind_name} {name} stopped for {} ({})",
-                action.marker(),
-                exit.describe_for_step()
-            ));
-            return StepOutcome::Interrupted(action);
+        let _ = running
+            .output_closed
+            .recv_timeout(Duration::from_millis(100));
+        if let (Some(action), false) = (interrupted_by, running.timed_out) {
+            if running.terminated_at.is_some() {
+                self.console.marker(&format!(
+                    "{kind_name} {name} stopped for {} ({})",
+                    action.marker(),
+                    exit.describe_for_step()
+                ));
+                return StepOutcome::Interrupted(action);
+            }
         }
-        if terminated_at.is_some() {
+        if running.terminated_at.is_some() {
             self.console.marker(&format!(
                 "{kind_name} {name} timed out after {}",
-                format_configured_duration(timeout)
+                format_configured_duration(Duration::from_millis(step.timeout_ms))
             ));
             return StepOutcome::TimedOut(elapsed);
         }
@@ -753,43 +911,6 @@ impl<'waiter> Supervisor<'waiter> {
             ));
             StepOutcome::Failed(exit, elapsed)
         }
-    }
-
-    /// Runs steps in order, skipping `disabled` names. Stops early at a power request (onboot)
-    /// or at a failed fatal step. Returns the power action if one interrupted the steps.
-    pub fn run_steps(
-        &mut self,
-        kind: StepKind,
-        steps: &[StepEntry],
-        disabled: &[String],
-    ) -> Result<Option<PowerAction>, FatalStepError> {
-        for step in steps {
-            if disabled.contains(&step.name) {
-                self.console.marker(&format!(
-                    "{} {} disabled by kernel command line",
-                    kind.name(),
-                    step.name
-                ));
-                continue;
-            }
-            let outcome = self.run_step(kind, step);
-            if let StepOutcome::Interrupted(action) = outcome {
-                return Ok(Some(action));
-            }
-            let succeeded = matches!(outcome, StepOutcome::Finished(_));
-            if !succeeded && step.fatal {
-                return Err(FatalStepError {
-                    kind: kind.name(),
-                    name: step.name.clone(),
-                });
-            }
-            if kind == StepKind::Onboot {
-                if let Some(action) = self.pending_action {
-                    return Ok(Some(action));
-                }
-            }
-        }
-        Ok(None)
     }
 
     fn start_service(&mut self, index: usize) {

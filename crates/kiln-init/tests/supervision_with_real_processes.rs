@@ -134,6 +134,95 @@ fn fatal_step_stops_the_boot_and_nonfatal_does_not() {
 }
 
 #[test]
+fn steps_with_after_run_alongside_the_steps_they_do_not_wait_for() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    become_child_subreaper().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let flags = directory.path().join("flags");
+    std::fs::create_dir(&flags).unwrap();
+    // `left` and `right` each wait for the other's flag: they can only both finish if they
+    // run at the same time (one after the other, the first would time out).
+    let text = r#"{"onboot": [
+            {"name": "left", "argv": ["/bin/sh", "-c", "touch left; while [ ! -e right ]; do sleep 0.02; done"], "working_directory": "FLAGS", "timeout_ms": 5000, "after": []},
+            {"name": "right", "argv": ["/bin/sh", "-c", "touch right; while [ ! -e left ]; do sleep 0.02; done"], "working_directory": "FLAGS", "timeout_ms": 5000, "after": []},
+            {"name": "broken", "argv": ["/bin/sh", "-c", "exit 4"], "after": []},
+            {"name": "skipped", "argv": ["/bin/sh", "-c", "touch skipped"], "working_directory": "FLAGS", "after": []},
+            {"name": "both", "argv": ["/bin/sh", "-c", "test -e left && test -e right && touch both"], "working_directory": "FLAGS", "after": ["left", "right", "broken", "skipped"]},
+            {"name": "next", "argv": ["/bin/sh", "-c", "test -e both"], "working_directory": "FLAGS"}
+        ]}"#
+    .replace("FLAGS", flags.to_str().unwrap());
+    let config = config(&text);
+    let (console, output) = Console::capture();
+    let mut waiter = ManualWaiter::default();
+    let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
+    let interrupted = supervisor
+        .run_steps(StepKind::Onboot, &config.onboot, &["skipped".to_string()])
+        .unwrap();
+    assert_eq!(interrupted, None);
+    let lines: Vec<String> = markers(&output.text())
+        .iter()
+        .map(|l| normalise(l))
+        .collect();
+    let position = |line: &str| {
+        lines
+            .iter()
+            .position(|seen| seen == line)
+            .unwrap_or_else(|| panic!("no `{line}` in {lines:#?}"))
+    };
+    let left = position("kiln: onboot left finished (exit 0, T)");
+    let right = position("kiln: onboot right finished (exit 0, T)");
+    let broken = position("kiln: onboot broken failed (exit 4, T)");
+    let skipped = position("kiln: onboot skipped disabled by kernel command line");
+    let both = position("kiln: onboot both finished (exit 0, T)");
+    let next = position("kiln: onboot next finished (exit 0, T)");
+    // A failed (non-fatal) or disabled step still lets the steps after it run.
+    assert!(left < both && right < both && broken < both && skipped < both);
+    assert!(both < next);
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    assert!(!flags.join("skipped").exists());
+}
+
+#[test]
+fn a_power_request_stops_every_running_step() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    become_child_subreaper().unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let config = config(
+        r#"{"onboot": [
+            {"name": "one", "argv": ["/bin/sh", "-c", "sleep 30"], "after": []},
+            {"name": "two", "argv": ["/bin/sh", "-c", "sleep 30"], "after": []},
+            {"name": "later", "argv": ["/bin/true"], "after": ["one"]}
+        ]}"#,
+    );
+    let (console, output) = Console::capture();
+    let requested = Arc::new(Mutex::new(None));
+    let mut waiter = ManualWaiter {
+        requested: requested.clone(),
+    };
+    let trigger = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(300));
+        *requested.lock().unwrap() = Some(PowerAction::Reboot);
+    });
+    let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
+    let interrupted = supervisor
+        .run_steps(StepKind::Onboot, &config.onboot, &[])
+        .unwrap();
+    trigger.join().unwrap();
+    assert_eq!(interrupted, Some(PowerAction::Reboot));
+    let lines: Vec<String> = markers(&output.text())
+        .iter()
+        .map(|l| normalise(l))
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            "kiln: onboot one stopped for rebooting (signal 15)",
+            "kiln: onboot two stopped for rebooting (signal 15)",
+        ]
+    );
+}
+
+#[test]
 fn service_restarts_with_exponential_backoff() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     become_child_subreaper().unwrap();

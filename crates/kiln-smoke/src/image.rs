@@ -105,6 +105,8 @@ pub enum PlanSource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootPlan {
     pub onboot: Vec<String>,
+    /// Each onboot step's `after` (names of earlier steps); `None`: after the step before it.
+    pub onboot_after: Vec<Option<Vec<String>>>,
     pub services: Vec<String>,
     pub source: PlanSource,
 }
@@ -113,12 +115,29 @@ impl BootPlan {
     pub fn from_config(config: &InitConfig, source: PlanSource) -> BootPlan {
         BootPlan {
             onboot: config.onboot.iter().map(|step| step.name.clone()).collect(),
+            onboot_after: config
+                .onboot
+                .iter()
+                .map(|step| step.after.clone())
+                .collect(),
             services: config
                 .services
                 .iter()
                 .map(|service| service.name.clone())
                 .collect(),
             source,
+        }
+    }
+
+    /// Indexes of the onboot steps that end before step `index` starts (as kiln-init's
+    /// [`kiln_init::config::StepEntry::predecessors`] decides it).
+    pub fn onboot_predecessors(&self, index: usize) -> Vec<usize> {
+        match self.onboot_after.get(index).cloned().flatten() {
+            None => index.checked_sub(1).into_iter().collect(),
+            Some(names) => names
+                .iter()
+                .filter_map(|name| self.onboot[..index].iter().position(|step| step == name))
+                .collect(),
         }
     }
 
@@ -142,8 +161,24 @@ fn boot_plan_from_manifest(manifest: &serde_json::Value) -> Option<BootPlan> {
     };
     let onboot = names("onboot")?;
     let services = names("services")?;
+    // An object may carry the step's `after` (an array of names); a bare name runs after
+    // the step before it.
+    let onboot_after = manifest
+        .get("onboot")?
+        .as_array()?
+        .iter()
+        .map(|item| {
+            item.get("after")?.as_array().map(|names| {
+                names
+                    .iter()
+                    .filter_map(|name| name.as_str().map(str::to_string))
+                    .collect()
+            })
+        })
+        .collect();
     Some(BootPlan {
         onboot,
+        onboot_after,
         services,
         source: PlanSource::Manifest,
     })

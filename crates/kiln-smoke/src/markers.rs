@@ -1,8 +1,9 @@
 //! Ordered console markers: what a boot must print, stage by stage.
 //!
-//! A [`MarkerPlan`] is a list of stages; every marker of a stage must appear (in any order
-//! among themselves: services start in `after` order, which the plan does not model) after
-//! every marker of the stage before. A marker matches a console line that contains its
+//! A [`MarkerPlan`] is a list of stages; every marker of a stage must appear after every
+//! marker of the stage before, and within a stage after the markers it names in its own
+//! `after` (onboot steps run as soon as the steps they come after have ended, so only that
+//! partial order is fixed; services start in `after` order, which the plan does not model). A marker matches a console line that contains its
 //! needle: step output reaches the console prefixed (`[dhcp] dhcp: lease …`), and under TCG a
 //! kernel message can share a line with a user-space one.
 //!
@@ -19,6 +20,8 @@ pub struct Marker {
     pub label: String,
     /// Substrings of the console line: any one of them matches.
     pub needles: Vec<String>,
+    /// Labels of markers of the same stage that must have been seen before this one.
+    pub after: Vec<String>,
 }
 
 impl Marker {
@@ -26,6 +29,7 @@ impl Marker {
         Marker {
             label: label.into(),
             needles: vec![needle.into()],
+            after: Vec::new(),
         }
     }
 
@@ -34,7 +38,14 @@ impl Marker {
         Marker {
             label: label.into(),
             needles: needles.iter().map(|needle| needle.to_string()).collect(),
+            after: Vec::new(),
         }
+    }
+
+    /// The same marker, expected only after the markers labelled `labels` (same stage).
+    pub fn after(mut self, labels: Vec<String>) -> Marker {
+        self.after = labels;
+        self
     }
 
     pub fn matches(&self, line: &str) -> bool {
@@ -134,31 +145,44 @@ impl MarkerPlan {
         self
     }
 
-    /// The boot of an image up to `kiln: ready`: kernel, kiln-init, each onboot step in
-    /// order (the DHCP line before the `dhcp` step's end), every service, ready. Steps and
-    /// services named in `disabled` (given with `kiln.onboot.disable=`/`kiln.services.disable=`)
-    /// are expected to say so instead.
+    /// The boot of an image up to `kiln: ready`: kernel, kiln-init, the onboot steps (each
+    /// after the steps it runs after; the DHCP line before the `dhcp` step's end), every
+    /// service, ready. Steps and services named in `disabled` (given with
+    /// `kiln.onboot.disable=`/`kiln.services.disable=`) are expected to say so instead.
     pub fn boot_to_ready(
         plan: &BootPlan,
         network: NetworkExpectation,
         disabled: &[&str],
     ) -> MarkerPlan {
-        let mut markers = MarkerPlan::default()
+        let markers = MarkerPlan::default()
             .then(Marker::kernel_started())
             .then(Marker::init_started());
-        for step in &plan.onboot {
-            if disabled.contains(&step.as_str()) {
-                markers = markers.then(Marker::new(
+        let mut onboot: Vec<Marker> = Vec::new();
+        let mut labels: Vec<String> = Vec::new();
+        for (index, step) in plan.onboot.iter().enumerate() {
+            let after: Vec<String> = plan
+                .onboot_predecessors(index)
+                .into_iter()
+                .map(|earlier| labels[earlier].clone())
+                .collect();
+            let marker = if disabled.contains(&step.as_str()) {
+                Marker::new(
                     format!("onboot {step} disabled"),
                     format!("kiln: onboot {step} disabled by kernel command line"),
-                ));
-                continue;
-            }
-            if step == "dhcp" {
-                markers = markers.then(network.marker());
-            }
-            markers = markers.then(Marker::onboot_finished(step));
+                )
+                .after(after)
+            } else if step == "dhcp" {
+                let lease = network.marker().after(after);
+                let lease_label = lease.label.clone();
+                onboot.push(lease);
+                Marker::onboot_finished(step).after(vec![lease_label])
+            } else {
+                Marker::onboot_finished(step).after(after)
+            };
+            labels.push(marker.label.clone());
+            onboot.push(marker);
         }
+        let markers = markers.then_all(onboot);
         let services = plan
             .services
             .iter()
@@ -301,11 +325,30 @@ impl MarkerChecker {
             return Feed::Nothing;
         }
         let stage = &self.plan.stages[self.stage];
-        let matched = stage
+        let seen_labels: Vec<&str> = stage
             .iter()
-            .enumerate()
-            .find(|(index, marker)| !self.seen_in_stage[*index] && marker.matches(line));
+            .zip(&self.seen_in_stage)
+            .filter(|(_, seen)| **seen)
+            .map(|(marker, _)| marker.label.as_str())
+            .collect();
+        let ready = |marker: &Marker| {
+            marker
+                .after
+                .iter()
+                .all(|label| seen_labels.contains(&label.as_str()))
+        };
+        let matched = stage.iter().enumerate().find(|(index, marker)| {
+            !self.seen_in_stage[*index] && marker.matches(line) && ready(marker)
+        });
         let Some((index, marker)) = matched else {
+            // A marker of this stage before the ones it comes after: out of order.
+            for early in stage.iter().enumerate().filter(|(index, marker)| {
+                !self.seen_in_stage[*index] && marker.matches(line) && !ready(marker)
+            }) {
+                if !self.seen_early.contains(&early.1.label) {
+                    self.seen_early.push(early.1.label.clone());
+                }
+            }
             for later in self.plan.stages.iter().skip(self.stage + 1).flatten() {
                 if later.matches(line) && !self.seen_early.contains(&later.label) {
                     self.seen_early.push(later.label.clone());
@@ -333,10 +376,24 @@ impl MarkerChecker {
     /// What is still missing, or `None` when the plan is complete.
     pub fn missing(&self) -> Option<MissingMarkers> {
         let stage = self.plan.stages.get(self.stage)?;
+        let seen_labels: Vec<&str> = stage
+            .iter()
+            .zip(&self.seen_in_stage)
+            .filter(|(_, seen)| **seen)
+            .map(|(marker, _)| marker.label.as_str())
+            .collect();
+        // The first markers missing: those whose `after` markers were all seen (the ones
+        // waiting on a missing marker are implied).
         let missing = stage
             .iter()
             .zip(&self.seen_in_stage)
-            .filter(|(_, seen)| !**seen)
+            .filter(|(marker, seen)| {
+                !**seen
+                    && marker
+                        .after
+                        .iter()
+                        .all(|label| seen_labels.contains(&label.as_str()))
+            })
             .map(|(marker, _)| marker.clone())
             .collect();
         Some(MissingMarkers {
@@ -355,9 +412,63 @@ mod tests {
     fn hook_plan() -> BootPlan {
         BootPlan {
             onboot: vec!["base".into(), "rngd".into(), "kmod".into(), "dhcp".into()],
+            onboot_after: vec![None; 4],
             services: vec!["syslog".into(), "getty".into(), "sshd".into()],
             source: PlanSource::InitramfsConfig,
         }
+    }
+
+    /// Onboot steps as the assembler writes them: rngd and kmod at once, dhcp after kmod.
+    fn concurrent_plan() -> BootPlan {
+        BootPlan {
+            onboot: vec!["rngd".into(), "kmod".into(), "dhcp".into()],
+            onboot_after: vec![Some(vec![]), Some(vec![]), Some(vec!["kmod".into()])],
+            services: vec!["syslog".into()],
+            source: PlanSource::InitramfsConfig,
+        }
+    }
+
+    #[test]
+    fn concurrent_steps_may_finish_in_any_order_their_after_allows() {
+        let plan = MarkerPlan::boot_to_ready(&concurrent_plan(), NetworkExpectation::Lease, &[]);
+        let console = "\
+Linux version 6.1
+kiln: kiln-init 0.1.0 starting
+kiln: onboot kmod finished (exit 0, 0.2s)
+[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2
+kiln: onboot dhcp finished (exit 0, 0.3s)
+kiln: onboot rngd finished (exit 0, 0.5s)
+kiln: service syslog started (pid 80)
+kiln: ready
+";
+        insta::assert_snapshot!(check(plan.clone(), console), @r"
+        found kernel started at 0s
+        found kiln-init started at 1s
+        found onboot kmod finished at 2s
+        found DHCP lease at 3s
+        found onboot dhcp finished at 4s
+        found onboot rngd finished at 5s
+        found service syslog started at 6s
+        complete with ready
+        ");
+        // dhcp must not start before kmod (its NIC driver) has ended.
+        let early = "\
+Linux version 6.1
+kiln: kiln-init 0.1.0 starting
+[dhcp] dhcp: lease 10.0.2.15/24 on eth0 via 10.0.2.2
+kiln: onboot rngd finished (exit 0, 0.1s)
+kiln: onboot kmod finished (exit 0, 0.2s)
+kiln: onboot dhcp finished (exit 0, 0.3s)
+kiln: service syslog started (pid 80)
+kiln: ready
+";
+        insta::assert_snapshot!(check(plan, early), @r"
+        found kernel started at 0s
+        found kiln-init started at 1s
+        found onboot rngd finished at 3s
+        found onboot kmod finished at 4s
+        missing marker: DHCP lease (`dhcp: lease `); last marker seen: onboot kmod finished; seen before it, out of order: DHCP lease, onboot dhcp finished, service syslog started, ready
+        ");
     }
 
     /// Feeds `console` line by line; returns the labels found and the final verdict.
@@ -454,6 +565,10 @@ kiln: ready
         insta::assert_debug_snapshot!(last_stages, @r#"
         [
             [
+                "`kiln: onboot base finished (`",
+                "`kiln: onboot rngd finished (`",
+                "`kiln: onboot kmod finished (`",
+                "`dhcp: no network link found, continuing`",
                 "`kiln: onboot dhcp finished (`",
             ],
             [

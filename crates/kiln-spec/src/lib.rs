@@ -554,6 +554,13 @@ pub enum Generator {
     /// `/etc/os-release` with the build's identity (profile, architecture, kiln version,
     /// `SOURCE_DATE_EPOCH`, the build key).
     OsRelease,
+    /// busybox's applet links, what `busybox --install -s` makes at boot, made at build time
+    /// instead: an absolute symlink to `/bin/busybox` at each applet's install location
+    /// (`sbin/modprobe`, `usr/bin/wget`...), read from the applet tables inside the image's
+    /// own `/bin/busybox` (the build host need not run the target's binary). A path the
+    /// image already has (a real binary from any module, `bin/sh`) is kept, as
+    /// `--install -s` keeps it.
+    BusyboxLinks,
 }
 
 impl ModuleSpec {

@@ -90,6 +90,7 @@ pub fn prepare_system(
     };
     let boot_parameters = parse_boot_parameters(&command_line);
     console.set_debug(boot_parameters.kiln.debug);
+    console.debug("early filesystems mounted, command line read");
     for warning in &boot_parameters.warnings {
         console.warning(warning);
     }
@@ -114,12 +115,17 @@ pub fn prepare_system(
     for outcome in load_kernel_modules(syscall, &config.kernel_modules) {
         console.marker(&outcome.marker());
     }
+    console.debug(&format!(
+        "{} listed kernel module(s) loaded",
+        config.kernel_modules.len()
+    ));
 
     mount_configured_filesystems(syscall, &config.mounts, &mut mounts)?;
     for warning in &mounts.warnings {
         console.warning(warning);
     }
     mounts.warnings.clear();
+    console.debug("configured filesystems mounted");
     Ok(PreparedSystem {
         mounts,
         boot_parameters,
@@ -137,6 +143,7 @@ pub fn run_steps_and_services(
 ) -> Result<PowerAction, InitError> {
     let order = order_services_by_after(&config.services)?;
     let mut supervisor = Supervisor::new(settings, console.clone(), waiter);
+    console.debug(&format!("{} onboot step(s) to run", config.onboot.len()));
     let interrupted = supervisor.run_steps(
         StepKind::Onboot,
         &config.onboot,

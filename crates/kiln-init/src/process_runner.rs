@@ -125,9 +125,23 @@ impl Console {
     /// `kiln: debug: TEXT`, only with `kiln.debug`.
     pub fn debug(&self, text: &str) {
         if self.debug {
-            self.line(&format!("kiln: debug: {text}"));
+            self.line(&format!("kiln: debug: [{}] {text}", since_boot()));
         }
     }
+}
+
+/// Seconds since the kernel started (`CLOCK_BOOTTIME`, what `/proc/uptime` counts), to the
+/// millisecond, for debug lines: where a boot spends its time.
+fn since_boot() -> String {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `now` is.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return "?".to_string();
+    }
+    format!("{}.{:03}", now.tv_sec, now.tv_nsec / 1_000_000)
 }
 
 /// What the supervisor waits on between checks: signals for PID 1, a flag in tests.

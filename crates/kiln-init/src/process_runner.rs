@@ -31,6 +31,8 @@ use crate::syscall::PowerAction;
 pub struct Console {
     sink: Arc<Mutex<Box<dyn Write + Send>>>,
     debug: bool,
+    /// Debug lines start with the time since boot (off for captured output: tests compare it).
+    timestamps: bool,
 }
 
 impl std::fmt::Debug for Console {
@@ -72,6 +74,7 @@ impl Console {
         Console {
             sink: Arc::new(Mutex::new(Box::new(std::io::stdout()))),
             debug: false,
+            timestamps: true,
         }
     }
 
@@ -82,6 +85,7 @@ impl Console {
             Console {
                 sink: Arc::new(Mutex::new(Box::new(captured.clone()))),
                 debug: false,
+                timestamps: false,
             },
             captured,
         )
@@ -122,10 +126,14 @@ impl Console {
         self.line(&format!("kiln: error: {text}"));
     }
 
-    /// `kiln: debug: TEXT`, only with `kiln.debug`.
+    /// `kiln: debug: [SECONDS] TEXT` (seconds since boot), only with `kiln.debug`.
     pub fn debug(&self, text: &str) {
         if self.debug {
-            self.line(&format!("kiln: debug: [{}] {text}", since_boot()));
+            if self.timestamps {
+                self.line(&format!("kiln: debug: [{}] {text}", since_boot()));
+            } else {
+                self.line(&format!("kiln: debug: {text}"));
+            }
         }
     }
 }

@@ -281,7 +281,7 @@ fn read(path: impl AsRef<Path>) -> String {
 #[test]
 fn every_script_passes_sh_n_under_busybox_and_dash() {
     let scripts = all_scripts();
-    for module in ["dhcp", "ntp", "getty", "sshd", "syslog", "rngd", "kmod"] {
+    for module in ["dhcp", "ntp", "getty", "sshd", "syslog", "rngd"] {
         assert!(
             scripts
                 .iter()
@@ -938,65 +938,6 @@ fn rngd_mixes_a_seed_quickly_and_writes_a_new_one() {
     assert_eq!(mode & 0o777, 0o600);
 }
 
-#[test]
-fn kmod_matches_modaliases_and_survives_modules_that_do_not_load() {
-    let directory = tempfile::tempdir().unwrap();
-    let root = directory.path().join("root");
-    let release = String::from_utf8(run(Command::new("uname").arg("-r")).unwrap().stdout).unwrap();
-    let modules = root.join("lib/modules").join(release.trim());
-    fs::create_dir_all(&modules).unwrap();
-    for (device, alias) in [
-        (
-            "pci/devices/0000:00:03.0",
-            "pci:v00001AF4d00001041sv00001AF4sd00001041bc02sc00i00",
-        ),
-        ("virtio/devices/virtio1", "virtio:d00000001v00001AF4"),
-        ("platform/devices/serial8250", "platform:serial8250"),
-    ] {
-        fs::create_dir_all(root.join("sys/bus").join(device)).unwrap();
-        fs::write(
-            root.join("sys/bus").join(device).join("modalias"),
-            format!("{alias}\n"),
-        )
-        .unwrap();
-    }
-    // Module names that exist nowhere, so the host's kernel is never touched.
-    fs::write(
-        modules.join("modules.alias"),
-        "# Aliases extracted from modules themselves.\n\
-         alias pci:v00008086d000010D3sv*sd*bc*sc*i* kiln_test_e1000e\n\
-         alias pci:v00001AF4d00001041sv*sd*bc*sc*i* kiln_test_virtio_net\n\
-         alias virtio:d00000001v* kiln_test_virtio_net\n\
-         alias pci:v*d*sv*sd*bc02sc00i* kiln_test_any_ethernet\n\
-         alias usb:v*p*d*dc*dsc*dp*ic09isc*ip*in* kiln_test_usb_hub\n",
-    )
-    .unwrap();
-    let bin = busybox_bin(directory.path());
-    let output = Command::new(busybox())
-        .arg("sh")
-        .arg(module_script("kmod", "kmod"))
-        .env("PATH", &bin)
-        .env("KILN_ROOT", &root)
-        .output()
-        .unwrap();
-    let log = text(&output);
-    assert!(output.status.success(), "{log}");
-    let failed: Vec<&str> = log
-        .lines()
-        .filter_map(|line| line.strip_prefix("kmod: cannot load "))
-        .map(|rest| rest.split(':').next().unwrap())
-        .collect();
-    assert_eq!(
-        failed,
-        ["kiln_test_virtio_net", "kiln_test_any_ethernet"],
-        "{log}"
-    );
-    assert!(
-        log.contains("kmod: loaded 0 module(s) for the detected hardware, 2 failed"),
-        "{log}"
-    );
-}
-
 /// Debian's x86_64 kernel package (the version `linux-image-amd64` depends on, from the
 /// host's apt sources), unpacked once into the test cache with `modules.dep` and
 /// `modules.alias` made by busybox depmod (the package leaves that to its postinst).
@@ -1051,8 +992,8 @@ fn debian_kernel_tree() -> (PathBuf, String) {
 
 /// The real thing, end to end, on a kernel that has 802.1Q (the host's may not): Debian's
 /// kernel boots in QEMU with two virtio NICs on one QEMU hub (no host network), busybox as
-/// the userland, the kmod and dhcp modules' scripts and a subset of the kernel's modules.
-/// kmod must load virtio_pci and then, in its second round, virtio_net by modalias; the
+/// the userland, kiln-init (the kmod step), the dhcp module's scripts and a subset of the
+/// kernel's modules. kmod must load virtio_pci and then, in its second round, virtio_net by modalias; the
 /// kernel auto-loads 8021q through busybox modprobe when dhcp creates the VLAN link; udhcpd
 /// serves only tagged frames on the other NIC's VLAN 100; dhcp, given Hook's `hw_addr=` and
 /// `vlan_id=`, must get its lease on `eth0.100`.
@@ -1083,7 +1024,22 @@ fn dhcp_vlan_and_kmod_in_qemu_with_debians_kernel() {
     }
     // The kernel's request_module() runs /sbin/modprobe.
     std::os::unix::fs::symlink("../bin/busybox", root.join("sbin/modprobe")).unwrap();
-    for (module, script) in [("kmod", "kmod"), ("dhcp", "dhcp"), ("dhcp", "dhcp-lease")] {
+    // The kmod module's step is kiln-init itself (`/init --load-hardware-modules`), built
+    // for the image as the assembler builds it (static musl).
+    let init_target = kiln_tests::test_cache_dir("module-scripts-kiln-init-target");
+    let kiln_init = kiln_image::init_binary::build_init_binary(
+        &workspace_root(),
+        &init_target,
+        kiln_image::ImageArch::X86_64,
+    )
+    .unwrap();
+    fs::copy(&kiln_init, root.join("sbin/kiln-init")).unwrap();
+    fs::set_permissions(
+        root.join("sbin/kiln-init"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    for (module, script) in [("dhcp", "dhcp"), ("dhcp", "dhcp-lease")] {
         let target = root.join("usr/libexec/kiln").join(script);
         fs::copy(module_script(module, script), &target).unwrap();
         fs::set_permissions(&target, fs::Permissions::from_mode(0o755)).unwrap();
@@ -1129,7 +1085,7 @@ fn dhcp_vlan_and_kmod_in_qemu_with_debians_kernel() {
         r#"#!/bin/sh
 export PATH=/bin:/sbin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-/usr/libexec/kiln/kmod
+/sbin/kiln-init --load-hardware-modules
 # The server end: the NIC with MAC ...:02, VLAN 100 only, busybox udhcpd on it.
 server=
 for path in /sys/class/net/*; do [ "$(cat "$path/address")" = 52:54:00:00:00:02 ] && server=${path##*/}; done

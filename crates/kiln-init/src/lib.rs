@@ -101,6 +101,7 @@ pub mod child_setup;
 pub mod cmdline;
 pub mod config;
 pub mod early_mounts;
+pub mod hardware_modules;
 pub mod kernel_modules;
 pub mod process_runner;
 pub mod supervision;

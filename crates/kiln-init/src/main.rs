@@ -63,6 +63,7 @@ fn run(arguments: &[String]) -> libc::c_int {
                 }
             }
         }
+        Some("--load-hardware-modules") => load_hardware_modules(),
         Some("--supervise") => match arguments.get(2) {
             Some(path) => supervise_outside_pid1(Path::new(path)),
             None => usage(),
@@ -78,9 +79,26 @@ fn usage() -> libc::c_int {
         "usage: kiln-init                        (as PID 1: boot from {DEFAULT_CONFIG_PATH})\n       \
          kiln-init --check-config PATH     (validate a config)\n       \
          kiln-init --supervise PATH        (run a config's steps and services, not as PID 1)\n       \
+         kiln-init --load-hardware-modules (the kmod onboot step: drivers for the devices found)\n       \
          kiln-init --version"
     );
     2
+}
+
+/// The `kmod` onboot step ([`kiln_init::hardware_modules`]). `KILN_ROOT` (a test seam, as in
+/// the module scripts) prefixes `/sys` and `/lib/modules`; the release is the running
+/// kernel's. Always exits 0: a driver that does not load must not stop the boot.
+fn load_hardware_modules() -> libc::c_int {
+    let root = std::env::var_os("KILN_ROOT").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    kiln_init::hardware_modules::load_hardware_modules(
+        &root,
+        release.trim(),
+        &kiln_init::syscall::LinuxSyscall,
+        &mut out,
+    );
+    0
 }
 
 fn supervise_outside_pid1(path: &Path) -> libc::c_int {

@@ -27,7 +27,7 @@
 //! | `root.tmpfs_size` | string | kernel's | `size=` of that tmpfs |
 //! | `mounts[]` | `{source, target, fstype, flags[], data, optional}` | `optional: true` | after modules; flags: `ro nosuid nodev noexec noatime relatime bind rbind rec private shared slave` |
 //! | `kernel_modules[]` | `{path, args}` | `args: ""` | loaded in order (modules.dep order); `EEXIST` is fine |
-//! | `onboot[]`, `shutdown[]` | `{name, argv, env, working_directory, capabilities, namespaces, timeout_ms, fatal}` | `timeout_ms: 60000`, `fatal: false` | run in order, each killed at its timeout |
+//! | `onboot[]`, `shutdown[]` | `{name, argv, env, working_directory, capabilities, namespaces, timeout_ms, fatal, after}` | `timeout_ms: 60000`, `fatal: false`, no `after` | each killed at its timeout; a step with `after` (names of earlier steps) starts once those ended, alongside other ready steps; without it, after the step before it |
 //! | `services[]` | `{name, argv, env, working_directory, user \| uid, gid, capabilities, namespaces, restart, backoff, after}` | `restart: "always"` | `restart`: `always`, `on-failure`, `never`; `backoff`: `{initial_ms: 1000, max_ms: 30000, reset_after_ms: 60000}`; `after`: start order |
 //! | `…capabilities` | list of `CAP_*` names | absent | exactly these: bounding, permitted, effective, inheritable (and ambient for a non-root user); `[]`: none; absent: unchanged ([`child_setup`]) |
 //! | `…namespaces` | list of `mount`, `uts`, `ipc`, `net`, `cgroup`, `pid` | `[]` | new namespaces before exec; `mount` makes `/` private, `net` brings `lo` up, `pid` runs the program as PID 1 under a waiter |
@@ -69,7 +69,7 @@
 //! | `kiln: kiln-init VERSION starting` | first line |
 //! | `kiln: root moved off rootfs` | after `root.move_off_rootfs` |
 //! | `kiln: module NAME loaded` / `already loaded` / `failed to load (REASON)` | per kernel module |
-//! | `kiln: onboot NAME finished (E, T)` | step exited 0 |
+//! | `kiln: onboot NAME finished (E, T)` | step exited 0 (steps with `after` run at once, so these come in the order steps end) |
 //! | `kiln: onboot NAME failed (E, T)` | non-zero exit or signal |
 //! | `kiln: onboot NAME failed to start (REASON)` | could not spawn |
 //! | `kiln: onboot NAME timed out after D` | killed at its timeout (SIGTERM, SIGKILL after the grace) |
@@ -89,7 +89,7 @@
 //! | `kiln: warning: …` | something non-fatal went wrong |
 //! | `kiln: error: …` | something fatal went wrong; an emergency shell follows |
 //! | `kiln: starting emergency shell /bin/sh` / `kiln: no /bin/sh, waiting for poweroff or reboot` | after an error |
-//! | `kiln: debug: …` | only with `kiln.debug` |
+//! | `kiln: debug: [SECONDS] …` | only with `kiln.debug`; SECONDS since the kernel started (`CLOCK_BOOTTIME`) |
 //! | `[NAME] line` | a line of output of step or service NAME (also in `/var/log/NAME.log`) |
 //!
 //! Power requests follow busybox's convention (its `halt.c` signals PID 1): `halt` sends

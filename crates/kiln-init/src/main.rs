@@ -20,8 +20,8 @@ use kiln_init::boot::{finish_shutdown, prepare_system, run_steps_and_services, I
 use kiln_init::config::{InitConfig, DEFAULT_CONFIG_PATH};
 use kiln_init::early_mounts::mount_early_filesystems;
 use kiln_init::process_runner::{
-    become_child_subreaper, reap_exited_children, Console, EventWaiter, SignalWaiter,
-    SupervisorSettings,
+    become_child_subreaper, raise_supervisor_priority, reap_exited_children, Console, EventWaiter,
+    SignalWaiter, SupervisorSettings,
 };
 use kiln_init::syscall::{LinuxSyscall, PowerAction, Syscall};
 
@@ -162,6 +162,9 @@ fn pid1() -> ! {
     open_console_if_needed();
     let mut console = Console::stdout();
     console.marker(&format!("kiln-init {VERSION} starting"));
+    if let Err(error) = raise_supervisor_priority() {
+        console.warning(&format!("cannot raise init's priority: {error}"));
+    }
     let syscall = LinuxSyscall;
     let mut mounted: Vec<PathBuf> = Vec::new();
     let mut stop_grace = Duration::from_secs(5);
@@ -244,6 +247,7 @@ fn emergency(
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut command, || {
             kiln_init::process_runner::reset_signals_for_exec();
+            kiln_init::process_runner::restore_child_priority();
             libc::setsid();
             libc::ioctl(0, libc::TIOCSCTTY, 1);
             Ok(())

@@ -531,3 +531,41 @@ fn logs_rotate_at_their_size_limit() {
         "line 2\nline 3\n"
     );
 }
+
+/// The nice value: field 19 of a `/proc/.../stat` line.
+fn nice_of_stat(stat: &str) -> i32 {
+    // The command name (field 2) is in parentheses and may hold spaces: count after it.
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(16).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_supervisor_runs_ahead_of_its_children_and_they_get_the_original_priority_back() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: raising a priority needs root (CAP_SYS_NICE)");
+        return;
+    }
+    become_child_subreaper().unwrap();
+    // Linux's nice value is per thread, and the test runs on one of the harness's threads.
+    let own_stat = || std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let original = nice_of_stat(&own_stat());
+    kiln_init::process_runner::raise_supervisor_priority().unwrap();
+    let raised = nice_of_stat(&own_stat());
+    assert_eq!(raised, kiln_init::process_runner::SUPERVISOR_NICE);
+    let directory = tempfile::tempdir().unwrap();
+    let config =
+        config(r#"{"onboot": [{"name": "stat", "argv": ["/bin/cat", "/proc/self/stat"]}]}"#);
+    let (console, output) = Console::capture();
+    let mut waiter = ManualWaiter::default();
+    let mut supervisor = Supervisor::new(settings(directory.path(), 300), console, &mut waiter);
+    let outcome = supervisor.run_step(StepKind::Onboot, &config.onboot[0]);
+    assert!(matches!(outcome, StepOutcome::Finished(_)), "{outcome:?}");
+    let text = output.text();
+    let stat = text
+        .lines()
+        .find_map(|line| line.strip_prefix("[stat] "))
+        .unwrap_or_else(|| panic!("no output of the step:\n{text}"));
+    assert_eq!(nice_of_stat(stat), original, "the child's stat: {stat}");
+}

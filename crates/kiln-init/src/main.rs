@@ -16,7 +16,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_init::boot::{finish_shutdown, prepare_system, run_steps_and_services, InitError};
+use kiln_init::boot::{
+    end_expedited_rcu, finish_shutdown, prepare_system, run_steps_and_services, InitError,
+};
 use kiln_init::config::{InitConfig, DEFAULT_CONFIG_PATH};
 use kiln_init::early_mounts::mount_early_filesystems;
 use kiln_init::process_runner::{
@@ -121,6 +123,7 @@ fn supervise_outside_pid1(path: &Path) -> libc::c_int {
         &console,
         settings,
         &mut waiter,
+        &mut || {},
     ) {
         Ok(action) => {
             console.marker(&format!("would be {} (not PID 1)", action.marker()));
@@ -205,12 +208,14 @@ fn boot_as_pid1(
     mounted.clone_from(&prepared.mounts.mounted);
     open_console_if_needed();
     let settings = SupervisorSettings::for_config(&config);
+    let ready_console = console.clone();
     run_steps_and_services(
         &config,
         &prepared.boot_parameters,
         console,
         settings,
         waiter,
+        &mut || end_expedited_rcu(syscall, &ready_console, &prepared),
     )
 }
 

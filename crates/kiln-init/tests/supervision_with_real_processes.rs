@@ -362,15 +362,24 @@ fn full_run_orders_services_and_shuts_down_cleanly() {
     let mut supervisor_settings = settings(directory.path(), 500);
     supervisor_settings.stop_grace = Duration::from_millis(500);
     let started = Instant::now();
+    let mut ready_calls = Vec::new();
     let action = run_steps_and_services(
         &config,
         &parameters,
         &console,
         supervisor_settings,
         &mut waiter,
+        &mut || ready_calls.push(output.text()),
     )
     .unwrap();
     trigger.join().unwrap();
+    // Called once, after the ready marker and before the shutdown.
+    assert_eq!(ready_calls.len(), 1);
+    assert!(
+        ready_calls[0].contains("kiln: ready\n") && !ready_calls[0].contains("shutdown"),
+        "{}",
+        ready_calls[0]
+    );
     assert_eq!(action, PowerAction::PowerOff);
     assert!(started.elapsed() < Duration::from_secs(8));
     std::thread::sleep(Duration::from_millis(100));
@@ -420,15 +429,18 @@ fn power_request_interrupts_a_long_onboot_step() {
         *requested.lock().unwrap() = Some(PowerAction::Reboot);
     });
     let started = Instant::now();
+    let mut ready_calls = 0;
     let action = run_steps_and_services(
         &config,
         &Default::default(),
         &console,
         settings(directory.path(), 300),
         &mut waiter,
+        &mut || ready_calls += 1,
     )
     .unwrap();
     setter.join().unwrap();
+    assert_eq!(ready_calls, 0, "the boot never got to ready");
     assert_eq!(action, PowerAction::Reboot);
     assert!(started.elapsed() < Duration::from_secs(5));
     let lines: Vec<String> = markers(&output.text());

@@ -511,7 +511,8 @@ fn check_service(name: &str, script: &str) -> ServiceEntry {
 
 #[test]
 #[ignore = "slow: boots the hook image in QEMU and reads the capabilities of its syslog and of an isolated service (x86_64, TCG)"]
-fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespaces() {
+fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespaces_and_init_its_boot_settings(
+) {
     let image = hook_image(ImageArch::X86_64);
     let work = work_directory("x86_64-capabilities-namespaces");
     let mut config = image_config(&image);
@@ -554,6 +555,14 @@ fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespa
         ]
     };
     config.services.push(isolated);
+    // kiln-init's boot-time settings, seen from a service once the boot is ready: RCU grace
+    // periods back to normal, PID 1 at nice -10, its children at 0 (field 19 of stat).
+    config.services.push(check_service(
+        "boot-settings-check",
+        "sleep 2; echo rcu_expedited $(cat /sys/kernel/rcu_expedited); \
+         echo init nice $(cut -d' ' -f19 /proc/1/stat); \
+         echo service nice $(cut -d' ' -f19 /proc/self/stat)",
+    ));
     let mut options = SmokeOptions::new(work.clone());
     options.network = false;
     options.extra_initramfs = Some(config_segment(&config, &work));
@@ -591,6 +600,9 @@ fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespa
         line("[isolated-check] CapEff 0000000000000000"),
         line("[isolated-check] CapBnd 0000000000000000"),
         line("kiln: service isolated-check exited (status 0), not restarting"),
+        line("[boot-settings-check] rcu_expedited 0"),
+        line("[boot-settings-check] init nice -10"),
+        line("[boot-settings-check] service nice 0"),
     ]));
     let outcome = started
         .vm

@@ -36,6 +36,13 @@
 //! | `console.log_rotate_bytes` | integer | `1048576` | `NAME.log` → `NAME.log.1` at this size (logs are in RAM); `0`: never |
 //! | `stop_grace_ms` | integer | `5000` | SIGTERM → SIGKILL grace |
 //!
+//! PID 1 runs at nice −10 and every child goes back to nice 0 before exec, so starting the
+//! next service is not held up by the start-up of the last one
+//! ([`process_runner::raise_supervisor_priority`]). From the early mounts to `kiln: ready`,
+//! RCU grace periods are expedited (`/sys/kernel/rcu_expedited`), as the kernel has them
+//! during its own boot, then set back to what they were (`rcupdate.rcu_normal=1` on the
+//! command line overrides both; see [`boot::RCU_EXPEDITED_PATH`]).
+//!
 //! Every child gets `PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin`,
 //! `HOME=/`, `TERM=linux` plus its `env`, stdin `/dev/null`, its own session (`setsid`), and
 //! stdout+stderr on one pipe. Example (`examples/init.json`, parsed by the tests):

@@ -511,8 +511,7 @@ fn check_service(name: &str, script: &str) -> ServiceEntry {
 
 #[test]
 #[ignore = "slow: boots the hook image in QEMU and reads the capabilities of its syslog and of an isolated service (x86_64, TCG)"]
-fn syslog_runs_with_cap_syslog_only_and_an_isolated_service_sees_its_own_namespaces_and_init_its_boot_settings(
-) {
+fn syslog_capabilities_isolated_namespaces_and_init_boot_settings_seen_from_services() {
     let image = hook_image(ImageArch::X86_64);
     let work = work_directory("x86_64-capabilities-namespaces");
     let mut config = image_config(&image);

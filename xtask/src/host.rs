@@ -87,9 +87,8 @@ pub fn ensure_debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
     arguments.extend(missing.iter().map(|name| name.to_string()));
     if let Some(companion) = qemu_utils_to_match(&missing)? {
         eprintln!(
-            "qemu-utils {} is installed from a source this host's apt does not list, and Debian's \
-             qemu-system-common {} breaks it: installing qemu-utils {} from the configured \
-             sources alongside",
+            "qemu-utils {} is installed, but the configured sources' qemu-system-common is {} \
+             and breaks other qemu-utils versions: installing qemu-utils {} alongside",
             companion.installed, companion.wanted, companion.wanted
         );
         arguments.push("--allow-downgrades".to_string());
@@ -166,6 +165,7 @@ fn qemu_utils_mismatch(policy: &str, installed_utils: &str) -> Option<QemuUtilsM
     })
 }
 
+/// The version of `package` when dpkg has it installed.
 fn installed_version(package: &str) -> Option<String> {
     let output = Command::new("dpkg-query")
         .args(["-W", "-f=${Status}\t${Version}", package])
@@ -179,11 +179,7 @@ fn installed_version(package: &str) -> Option<String> {
 }
 
 fn is_installed(package: &str) -> bool {
-    Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", package])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).contains("install ok installed"))
-        .unwrap_or(false)
+    installed_version(package).is_some()
 }
 
 fn run_apt(arguments: &[&str]) -> anyhow::Result<()> {

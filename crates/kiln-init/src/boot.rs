@@ -181,7 +181,8 @@ pub fn end_expedited_rcu(syscall: &dyn Syscall, console: &Console, prepared: &Pr
 }
 
 /// Runs onboot steps, starts services, prints `kiln: ready` (then calls `on_ready`), supervises
-/// until a power action, runs shutdown steps and stops services. Returns the power action for [`finish_shutdown`].
+/// until a power action, runs shutdown steps and stops services. Returns the power action for
+/// [`finish_shutdown`].
 pub fn run_steps_and_services(
     config: &InitConfig,
     boot_parameters: &BootParameters,

@@ -477,10 +477,10 @@ static CHILD_NICE: AtomicI32 = AtomicI32::new(i32::MIN);
 
 /// Runs the calling thread (and the threads it starts later: Linux's nice value is per
 /// thread) at [`SUPERVISOR_NICE`] and has every child it spawns go back to the nice value it
-/// started with. Call it from PID 1's main thread before any other thread exists. PID 1 starts the services and the services' start-up
-/// (shell launchers, key generation) then competes with it for the CPU: under emulation the
-/// last of four services started ~0.1 s after the first at equal priority, ~0.05 s with PID 1
-/// ahead of them (aarch64 TCG, 2 vCPUs). PID 1 itself sleeps in `sigtimedwait` between
+/// started with. Call it from PID 1's main thread before any other thread exists. PID 1
+/// starts the services, and their start-up (shell launchers, key generation) then competes
+/// with it for the CPU: under emulation the last of four services started ~0.1 s after the
+/// first at equal priority, ~0.05 s with PID 1 ahead of them (aarch64 TCG, 2 vCPUs). PID 1 itself sleeps in `sigtimedwait` between
 /// events, so it takes little from them.
 pub fn raise_supervisor_priority() -> std::io::Result<()> {
     // SAFETY: errno is thread-local; getpriority only reads the process's nice value, and

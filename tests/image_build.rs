@@ -1,7 +1,9 @@
-//! `cargo xtask image` end to end: the same profile built from two checkouts at different
-//! paths, one with a cold store and target directory under umask 077, another TZ and
-//! locale, the other warm, gives the same SHA256SUMS; a repeated build is a no-op. The
-//! image has busybox's applet links where its own busybox would install them.
+//! `cargo xtask image` end to end: two builder binaries whose bytes differ (as builders
+//! compiled in two checkouts do: debug info records the path) build the same SHA256SUMS
+//! from checkouts at different paths, under different umasks, TZ and locales; a repeated
+//! build is a no-op; the image has busybox's applet links where its own busybox would
+//! install them. (`tests/repro_gate.rs` runs the full gate: another clone compiled from
+//! scratch, an empty store and its own kernel build, for both architectures.)
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -9,10 +11,11 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
-use kiln_tests::{run, workspace_root, xtask};
+use kiln_tests::{run, workspace_root, xtask_binary};
 
-fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
-    let mut command = xtask(&[
+fn image(builder: &Path, root: &Path, out: &Path, kernel: &Path) -> Command {
+    let mut command = Command::new(builder);
+    command.args([
         "image",
         "--arch",
         "x86_64",
@@ -20,6 +23,12 @@ fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
         "hook",
         "--no-setup",
     ]);
+    command.env_clear();
+    command.env("PATH", std::env::var_os("PATH").unwrap_or_default());
+    command.env(
+        "HOME",
+        std::env::var_os("HOME").unwrap_or_else(|| "/root".into()),
+    );
     command
         .arg("--root")
         .arg(root)
@@ -30,58 +39,65 @@ fn image(root: &Path, out: &Path, kernel: &Path) -> Command {
     command
 }
 
+/// The BUILD_ID leak: the build key once hashed the builder binary, so `etc/os-release`
+/// and `manifest.json` differed between clones. This fails on that code.
 #[test]
-#[ignore = "slow: two image builds, one with a cold store (apt downloads) and a cold cargo target directory"]
-fn same_sha256sums_from_two_checkouts_cold_and_warm() {
+#[ignore = "slow: two image builds (x86_64 hook, kernel from the cache)"]
+fn two_builder_binaries_at_two_paths_build_the_same_sha256sums_and_a_rebuild_is_a_no_op() {
     let kernel = kiln_tests::kernel_artifact("x86_64", "virt");
     let work = tempfile::tempdir().unwrap();
     let second_checkout = work.path().join("elsewhere/deeper/kiln");
     kiln_tests::copy_checkout(&second_checkout).unwrap();
+    // Another builder: the same program with other bytes (a trailer the loader ignores) at
+    // another path.
+    let second_builder = work.path().join("other-builder/xtask");
+    std::fs::create_dir_all(second_builder.parent().unwrap()).unwrap();
+    let mut bytes = std::fs::read(xtask_binary()).unwrap();
+    bytes.extend_from_slice(b"\0another builder, compiled elsewhere\0");
+    std::fs::write(&second_builder, bytes).unwrap();
+    std::fs::set_permissions(&second_builder, std::fs::Permissions::from_mode(0o755)).unwrap();
 
-    // Cold: a new store, a new cargo target dir, umask 077, another TZ and locale.
-    let cold_cache = work.path().join("cold-cache");
-    let cold_target = work.path().join("cold-target");
-    let cold_out = work.path().join("cold-out");
-    let mut cold = image(&second_checkout, &cold_out, &kernel);
-    cold.env("KILN_CACHE", &cold_cache)
-        .env("CARGO_TARGET_DIR", &cold_target)
+    // The second builder, checkout and output, umask 077, another TZ and locale.
+    let second_out = work.path().join("second-out");
+    let mut second = image(&second_builder, &second_checkout, &second_out, &kernel);
+    second
         .env("TZ", "Pacific/Chatham")
         .env("LC_ALL", "C.UTF-8")
         .env("LANG", "de_DE.UTF-8");
     // SAFETY: umask(2) is async-signal-safe and cannot fail.
     unsafe {
-        cold.pre_exec(|| {
+        second.pre_exec(|| {
             libc::umask(0o077);
             Ok(())
         });
     }
-    let cold_output = run(&mut cold).unwrap();
-    eprintln!("{}", String::from_utf8_lossy(&cold_output.stdout));
+    let second_output = run(&mut second).unwrap();
+    eprintln!("{}", String::from_utf8_lossy(&second_output.stdout));
 
-    // Warm: this checkout, the default store and target dir, umask 022, UTC.
-    let warm_out = work.path().join("warm-out");
-    let mut warm = image(&workspace_root(), &warm_out, &kernel);
-    warm.env("TZ", "UTC").env("LANG", "C");
+    // This builder and checkout, umask 022, UTC.
+    let first_out = work.path().join("first-out");
+    let mut first = image(xtask_binary(), &workspace_root(), &first_out, &kernel);
+    first.env("TZ", "UTC").env("LANG", "C");
     // SAFETY: as above.
     unsafe {
-        warm.pre_exec(|| {
+        first.pre_exec(|| {
             libc::umask(0o022);
             Ok(())
         });
     }
-    run(&mut warm).unwrap();
+    run(&mut first).unwrap();
 
     let sums = |out: &Path| std::fs::read_to_string(out.join("hook/x86_64/SHA256SUMS")).unwrap();
-    let (cold_sums, warm_sums) = (sums(&cold_out), sums(&warm_out));
-    if cold_sums != warm_sums {
-        let diff = Command::new(kiln_tests::xtask_binary())
+    let (first_sums, second_sums) = (sums(&first_out), sums(&second_out));
+    if first_sums != second_sums {
+        let diff = Command::new(xtask_binary())
             .arg("diff")
-            .arg(cold_out.join("hook/x86_64/initramfs-x86_64"))
-            .arg(warm_out.join("hook/x86_64/initramfs-x86_64"))
+            .arg(first_out.join("hook/x86_64/initramfs-x86_64"))
+            .arg(second_out.join("hook/x86_64/initramfs-x86_64"))
             .output()
             .unwrap();
         panic!(
-            "SHA256SUMS differ:\ncold:\n{cold_sums}\nwarm:\n{warm_sums}\ninitramfs diff:\n{}",
+            "SHA256SUMS differ:\nfirst builder:\n{first_sums}\nsecond builder:\n{second_sums}\ninitramfs diff:\n{}",
             String::from_utf8_lossy(&diff.stdout)
         );
     }
@@ -94,17 +110,19 @@ fn same_sha256sums_from_two_checkouts_cold_and_warm() {
         "manifest.json",
     ] {
         assert!(
-            cold_sums.contains(&format!("  {name}\n")),
-            "{name} missing from SHA256SUMS:\n{cold_sums}"
+            first_sums.contains(&format!("  {name}\n")),
+            "{name} missing from SHA256SUMS:\n{first_sums}"
         );
     }
 
-    assert_busybox_links(&warm_out.join("hook/x86_64/initramfs-x86_64"));
+    assert_busybox_links(&first_out.join("hook/x86_64/initramfs-x86_64"));
 
-    // Again, unchanged: nothing to do.
-    let again = run(&mut image(&workspace_root(), &warm_out, &kernel)).unwrap();
-    let stdout = String::from_utf8_lossy(&again.stdout);
-    assert!(stdout.contains("up to date, nothing to do"), "{stdout}");
+    // Again, unchanged: nothing to do, whichever builder asks.
+    for builder in [xtask_binary(), second_builder.as_path()] {
+        let again = run(&mut image(builder, &workspace_root(), &first_out, &kernel)).unwrap();
+        let stdout = String::from_utf8_lossy(&again.stdout);
+        assert!(stdout.contains("up to date, nothing to do"), "{stdout}");
+    }
 }
 
 /// The `busybox-links` generator's links are in the initramfs (`sbin/modprobe`, `bin/cat`,

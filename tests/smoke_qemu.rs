@@ -228,9 +228,17 @@ fn hook_x86_64_netboots_through_ipxe_and_tftp() {
         .collect();
     assert_eq!(
         labels[..5],
-        ["iPXE started", "iPXE fetched boot.ipxe", "iPXE fetched vmlinuz-x86_64", "iPXE fetched initramfs-x86_64", "kernel started"],
+        ["iPXE started", "iPXE fetching boot.ipxe", "iPXE fetching vmlinuz-x86_64", "iPXE fetching initramfs-x86_64", "kernel started"],
         "iPXE fetched the script, then the kernel and initramfs it names, before the kernel started"
     );
+    // Not from the console: QEMU's TFTP server opened, read and closed each, in that order.
+    let served: Vec<&str> = report
+        .tftp_reads
+        .iter()
+        .filter(|read| read.served())
+        .map(|read| read.file.as_str())
+        .collect();
+    assert_eq!(served, ["boot.ipxe", "vmlinuz-x86_64", "initramfs-x86_64"]);
 }
 
 #[test]
@@ -312,13 +320,9 @@ fn image_config(image: &ImageDirectory) -> InitConfig {
 }
 
 fn fail(vm: &kiln_smoke::vm::Vm, checker: &MarkerChecker, outcome: &WaitOutcome) -> ! {
-    let missing = checker
-        .missing()
-        .map(|missing| missing.to_string())
-        .unwrap_or_default();
     panic!(
         "{}",
-        BootFailure::from_vm(vm, format!("{}; {missing}", smoke::describe(outcome)))
+        BootFailure::from_vm(vm, smoke::failure_message(outcome, checker))
     );
 }
 

@@ -127,7 +127,9 @@ pub fn boot_x86_64(
         std::thread::sleep(Duration::from_millis(100));
     }
     let elapsed = started.elapsed();
-    let console = String::from_utf8_lossy(&reader.join().unwrap()).into_owned();
+    // Rendered as a terminal shows it (no `\r`, escape sequences or backspaces), as every
+    // console check of the suite reads it: see kiln_smoke::console.
+    let console = kiln_smoke::console::render(&reader.join().unwrap());
     let mut stderr = String::new();
     if let Some(mut pipe) = child.stderr.take() {
         let _ = pipe.read_to_string(&mut stderr);

@@ -58,6 +58,11 @@ pub const TEST_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces for the dhcp module tests"),
     ("file", "checks that kiln-init is a static ELF"),
     ("git", "lists the checkout in the init reproducibility test"),
+    (
+        "disorderfs",
+        "the reproducibility gate's build B sees its checkout in shuffled directory order",
+    ),
+    ("fuse3", "mounts disorderfs (fusermount3)"),
 ];
 
 /// Installs whichever of `packages` are missing.

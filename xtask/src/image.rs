@@ -70,6 +70,10 @@ pub struct Args {
     /// Skip installing host packages and rustup targets (they must be there).
     #[arg(long)]
     no_setup: bool,
+    /// Parallel jobs of the kernel build and zstd workers (default: the CPUs this process
+    /// may run on). No output depends on it; `repro` varies it to prove that.
+    #[arg(long)]
+    jobs: Option<usize>,
     /// Take the kernel from `REGISTRY/PREFIX/kiln-kernel:<key>` (the digest of the kernel's
     /// inputs, as `cargo xtask push` publishes it) instead of building it.
     #[arg(
@@ -105,6 +109,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let store_root = Store::default_root()?;
     let kernel_cache = KernelCache::from_environment()
         .context("no $KILN_CACHE, $XDG_CACHE_HOME or $HOME: set KILN_CACHE")?;
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from))
+        .max(1);
     let target_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map_or_else(|| workspace.join("target"), PathBuf::from)
         .join("image-crates");
@@ -115,15 +123,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         out_root,
         offline: args.offline,
         kernel_artifact: args.kernel_artifact.clone(),
-        zstd: ZstdSettings::new(
-            args.level,
-            std::thread::available_parallelism()
-                .map_or(1, |count| u32::try_from(count.get()).unwrap_or(1)),
-        )?,
+        zstd: ZstdSettings::new(args.level, u32::try_from(jobs).unwrap_or(1))?,
         store_root,
         kernel_cache,
         target_dir,
-        jobs: std::thread::available_parallelism().map_or(2, usize::from),
+        jobs,
         // Only used when an `image:` source or embedded image is missing from the store; a
         // broken Docker config must not stop builds that pull nothing.
         kernel_registry: args.kernel_registry.clone(),

@@ -1247,7 +1247,13 @@ fn kernel_modules_to_load(
         .collect())
 }
 
-/// sha256 over everything the outputs depend on.
+/// The digest of kiln's source this builder was compiled from: the same from every checkout
+/// of one commit (build.rs says which files).
+pub const KILN_SOURCE_DIGEST: &str = env!("KILN_SOURCE_DIGEST");
+
+/// sha256 over everything the outputs depend on, and nothing of the machine, the checkout
+/// path or the builder binary's bytes: it is the image's identity (`BUILD_ID=`, the
+/// manifest's `build_key`) as well as the key that makes a rebuild a no-op.
 fn build_key(
     request: &ImageRequest,
     plan: &Plan,
@@ -1262,7 +1268,7 @@ fn build_key(
         hasher.update((value.len() as u64).to_le_bytes());
         hasher.update(value);
     };
-    field("format", b"kiln-image-key 1");
+    field("format", b"kiln-image-key 2");
     field("profile", plan.profile.name.as_bytes());
     field("arch", plan.arch.name().as_bytes());
     field("zstd-level", &request.zstd.level.to_le_bytes());
@@ -1314,12 +1320,9 @@ fn build_key(
             &fs::read(binary).map_err(io_error("reading", binary))?,
         );
     }
-    // The builder itself: a change to kiln's code may change the outputs.
-    if let Ok(executable) = std::env::current_exe() {
-        if let Ok(bytes) = fs::read(&executable) {
-            field("builder", &Sha256::digest(&bytes));
-        }
-    }
+    // kiln's own code may change the outputs: its source (see build.rs), not the builder
+    // binary, whose bytes depend on the directory it was compiled in.
+    field("kiln-source", KILN_SOURCE_DIGEST.as_bytes());
     Ok(hex::encode(hasher.finalize()))
 }
 

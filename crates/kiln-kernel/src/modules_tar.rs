@@ -25,11 +25,13 @@ pub fn normalized_header(kind: EntryKind, mode: u32, epoch: u64) -> tar::Header 
     };
     header.set_entry_type(entry_type);
     header.set_size(size);
-    // Directories are 0755 whatever the umask was when `make modules_install` created them;
-    // files keep their mode bits except group/other write (a umask of 022, made explicit).
+    // `make modules_install` creates everything under the caller's umask (077 gives 0600
+    // modules): only whether a file is executable is kept, as 0755 or 0644, so no umask
+    // reaches the bytes. Directories are 0755.
     header.set_mode(match kind {
         EntryKind::Directory => 0o755,
-        EntryKind::File { .. } => mode & 0o7755,
+        EntryKind::File { .. } if mode & 0o111 != 0 => 0o755,
+        EntryKind::File { .. } => 0o644,
         EntryKind::Symlink => 0o777,
     });
     header.set_uid(0);
@@ -137,17 +139,23 @@ mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
 
-    fn populate(root: &Path, create_order_reversed: bool) {
+    /// The tree `make modules_install` leaves under umask 022, or (`umask_077`) under 077,
+    /// created in the opposite order.
+    fn populate(root: &Path, umask_077: bool) {
         let mut files = vec![
             (
                 "lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/google/gve/gve.ko",
                 0o644,
             ),
             ("lib/modules/6.1.0-kiln/modules.dep", 0o644),
-            ("lib/modules/6.1.0-kiln/modules-extra/x.ko", 0o600),
+            ("lib/modules/6.1.0-kiln/modules-extra/x.ko", 0o644),
+            ("lib/modules/6.1.0-kiln/helper.sh", 0o755),
         ];
-        if create_order_reversed {
+        if umask_077 {
             files.reverse();
+            for (_, mode) in &mut files {
+                *mode &= 0o700;
+            }
         }
         for (path, mode) in files {
             let full = root.join(path);
@@ -163,7 +171,7 @@ mod tests {
     }
 
     #[test]
-    fn same_tree_from_different_directories_gives_same_bytes() {
+    fn same_tree_from_different_directories_and_umasks_gives_same_bytes() {
         let first = tempfile::tempdir().unwrap();
         let second = tempfile::tempdir().unwrap();
         populate(first.path(), false);
@@ -177,6 +185,7 @@ mod tests {
         755 0:0 1700000000 lib/modules
         755 0:0 1700000000 lib/modules/6.1.0-kiln
         777 0:0 1700000000 lib/modules/6.1.0-kiln/drivers-link -> kernel/drivers
+        755 0:0 1700000000 lib/modules/6.1.0-kiln/helper.sh
         755 0:0 1700000000 lib/modules/6.1.0-kiln/kernel
         755 0:0 1700000000 lib/modules/6.1.0-kiln/kernel/drivers
         755 0:0 1700000000 lib/modules/6.1.0-kiln/kernel/drivers/net
@@ -185,7 +194,7 @@ mod tests {
         755 0:0 1700000000 lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/google/gve
         644 0:0 1700000000 lib/modules/6.1.0-kiln/kernel/drivers/net/ethernet/google/gve/gve.ko
         755 0:0 1700000000 lib/modules/6.1.0-kiln/modules-extra
-        600 0:0 1700000000 lib/modules/6.1.0-kiln/modules-extra/x.ko
+        644 0:0 1700000000 lib/modules/6.1.0-kiln/modules-extra/x.ko
         644 0:0 1700000000 lib/modules/6.1.0-kiln/modules.dep
         "#);
     }

@@ -46,11 +46,13 @@
 //! again need the EFI stub to start the kernel. [`qemu::ipxe_unavailable_reason`] says so.
 
 pub mod accel;
+pub mod console;
 pub mod image;
 pub mod markers;
 pub mod qemu;
 pub mod smoke;
 pub mod ssh;
+pub mod tftp;
 pub mod vm;
 
 use std::path::PathBuf;

@@ -200,25 +200,27 @@ impl MarkerPlan {
         markers.then_all(services).then(Marker::ready())
     }
 
-    /// iPXE's own console lines of a netboot from QEMU's TFTP server: it started, fetched the
-    /// script, then the kernel and initramfs the script names (relative to the script).
+    /// iPXE's own console lines of a netboot from QEMU's TFTP server: it started, began
+    /// fetching the script, then the kernel and initramfs the script names (relative to the
+    /// script). Each marker is the start of iPXE's fetch line (`tftp://10.0.2.2/FILE...`),
+    /// not its `ok`: the end of the last fetch line races with the kernel's terminal reset
+    /// and has been seen cut short (`... o` then `ESC c`). That a fetch completed is shown by
+    /// the next stage (the next fetch, the kernel starting, kiln-init unpacked) and, without
+    /// the console, by [`crate::tftp::TftpReads`].
     pub fn ipxe_netboot(arch: crate::ImageArch, bootfile: &str) -> MarkerPlan {
         let kernel = kiln_image::kernel_file_name(arch);
         let initramfs = kiln_image::initramfs_file_name(arch);
+        let fetching = |file: &str| {
+            Marker::new(
+                format!("iPXE fetching {file}"),
+                format!("tftp://10.0.2.2/{file}..."),
+            )
+        };
         MarkerPlan::default()
             .then(Marker::new("iPXE started", "iPXE initialising devices"))
-            .then(Marker::new(
-                format!("iPXE fetched {bootfile}"),
-                format!("tftp://10.0.2.2/{bootfile}... ok"),
-            ))
-            .then(Marker::new(
-                format!("iPXE fetched {kernel}"),
-                format!("{kernel}... ok"),
-            ))
-            .then(Marker::new(
-                format!("iPXE fetched {initramfs}"),
-                format!("{initramfs}... ok"),
-            ))
+            .then(fetching(bootfile))
+            .then(fetching(&kernel))
+            .then(fetching(&initramfs))
     }
 
     /// This plan's stages, then `next`'s.
@@ -244,12 +246,13 @@ pub struct FoundMarker {
 /// What feeding one line changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Feed {
-    Nothing,
     Found(FoundMarker),
     /// The last marker of the plan was found.
     Complete(FoundMarker),
     /// A line of [`FATAL_NEEDLES`].
     Fatal(String),
+    /// A marker appeared before one it must follow; what is missing, with what came early.
+    OutOfOrder(MissingMarkers),
 }
 
 /// The first stage not yet complete, for failure messages.
@@ -317,83 +320,132 @@ impl MarkerChecker {
         &self.found
     }
 
-    pub fn feed(&mut self, line: &str, at: Duration) -> Feed {
+    /// Feeds one rendered console line (see [`crate::console`]). A line may satisfy several
+    /// markers in turn (under TCG a kernel message and a user-space line can share one), each
+    /// needle matched in the text after the previous match. Returns what changed, in order;
+    /// [`Feed::OutOfOrder`] as soon as a marker appears before one it must come after (a
+    /// later stage's, or one of its own stage's `after`): the earlier one can no longer
+    /// appear in order, so waiting longer cannot help.
+    pub fn feed(&mut self, line: &str, at: Duration) -> Vec<Feed> {
         if FATAL_NEEDLES.iter().any(|needle| line.contains(needle)) {
-            return Feed::Fatal(line.to_string());
+            return vec![Feed::Fatal(line.to_string())];
         }
-        if self.is_complete() {
-            return Feed::Nothing;
+        let mut changes = Vec::new();
+        let mut rest = line;
+        while !self.is_complete() {
+            let Some((index, end)) = self.match_in_stage(rest) else {
+                if self.note_early(rest) {
+                    if let Some(missing) = self.missing() {
+                        changes.push(Feed::OutOfOrder(missing));
+                    }
+                }
+                break;
+            };
+            rest = &rest[end..];
+            let marker = &self.plan.stages[self.stage][index];
+            let found = FoundMarker {
+                label: marker.label.clone(),
+                line: line.to_string(),
+                at,
+            };
+            self.seen_in_stage[index] = true;
+            self.found.push(found.clone());
+            if self.seen_in_stage.iter().all(|seen| *seen) {
+                self.stage += 1;
+                self.seen_in_stage =
+                    vec![false; self.plan.stages.get(self.stage).map_or(0, Vec::len)];
+                if self.is_complete() {
+                    changes.push(Feed::Complete(found));
+                    break;
+                }
+            }
+            changes.push(Feed::Found(found));
         }
-        let stage = &self.plan.stages[self.stage];
-        let seen_labels: Vec<&str> = stage
+        changes
+    }
+
+    /// Labels of the current stage's markers seen so far.
+    fn seen_labels(&self) -> Vec<&str> {
+        self.plan.stages[self.stage]
             .iter()
             .zip(&self.seen_in_stage)
             .filter(|(_, seen)| **seen)
             .map(|(marker, _)| marker.label.as_str())
+            .collect()
+    }
+
+    /// Whether every marker `marker` comes after has been seen.
+    fn is_ready(&self, marker: &Marker) -> bool {
+        let seen = self.seen_labels();
+        marker
+            .after
+            .iter()
+            .all(|label| seen.contains(&label.as_str()))
+    }
+
+    /// The current stage's marker (not seen yet, its `after` seen) whose needle occurs first
+    /// in `text`, and the end of that occurrence.
+    fn match_in_stage(&self, text: &str) -> Option<(usize, usize)> {
+        let stage = &self.plan.stages[self.stage];
+        stage
+            .iter()
+            .enumerate()
+            .filter(|(index, marker)| !self.seen_in_stage[*index] && self.is_ready(marker))
+            .filter_map(|(index, marker)| {
+                marker
+                    .needles
+                    .iter()
+                    .filter_map(|needle| {
+                        text.find(needle.as_str())
+                            .map(|start| (start, start + needle.len()))
+                    })
+                    .min()
+                    .map(|(start, end)| (start, end, index))
+            })
+            .min()
+            .map(|(_, end, index)| (index, end))
+    }
+
+    /// Records markers that `text` shows too early: of this stage before the ones they come
+    /// after, or of a later stage. Whether a new one was recorded.
+    fn note_early(&mut self, text: &str) -> bool {
+        let stage = &self.plan.stages[self.stage];
+        let mut early: Vec<String> = stage
+            .iter()
+            .enumerate()
+            .filter(|(index, marker)| {
+                !self.seen_in_stage[*index] && marker.matches(text) && !self.is_ready(marker)
+            })
+            .map(|(_, marker)| marker.label.clone())
             .collect();
-        let ready = |marker: &Marker| {
-            marker
-                .after
+        early.extend(
+            self.plan
+                .stages
                 .iter()
-                .all(|label| seen_labels.contains(&label.as_str()))
-        };
-        let matched = stage.iter().enumerate().find(|(index, marker)| {
-            !self.seen_in_stage[*index] && marker.matches(line) && ready(marker)
-        });
-        let Some((index, marker)) = matched else {
-            // A marker of this stage before the ones it comes after: out of order.
-            for early in stage.iter().enumerate().filter(|(index, marker)| {
-                !self.seen_in_stage[*index] && marker.matches(line) && !ready(marker)
-            }) {
-                if !self.seen_early.contains(&early.1.label) {
-                    self.seen_early.push(early.1.label.clone());
-                }
-            }
-            for later in self.plan.stages.iter().skip(self.stage + 1).flatten() {
-                if later.matches(line) && !self.seen_early.contains(&later.label) {
-                    self.seen_early.push(later.label.clone());
-                }
-            }
-            return Feed::Nothing;
-        };
-        let found = FoundMarker {
-            label: marker.label.clone(),
-            line: line.to_string(),
-            at,
-        };
-        self.seen_in_stage[index] = true;
-        self.found.push(found.clone());
-        if self.seen_in_stage.iter().all(|seen| *seen) {
-            self.stage += 1;
-            self.seen_in_stage = vec![false; self.plan.stages.get(self.stage).map_or(0, Vec::len)];
-            if self.is_complete() {
-                return Feed::Complete(found);
+                .skip(self.stage + 1)
+                .flatten()
+                .filter(|later| later.matches(text))
+                .map(|later| later.label.clone()),
+        );
+        let mut noted = false;
+        for label in early {
+            if !self.seen_early.contains(&label) {
+                self.seen_early.push(label);
+                noted = true;
             }
         }
-        Feed::Found(found)
+        noted
     }
 
     /// What is still missing, or `None` when the plan is complete.
     pub fn missing(&self) -> Option<MissingMarkers> {
         let stage = self.plan.stages.get(self.stage)?;
-        let seen_labels: Vec<&str> = stage
-            .iter()
-            .zip(&self.seen_in_stage)
-            .filter(|(_, seen)| **seen)
-            .map(|(marker, _)| marker.label.as_str())
-            .collect();
         // The first markers missing: those whose `after` markers were all seen (the ones
         // waiting on a missing marker are implied).
         let missing = stage
             .iter()
             .zip(&self.seen_in_stage)
-            .filter(|(marker, seen)| {
-                !**seen
-                    && marker
-                        .after
-                        .iter()
-                        .all(|label| seen_labels.contains(&label.as_str()))
-            })
+            .filter(|(marker, seen)| !**seen && self.is_ready(marker))
             .map(|(marker, _)| marker.clone())
             .collect();
         Some(MissingMarkers {
@@ -465,9 +517,8 @@ kiln: ready
         insta::assert_snapshot!(check(plan, early), @r"
         found kernel started at 0s
         found kiln-init started at 1s
-        found onboot rngd finished at 3s
-        found onboot kmod finished at 4s
-        missing marker: DHCP lease (`dhcp: lease `); last marker seen: onboot kmod finished; seen before it, out of order: DHCP lease, onboot dhcp finished, service syslog started, ready
+        out of order at 2s
+        missing marker: onboot rngd finished (`kiln: onboot rngd finished (`), onboot kmod finished (`kiln: onboot kmod finished (`); last marker seen: kiln-init started; seen before it, out of order: DHCP lease
         ");
     }
 
@@ -475,20 +526,25 @@ kiln: ready
     fn check(plan: MarkerPlan, console: &str) -> String {
         let mut checker = MarkerChecker::new(plan);
         let mut report = String::new();
-        for (number, line) in console.lines().enumerate() {
-            match checker.feed(line, Duration::from_secs(u64::try_from(number).unwrap())) {
-                Feed::Nothing => {}
-                Feed::Found(found) => report.push_str(&format!(
-                    "found {} at {}s\n",
-                    found.label,
-                    found.at.as_secs()
-                )),
-                Feed::Complete(found) => {
-                    report.push_str(&format!("complete with {}\n", found.label))
-                }
-                Feed::Fatal(line) => {
-                    report.push_str(&format!("fatal: {line}\n"));
-                    break;
+        'lines: for (number, line) in console.lines().enumerate() {
+            for change in checker.feed(line, Duration::from_secs(u64::try_from(number).unwrap())) {
+                match change {
+                    Feed::Found(found) => report.push_str(&format!(
+                        "found {} at {}s\n",
+                        found.label,
+                        found.at.as_secs()
+                    )),
+                    Feed::Complete(found) => {
+                        report.push_str(&format!("complete with {}\n", found.label))
+                    }
+                    Feed::Fatal(line) => {
+                        report.push_str(&format!("fatal: {line}\n"));
+                        break 'lines;
+                    }
+                    Feed::OutOfOrder(_) => {
+                        report.push_str(&format!("out of order at {number}s\n"));
+                        break 'lines;
+                    }
                 }
             }
         }
@@ -496,6 +552,38 @@ kiln: ready
             report.push_str(&format!("{missing}\n"));
         }
         report
+    }
+
+    /// The console of a fresh machine's iPXE boot: iPXE's `ok` after the initramfs lost its
+    /// `k` to the kernel's terminal reset. Rendered as the harness renders it, every marker
+    /// is found; and a line carrying two markers (a kernel message and kiln's line, as TCG
+    /// interleaves them) satisfies both.
+    #[test]
+    fn an_ipxe_ok_cut_short_by_a_terminal_reset_does_not_hide_the_fetch() {
+        let raw: &[u8] = b"iPXE initialising devices...ok\r\n\
+tftp://10.0.2.2/boot.ipxe... ok\r\n\
+tftp://10.0.2.2/vmlinuz-x86_64... 42%\x08\x08\x08\x08    \x08\x08\x08\x08 ok\r\n\
+tftp://10.0.2.2/initramfs-x86_64... o\x1bc\x1b[?7l\x1b[2JLinux version 6.1.192-kiln (kiln@kiln)\r\n\
+kiln: kiln-init 0.1.0 starting\r\n";
+        let console = crate::console::render(raw);
+        let plan = MarkerPlan::ipxe_netboot(crate::ImageArch::X86_64, "boot.ipxe")
+            .then(Marker::kernel_started())
+            .then(Marker::init_started());
+        insta::assert_snapshot!(check(plan, &console), @r"
+        found iPXE started at 0s
+        found iPXE fetching boot.ipxe at 1s
+        found iPXE fetching vmlinuz-x86_64 at 2s
+        found iPXE fetching initramfs-x86_64 at 3s
+        found kernel started at 4s
+        complete with kiln-init started
+        ");
+        let plan = MarkerPlan::default()
+            .then(Marker::kernel_started())
+            .then(Marker::init_started());
+        insta::assert_snapshot!(check(plan, "[    1.2] Linux version 6.1kiln: kiln-init 0.1.0 starting\n"), @r"
+        found kernel started at 0s
+        complete with kiln-init started
+        ");
     }
 
     const GOOD_BOOT: &str = "\
@@ -544,7 +632,8 @@ kiln: ready
         found onboot base finished at 2s
         found onboot rngd finished at 3s
         found onboot kmod finished at 4s
-        missing marker: DHCP lease (`dhcp: lease `); last marker seen: onboot kmod finished; seen before it, out of order: onboot dhcp finished, service syslog started, service sshd started, service getty started, ready
+        out of order at 6s
+        missing marker: DHCP lease (`dhcp: lease `); last marker seen: onboot kmod finished; seen before it, out of order: onboot dhcp finished
         ");
     }
 

@@ -10,6 +10,7 @@ use crate::image::{ipxe_script_with_extra_arguments, BootPlan, ImageDirectory};
 use crate::markers::{FoundMarker, Marker, MarkerChecker, MarkerPlan, NetworkExpectation};
 use crate::qemu::{self, Accelerator, BootSource, Firmware, Network, QemuConfig, TftpBoot};
 use crate::ssh::{self, SshKey};
+use crate::tftp::{TftpRead, TftpReads};
 use crate::vm::{Vm, WaitOutcome};
 use crate::{ImageArch, SmokeError};
 
@@ -106,6 +107,8 @@ pub struct SmokeReport {
     pub remote_uname: Option<String>,
     /// From QEMU's start to its exit after `poweroff`; `None` when it was killed instead.
     pub powered_off_at: Option<Duration>,
+    /// iPXE boots: the files QEMU's TFTP server opened, read and closed, in order.
+    pub tftp_reads: Vec<TftpRead>,
     pub notes: Vec<String>,
 }
 
@@ -178,6 +181,8 @@ pub struct StartedBoot {
     pub accelerator: AcceleratorChoice,
     pub firmware: String,
     pub command: qemu::QemuCommand,
+    /// iPXE boots: the watch on the TFTP directory, started before QEMU.
+    pub tftp_reads: Option<TftpReads>,
 }
 
 /// Prepares the work directory (key, TFTP directory, concatenated initramfs) and starts QEMU.
@@ -230,6 +235,7 @@ pub fn start_boot(
         }
     };
     let ssh_host_port = ssh.as_ref().map(|(_, port)| *port);
+    let mut tftp_reads = None;
     let (boot, network) = match options.boot {
         BootMethod::Direct => {
             let network = if options.network {
@@ -256,6 +262,7 @@ pub fn start_boot(
                 ));
             }
             let tftp = prepare_tftp_directory(image, &initramfs, &cmdline, &work.join("tftp"))?;
+            tftp_reads = Some(TftpReads::watch(&tftp.directory)?);
             (
                 BootSource::Network,
                 Network::User {
@@ -284,6 +291,7 @@ pub fn start_boot(
         accelerator,
         firmware: firmware_note,
         command,
+        tftp_reads,
     })
 }
 
@@ -396,6 +404,7 @@ pub fn run_smoke(
         ssh,
         accelerator,
         firmware,
+        tftp_reads,
         ..
     } = started;
     events(SmokeEvent::Note(&format!(
@@ -429,13 +438,9 @@ pub fn run_smoke(
         events(SmokeEvent::Marker(found))
     });
     if outcome != WaitOutcome::Complete {
-        let missing = checker
-            .missing()
-            .map(|missing| missing.to_string())
-            .unwrap_or_default();
         return Err(failed(
             &vm,
-            format!("boot failed: {}; {missing}", describe(&outcome)),
+            format!("boot failed: {}", failure_message(&outcome, &checker)),
         ));
     }
     let time_to_ready = checker
@@ -448,6 +453,34 @@ pub fn run_smoke(
         time_to_ready.as_secs_f64()
     )));
     let mut markers = checker.found().to_vec();
+    // The console showed each fetch begin and the kernel start; the TFTP directory shows
+    // that each file was served to its end, whatever the console made of iPXE's `ok`.
+    let tftp_reads = match tftp_reads {
+        None => Vec::new(),
+        Some(watch) => {
+            let reads = watch.finish();
+            let kernel = kiln_image::kernel_file_name(image.arch);
+            let initramfs = kiln_image::initramfs_file_name(image.arch);
+            if let Err(problem) = crate::tftp::check_served_in_order(
+                &reads,
+                &[IPXE_BOOTFILE, kernel.as_str(), initramfs.as_str()],
+            ) {
+                return Err(failed(
+                    &vm,
+                    format!("iPXE boot reached ready, but {problem}"),
+                ));
+            }
+            events(SmokeEvent::Note(&format!(
+                "QEMU's TFTP server served {}",
+                reads
+                    .iter()
+                    .map(|read| read.file.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+            reads
+        }
+    };
 
     let Some((key, port)) = ssh else {
         vm.kill();
@@ -460,6 +493,7 @@ pub fn run_smoke(
             time_to_ready,
             remote_uname: None,
             powered_off_at: None,
+            tftp_reads,
             notes,
         });
     };
@@ -545,6 +579,7 @@ pub fn run_smoke(
         time_to_ready,
         remote_uname: Some(uname),
         powered_off_at: Some(powered_off_at),
+        tftp_reads,
         notes,
     })
 }
@@ -556,6 +591,23 @@ pub fn describe(outcome: &WaitOutcome) -> String {
         WaitOutcome::Fatal(line) => format!("fatal console line `{line}`"),
         WaitOutcome::QemuExited(status) => format!("QEMU exited ({status})"),
         WaitOutcome::TimedOut(timeout) => format!("timed out after {}s", timeout.as_secs()),
+        WaitOutcome::OutOfOrder { problem, excerpt } => format!(
+            "a marker came out of order ({problem})\n--- console from the last marker found to the line that came early ---\n{excerpt}\n---"
+        ),
+        WaitOutcome::Stalled(silent) => format!(
+            "stalled: the console printed nothing for {}s (raise {} to wait longer)",
+            silent.as_secs(),
+            crate::vm::STALL_TIMEOUT_ENVIRONMENT
+        ),
+    }
+}
+
+/// How a wait ended and which markers it still lacked (the out-of-order message names them
+/// itself).
+pub fn failure_message(outcome: &WaitOutcome, checker: &MarkerChecker) -> String {
+    match (outcome, checker.missing()) {
+        (WaitOutcome::OutOfOrder { .. }, _) | (_, None) => describe(outcome),
+        (_, Some(missing)) => format!("{}; {missing}", describe(outcome)),
     }
 }
 

@@ -1,5 +1,6 @@
-//! A running QEMU: its serial console copied byte for byte into a log file and split into
-//! lines that marker checks consume, its stderr in a second file.
+//! A running QEMU: its serial console copied byte for byte into a log file and rendered
+//! into lines (see [`crate::console`]) that marker checks consume, its stderr in a second
+//! file.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -9,15 +10,18 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::console::ConsoleLines;
 use crate::markers::{Feed, FoundMarker, MarkerChecker};
 use crate::qemu::QemuCommand;
 use crate::SmokeError;
 
 #[derive(Debug, Default)]
 struct ConsoleState {
-    /// Complete lines, `\r` removed, with the time since QEMU started.
+    /// Complete rendered lines, with the time since QEMU started.
     lines: Vec<(Duration, String)>,
-    partial: Vec<u8>,
+    rendering: ConsoleLines,
+    /// When the console last printed anything (since QEMU started).
+    last_output: Duration,
     /// QEMU closed its stdout (it exited).
     closed: bool,
 }
@@ -38,7 +42,20 @@ pub enum WaitOutcome {
     /// QEMU exited first.
     QemuExited(String),
     TimedOut(Duration),
+    /// A marker appeared before one it must follow: `problem` names both, `excerpt` is the
+    /// console from the last marker found to the line that came too early.
+    OutOfOrder {
+        problem: String,
+        excerpt: String,
+    },
+    /// The console printed nothing for this long (see [`STALL_TIMEOUT_ENVIRONMENT`]).
+    Stalled(Duration),
 }
+
+/// Seconds of console silence after which a boot is reported as stalled (default 240: a
+/// TCG boot on a loaded machine prints something every few seconds, iPXE draws its download
+/// progress, and no step of kiln's images is silent for minutes).
+pub const STALL_TIMEOUT_ENVIRONMENT: &str = "KILN_SMOKE_STALL_TIMEOUT_SECS";
 
 /// One QEMU process. Dropping it kills QEMU.
 #[derive(Debug)]
@@ -49,6 +66,9 @@ pub struct Vm {
     reader: Option<JoinHandle<()>>,
     /// Next line the marker checks have not consumed.
     cursor: usize,
+    /// The line of the last marker found, where an out-of-order excerpt starts.
+    last_found_line: usize,
+    stall_timeout: Duration,
     exit_status: Option<ExitStatus>,
     pub console_log: PathBuf,
     pub stderr_log: PathBuf,
@@ -86,10 +106,10 @@ impl Vm {
                     Ok(read) => read,
                 };
                 let mut state = shared.state.lock().expect("console lock");
+                let now = started.elapsed();
                 if read == 0 {
-                    if !state.partial.is_empty() {
-                        let line = take_line(&mut state.partial);
-                        state.lines.push((started.elapsed(), line));
+                    if let Some(line) = state.rendering.finish() {
+                        state.lines.push((now, line));
                     }
                     state.closed = true;
                     shared.changed.notify_all();
@@ -97,14 +117,11 @@ impl Vm {
                 }
                 let _ = log.write_all(&buffer[..read]);
                 let _ = log.flush();
-                for byte in &buffer[..read] {
-                    if *byte == b'\n' {
-                        let line = take_line(&mut state.partial);
-                        state.lines.push((started.elapsed(), line));
-                    } else {
-                        state.partial.push(*byte);
-                    }
-                }
+                state.last_output = now;
+                let lines = state.rendering.push(&buffer[..read]);
+                state
+                    .lines
+                    .extend(lines.into_iter().map(|line| (now, line)));
                 shared.changed.notify_all();
             }
         });
@@ -114,6 +131,8 @@ impl Vm {
             console,
             reader: Some(reader),
             cursor: 0,
+            last_found_line: 0,
+            stall_timeout: crate::timeout_from_env(STALL_TIMEOUT_ENVIRONMENT, 240),
             exit_status: None,
             console_log: console_log.to_path_buf(),
             stderr_log,
@@ -126,7 +145,8 @@ impl Vm {
     }
 
     /// Feeds console lines not consumed yet to `checker` until its plan is complete, a fatal
-    /// line appears, QEMU exits or `timeout` passes. `on_found` sees each marker as it comes.
+    /// line appears, a marker comes out of order, QEMU exits, the console stays silent for
+    /// the stall timeout or `timeout` passes. `on_found` sees each marker as it comes.
     pub fn expect(
         &mut self,
         checker: &mut MarkerChecker,
@@ -135,7 +155,7 @@ impl Vm {
     ) -> WaitOutcome {
         let deadline = Instant::now() + timeout;
         loop {
-            let (new_lines, closed) = {
+            let (new_lines, closed, last_output) = {
                 let state = self.console.state.lock().expect("console lock");
                 let state = if state.lines.len() > self.cursor || state.closed {
                     state
@@ -149,18 +169,34 @@ impl Vm {
                         .expect("console lock")
                         .0
                 };
-                (state.lines[self.cursor..].to_vec(), state.closed)
+                (
+                    state.lines[self.cursor..].to_vec(),
+                    state.closed,
+                    state.last_output,
+                )
             };
             for (at, line) in new_lines {
+                let line_index = self.cursor;
                 self.cursor += 1;
-                match checker.feed(&line, at) {
-                    Feed::Nothing => {}
-                    Feed::Found(found) => on_found(&found),
-                    Feed::Complete(found) => {
-                        on_found(&found);
-                        return WaitOutcome::Complete;
+                for change in checker.feed(&line, at) {
+                    match change {
+                        Feed::Found(found) => {
+                            self.last_found_line = line_index;
+                            on_found(&found)
+                        }
+                        Feed::Complete(found) => {
+                            self.last_found_line = line_index;
+                            on_found(&found);
+                            return WaitOutcome::Complete;
+                        }
+                        Feed::Fatal(line) => return WaitOutcome::Fatal(line),
+                        Feed::OutOfOrder(missing) => {
+                            return WaitOutcome::OutOfOrder {
+                                problem: missing.to_string(),
+                                excerpt: self.console_lines(self.last_found_line, line_index + 1),
+                            }
+                        }
                     }
-                    Feed::Fatal(line) => return WaitOutcome::Fatal(line),
                 }
             }
             if closed {
@@ -170,10 +206,31 @@ impl Vm {
                     None => "QEMU closed its console".to_string(),
                 });
             }
+            let silent = self.started.elapsed().saturating_sub(last_output);
+            if silent >= self.stall_timeout {
+                return WaitOutcome::Stalled(silent);
+            }
             if Instant::now() >= deadline {
                 return WaitOutcome::TimedOut(timeout);
             }
         }
+    }
+
+    /// Sets how long the console may stay silent before [`Vm::expect`] reports a stall.
+    pub fn set_stall_timeout(&mut self, stall_timeout: Duration) {
+        self.stall_timeout = stall_timeout;
+    }
+
+    /// Rendered console lines `from..to` (at most the last 40 of them), for messages.
+    fn console_lines(&self, from: usize, to: usize) -> String {
+        let state = self.console.state.lock().expect("console lock");
+        let to = to.min(state.lines.len());
+        let from = from.max(to.saturating_sub(40)).min(to);
+        state.lines[from..to]
+            .iter()
+            .map(|(_, line)| line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Makes the next [`Vm::expect`] read the console from its first line again: for a plan
@@ -181,6 +238,7 @@ impl Vm {
     /// restarts begin before `kiln: ready`).
     pub fn rewind(&mut self) {
         self.cursor = 0;
+        self.last_found_line = 0;
     }
 
     /// Whether any console line so far contains `needle`.
@@ -238,8 +296,9 @@ impl Vm {
             .iter()
             .map(|(_, line)| line.clone())
             .collect();
-        if !state.partial.is_empty() {
-            tail.push(String::from_utf8_lossy(&state.partial).into_owned());
+        let pending = state.rendering.pending();
+        if !pending.is_empty() {
+            tail.push(pending);
         }
         tail.join("\n")
     }
@@ -253,37 +312,5 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// The line as a terminal would show it: a backspace erases the character before it
-/// (iPXE draws download percentages that way: `initramfs-x86_64... 68%^H^H^H^H    ^H^H^H^H ok`),
-/// carriage returns are dropped.
-fn take_line(partial: &mut Vec<u8>) -> String {
-    let bytes = std::mem::take(partial);
-    let mut rendered = String::with_capacity(bytes.len());
-    for character in String::from_utf8_lossy(&bytes).chars() {
-        match character {
-            '\u{8}' => {
-                rendered.pop();
-            }
-            '\r' => {}
-            other => rendered.push(other),
-        }
-    }
-    rendered
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_are_rendered_like_a_terminal_would_show_them() {
-        let mut raw = b"initramfs-x86_64... 68%\x08\x08\x08\x08    \x08\x08\x08\x08 ok\r".to_vec();
-        assert_eq!(take_line(&mut raw), "initramfs-x86_64... ok");
-        assert!(raw.is_empty());
-        let mut raw = b"kiln: ready\r".to_vec();
-        assert_eq!(take_line(&mut raw), "kiln: ready");
     }
 }

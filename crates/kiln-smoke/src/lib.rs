@@ -10,8 +10,10 @@
 //! qemu::QemuConfig → qemu::qemu_command  x86_64: q35, serial on stdio; aarch64: virt, cortex-a57
 //!   │ accel::choose_accelerator          KVM only if a short probe boot works, else TCG
 //!   ▼
-//! vm::Vm::start                          console → a log file + a line stream
+//! vm::Vm::start                          console → a log file (raw bytes) + rendered lines
+//!   │ console::ConsoleLines              escapes, resets, backspaces, \r rendered once
 //!   │ markers::MarkerChecker             ordered stages of expected console lines
+//!   │ tftp::TftpReads                    iPXE: which files QEMU's TFTP read (inotify)
 //!   ▼
 //! ssh::SshKey, ssh::run_command          dropbearkey / dbclient through hostfwd
 //! ```

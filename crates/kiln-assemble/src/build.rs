@@ -303,7 +303,9 @@ pub fn build_image(
         .out_root
         .join(&plan.profile.output_name)
         .join(request.arch.name());
-    if let Some(report) = up_to_date(&output_dir, &build_key, &plan)? {
+    let cache_key = cache_key(&build_key);
+    let cache_stamp = cache_stamp_path(&request.store_root, &output_dir);
+    if let Some(report) = up_to_date(&output_dir, &build_key, &cache_stamp, &cache_key, &plan)? {
         observer.note(&format!(
             "{} is up to date (build key {})",
             output_dir.display(),
@@ -574,6 +576,7 @@ pub fn build_image(
         },
         epoch,
     )?;
+    write_cache_stamp(&cache_stamp, &cache_key)?;
     Ok(ImageReport {
         directory: written.directory,
         sha256sums: written.sha256sums,
@@ -1247,13 +1250,12 @@ fn kernel_modules_to_load(
         .collect())
 }
 
-/// The digest of kiln's source this builder was compiled from: the same from every checkout
-/// of one commit (build.rs says which files).
-pub const KILN_SOURCE_DIGEST: &str = env!("KILN_SOURCE_DIGEST");
-
-/// sha256 over everything the outputs depend on, and nothing of the machine, the checkout
-/// path or the builder binary's bytes: it is the image's identity (`BUILD_ID=`, the
-/// manifest's `build_key`) as well as the key that makes a rebuild a no-op.
+/// The image's identity (`BUILD_ID=` in os-release, the manifest's `build_key`): sha256 of
+/// the inputs whose bytes make the image (lock, profile and module files, `files:` trees,
+/// kernel, crate binaries, level, compression). Nothing of the machine, the checkout path
+/// or the builder: two builders that write the same bytes give the same identity, so a
+/// refactor that keeps the outputs keeps it too. Whether a rebuild may be skipped is
+/// [`cache_key`]'s business, which adds the builder.
 fn build_key(
     request: &ImageRequest,
     plan: &Plan,
@@ -1320,10 +1322,39 @@ fn build_key(
             &fs::read(binary).map_err(io_error("reading", binary))?,
         );
     }
-    // kiln's own code may change the outputs: its source (see build.rs), not the builder
-    // binary, whose bytes depend on the directory it was compiled in.
-    field("kiln-source", KILN_SOURCE_DIGEST.as_bytes());
     Ok(hex::encode(hasher.finalize()))
+}
+
+/// The key that makes an unchanged rebuild a no-op: the identity and the builder binary's
+/// digest (a change to kiln's code may change what it writes for the same inputs). It never
+/// reaches an output; it is kept in the store ([`cache_stamp_path`]).
+fn cache_key(build_key: &str) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"kiln-image-cache 1\0");
+    hasher.update(build_key.as_bytes());
+    hasher.update(b"\0");
+    match std::env::current_exe().and_then(fs::read) {
+        Ok(bytes) => hasher.update(Sha256::digest(&bytes)),
+        // Without its own bytes the builder cannot tell whether it changed: never skip.
+        Err(_) => hasher.update(b"unknown builder"),
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Where the cache key of the outputs in `output_dir` is kept: in the store, so that the
+/// output directory holds only what a second builder would write byte for byte.
+fn cache_stamp_path(store_root: &Path, output_dir: &Path) -> PathBuf {
+    let name = hex::encode(Sha256::digest(output_dir.as_os_str().as_encoded_bytes()));
+    store_root.join("image-stamps").join(name)
+}
+
+/// Records that `output_dir` was written by this builder for `cache_key` (temp + rename).
+fn write_cache_stamp(stamp: &Path, cache_key: &str) -> Result<(), ImageError> {
+    let directory = stamp.parent().unwrap_or(stamp);
+    fs::create_dir_all(directory).map_err(io_error("creating", directory))?;
+    let temporary = stamp.with_extension("partial");
+    fs::write(&temporary, cache_key).map_err(io_error("writing", &temporary))?;
+    fs::rename(&temporary, stamp).map_err(io_error("renaming", &temporary))
 }
 
 fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Result<(), ImageError> {
@@ -1373,13 +1404,18 @@ fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Resul
     Ok(())
 }
 
-/// The previous outputs, if they were made from the same build key and still match their
-/// `SHA256SUMS`.
+/// The previous outputs, if this builder made them from the same inputs (the stamp in the
+/// store holds the same cache key) and they still match their `SHA256SUMS`.
 fn up_to_date(
     directory: &Path,
     build_key: &str,
+    cache_stamp: &Path,
+    cache_key: &str,
     plan: &Plan,
 ) -> Result<Option<ImageReport>, ImageError> {
+    if fs::read_to_string(cache_stamp).ok().as_deref() != Some(cache_key) {
+        return Ok(None);
+    }
     let Ok(text) = fs::read_to_string(directory.join("manifest.json")) else {
         return Ok(None);
     };

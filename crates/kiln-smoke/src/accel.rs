@@ -65,7 +65,10 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
         *verdict = Some(choice.clone());
         return choice;
     }
-    let choice = match probe_kvm(arch, kernel) {
+    let probe = probe_kvm(arch, kernel);
+    // Only a verdict on the host is worth keeping: QEMU not being installed yet is not one.
+    let about_the_host = !matches!(probe, Err(ProbeFailure::NotRun(_)));
+    let choice = match probe {
         Ok(elapsed) => AcceleratorChoice {
             accelerator: Accelerator::Kvm,
             reason: format!(
@@ -73,12 +76,12 @@ pub fn choose_accelerator(arch: ImageArch, kernel: &Path) -> AcceleratorChoice {
                 elapsed.as_secs_f64()
             ),
         },
-        Err(why) => AcceleratorChoice {
+        Err(ProbeFailure::Host(why) | ProbeFailure::NotRun(why)) => AcceleratorChoice {
             accelerator: Accelerator::Tcg,
             reason: format!("KVM unusable: {why}"),
         },
     };
-    if let Some(path) = cache {
+    if let Some(path) = cache.filter(|_| about_the_host) {
         let text = format!("{}\n{}\n", choice.accelerator.name(), choice.reason);
         let _ = std::fs::write(&path, text);
     }
@@ -118,25 +121,34 @@ fn host_arch() -> ImageArch {
     }
 }
 
+/// Why the KVM probe did not pass.
+#[derive(Debug)]
+enum ProbeFailure {
+    /// The host's KVM failed the probe (or there is none).
+    Host(String),
+    /// The probe could not run (QEMU not installed, no temporary directory): no verdict.
+    NotRun(String),
+}
+
 /// Boots `kernel` under KVM without an initramfs: it must print its banner and panic
 /// (no root filesystem; `panic=-1` + `-no-reboot` make QEMU exit) within 10 s.
-fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
+fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, ProbeFailure> {
     let openable = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/kvm");
     if let Err(error) = openable {
-        return Err(format!("/dev/kvm: {error}"));
+        return Err(ProbeFailure::Host(format!("/dev/kvm: {error}")));
     }
     let (program, machine, console) = match arch {
         ImageArch::X86_64 => ("qemu-system-x86_64", "q35", "ttyS0"),
         ImageArch::Aarch64 => ("qemu-system-aarch64", "virt", "ttyAMA0"),
     };
-    let directory =
-        tempfile::tempdir().map_err(|error| format!("a temporary directory: {error}"))?;
+    let directory = tempfile::tempdir()
+        .map_err(|error| ProbeFailure::NotRun(format!("a temporary directory: {error}")))?;
     let output_path = directory.path().join("probe.log");
     let output = std::fs::File::create(&output_path)
-        .map_err(|error| format!("{}: {error}", output_path.display()))?;
+        .map_err(|error| ProbeFailure::NotRun(format!("{}: {error}", output_path.display())))?;
     let mut command = Command::new(program);
     command.args([
         "-machine",
@@ -162,7 +174,7 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
     let started = Instant::now();
     let mut child = command
         .spawn()
-        .map_err(|error| format!("starting {program}: {error}"))?;
+        .map_err(|error| ProbeFailure::NotRun(format!("starting {program}: {error}")))?;
     let limit = Duration::from_secs(10);
     let status = loop {
         match child.try_wait() {
@@ -171,10 +183,10 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
             _ => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!(
+                return Err(ProbeFailure::Host(format!(
                     "the probe boot did not end within {}s",
                     limit.as_secs()
-                ));
+                )));
             }
         }
     };
@@ -185,10 +197,10 @@ fn probe_kvm(arch: ImageArch, kernel: &Path) -> Result<Duration, String> {
             use std::io::Read;
             let _ = pipe.read_to_string(&mut stderr);
         }
-        return Err(format!(
+        return Err(ProbeFailure::Host(format!(
             "the probe boot printed no kernel banner ({status}; {})",
             stderr.trim()
-        ));
+        )));
     }
     Ok(started.elapsed())
 }

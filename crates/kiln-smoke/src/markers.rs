@@ -201,26 +201,23 @@ impl MarkerPlan {
     }
 
     /// iPXE's own console lines of a netboot from QEMU's TFTP server: it started, began
-    /// fetching the script, then the kernel and initramfs the script names (relative to the
-    /// script). Each marker is the start of iPXE's fetch line (`tftp://10.0.2.2/FILE...`),
-    /// not its `ok`: the end of the last fetch line races with the kernel's terminal reset
-    /// and has been seen cut short (`... o` then `ESC c`). That a fetch completed is shown by
-    /// the next stage (the next fetch, the kernel starting, kiln-init unpacked) and, without
-    /// the console, by [`crate::tftp::TftpReads`].
+    /// fetching the script (`tftp://10.0.2.2/boot.ipxe...`), then the kernel and initramfs
+    /// the script names (`vmlinuz-x86_64...`: iPXE prints the names as the script gives
+    /// them). Each marker is the start of iPXE's fetch line, not its `ok`: the end of the
+    /// last fetch line races with the kernel's terminal reset and has been seen cut short
+    /// (`initramfs-x86_64... o` then `ESC c`). That a fetch completed is shown by the next
+    /// stage (the next fetch, the kernel starting, kiln-init unpacked) and, without the
+    /// console, by [`crate::tftp::TftpReads`].
     pub fn ipxe_netboot(arch: crate::ImageArch, bootfile: &str) -> MarkerPlan {
         let kernel = kiln_image::kernel_file_name(arch);
         let initramfs = kiln_image::initramfs_file_name(arch);
-        let fetching = |file: &str| {
-            Marker::new(
-                format!("iPXE fetching {file}"),
-                format!("tftp://10.0.2.2/{file}..."),
-            )
-        };
+        let fetching =
+            |file: &str, needle: String| Marker::new(format!("iPXE fetching {file}"), needle);
         MarkerPlan::default()
             .then(Marker::new("iPXE started", "iPXE initialising devices"))
-            .then(fetching(bootfile))
-            .then(fetching(&kernel))
-            .then(fetching(&initramfs))
+            .then(fetching(bootfile, format!("tftp://10.0.2.2/{bootfile}...")))
+            .then(fetching(&kernel, format!("{kernel}...")))
+            .then(fetching(&initramfs, format!("{initramfs}...")))
     }
 
     /// This plan's stages, then `next`'s.
@@ -562,8 +559,9 @@ kiln: ready
     fn an_ipxe_ok_cut_short_by_a_terminal_reset_does_not_hide_the_fetch() {
         let raw: &[u8] = b"iPXE initialising devices...ok\r\n\
 tftp://10.0.2.2/boot.ipxe... ok\r\n\
-tftp://10.0.2.2/vmlinuz-x86_64... 42%\x08\x08\x08\x08    \x08\x08\x08\x08 ok\r\n\
-tftp://10.0.2.2/initramfs-x86_64... o\x1bc\x1b[?7l\x1b[2JLinux version 6.1.192-kiln (kiln@kiln)\r\n\
+boot.ipxe : 269 bytes [script]\r\n\
+vmlinuz-x86_64... 42%\x08\x08\x08\x08    \x08\x08\x08\x08 ok\r\n\
+initramfs-x86_64... o\x1bc\x1b[?7l\x1b[2JLinux version 6.1.192-kiln (kiln@kiln)\r\n\
 kiln: kiln-init 0.1.0 starting\r\n";
         let console = crate::console::render(raw);
         let plan = MarkerPlan::ipxe_netboot(crate::ImageArch::X86_64, "boot.ipxe")
@@ -572,9 +570,9 @@ kiln: kiln-init 0.1.0 starting\r\n";
         insta::assert_snapshot!(check(plan, &console), @r"
         found iPXE started at 0s
         found iPXE fetching boot.ipxe at 1s
-        found iPXE fetching vmlinuz-x86_64 at 2s
-        found iPXE fetching initramfs-x86_64 at 3s
-        found kernel started at 4s
+        found iPXE fetching vmlinuz-x86_64 at 3s
+        found iPXE fetching initramfs-x86_64 at 4s
+        found kernel started at 5s
         complete with kiln-init started
         ");
         let plan = MarkerPlan::default()

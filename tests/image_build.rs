@@ -199,3 +199,27 @@ fn assert_busybox_links(initramfs: &Path) {
         "links to /bin/busybox that are no applet"
     );
 }
+
+/// One epoch rule: `cargo xtask kernel` takes kiln.lock's `source_date_epoch`, as `cargo
+/// xtask image` does, so a `$SOURCE_DATE_EPOCH` in the environment (Nix sets one in every
+/// build) cannot give the kernel another key than the image build computes.
+#[test]
+#[ignore = "slow: the x86_64 virt kernel (a cache hit when another test built it)"]
+fn the_kernel_key_follows_the_lock_epoch_whatever_source_date_epoch_says() {
+    let locked = kiln_tests::kernel_artifact("x86_64", "virt");
+    let mut with_environment =
+        kiln_tests::xtask(&["kernel", "--arch", "x86_64", "--flavor", "virt"]);
+    with_environment.env("SOURCE_DATE_EPOCH", "1234567890");
+    let output = run(&mut with_environment).unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let artifact = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("artifact: "))
+        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
+    assert_eq!(Path::new(artifact.trim()), locked, "{stderr}");
+    assert!(
+        stderr.contains("SOURCE_DATE_EPOCH=1234567890 ignored"),
+        "{stderr}"
+    );
+}

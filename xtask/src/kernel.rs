@@ -12,9 +12,6 @@ use kiln_kernel::build::{BuildObserver, BuildStep, MakeProgress};
 use kiln_kernel::{Arch, BuildRequest, Flavor, KernelArtifact, KernelCache, KernelSource};
 
 /// Where the kernel source comes from until `kiln.lock` pins it (issue 3).
-/// Used only when neither --source-date-epoch, $SOURCE_DATE_EPOCH nor kiln.lock give one:
-/// 2023-11-14T22:13:20Z, a fixed value so that builds stay reproducible.
-const FALLBACK_SOURCE_DATE_EPOCH: u64 = 1_700_000_000;
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -103,30 +100,33 @@ fn cache() -> anyhow::Result<KernelCache> {
     )
 }
 
-/// The epoch: --source-date-epoch, $SOURCE_DATE_EPOCH, kiln.lock's `source_date_epoch`,
-/// else a fixed fallback (said on stderr).
+/// The epoch: `--source-date-epoch` if given, else kiln.lock's `source_date_epoch`, the rule
+/// `cargo xtask image` follows too, so both compute the same kernel key. A
+/// `$SOURCE_DATE_EPOCH` that differs from the lock's is ignored, and said so.
 fn source_date_epoch(flag: Option<u64>) -> anyhow::Result<u64> {
+    let lock_path = crate::epoch::workspace_root().join("kiln.lock");
+    let locked = || -> anyhow::Result<u64> {
+        Ok(kiln_lock::Lock::read(&lock_path)
+            .with_context(|| {
+                format!(
+                    "the epoch comes from {}: create it with `cargo xtask lock` or pass --source-date-epoch",
+                    lock_path.display()
+                )
+            })?
+            .source_date_epoch)
+    };
     if let Some(value) = flag {
         return Ok(value);
     }
+    let value = locked()?;
     if let Ok(text) = std::env::var("SOURCE_DATE_EPOCH") {
-        return text.trim().parse().with_context(|| {
-            format!("SOURCE_DATE_EPOCH={text:?} is not a whole number of seconds")
-        });
-    }
-    let lock_path = crate::epoch::workspace_root().join("kiln.lock");
-    if let Ok(text) = std::fs::read_to_string(&lock_path) {
-        let lock: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not valid JSON", lock_path.display()))?;
-        if let Some(value) = lock
-            .get("source_date_epoch")
-            .and_then(serde_json::Value::as_u64)
-        {
-            return Ok(value);
+        if text.trim() != value.to_string() {
+            eprintln!(
+                "note: SOURCE_DATE_EPOCH={text} ignored: kernels take kiln.lock's source_date_epoch ({value}), as images do; pass --source-date-epoch to override"
+            );
         }
     }
-    eprintln!("note: no --source-date-epoch, $SOURCE_DATE_EPOCH or kiln.lock epoch: using {FALLBACK_SOURCE_DATE_EPOCH}");
-    Ok(FALLBACK_SOURCE_DATE_EPOCH)
+    Ok(value)
 }
 
 /// The kernel source: `--source` (with `--source-sha256`, else hashed with a note), or the

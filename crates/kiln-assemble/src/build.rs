@@ -562,7 +562,7 @@ pub fn build_image(
         kernel_cmdline: plan.cmdline.clone(),
         inputs,
         module_sizes: module_sizes.clone(),
-        files: tree.file_records(),
+        files: tree.file_records()?,
     };
     let written = kiln_image::write_outputs(
         &OutputRequest {

@@ -20,7 +20,11 @@
 //!
 //! It does no network, spawns no process and knows nothing of the lock, the
 //! store or the CLI: it takes tar bytes and returns a tree
-//! ([`ComposedTree::to_archive_tree`] hands it to `kiln-archive`).
+//! ([`ComposedTree::to_archive_tree`] hands it to `kiln-archive`). Its only
+//! file reads are of the contents an entry points at (`Content::File`, files
+//! the caller unpacked), to compare two modules' files and to hash them for
+//! the manifest; a read that fails is [`ComposeError::ReadContent`] naming the
+//! file, never the digest of nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
@@ -71,6 +75,13 @@ pub enum ComposeError {
     },
     #[error("module `{module}`: reading its layer: {message}")]
     Layer { module: String, message: String },
+    #[error("reading {} (the contents of `{entry}`) to hash it: {message}; is the layer cache intact? `cargo xtask cache verify` checks it", path.display())]
+    ReadContent {
+        path: std::path::PathBuf,
+        entry: String,
+        /// The I/O error, as text (the enum is compared in tests).
+        message: String,
+    },
 }
 
 /// One path of the composed tree and the module it came from.
@@ -273,7 +284,7 @@ impl ComposedTree {
         }
         if let Some(existing) = self.entries.get(&entry.path) {
             if existing.module != module {
-                if let Some(what) = difference(&existing.entry, &entry, self) {
+                if let Some(what) = difference(&existing.entry, &entry, self)? {
                     return Err(ComposeError::Conflict {
                         path: entry.path.display(),
                         lower_module: existing.module.clone(),
@@ -449,22 +460,26 @@ impl ComposedTree {
         tree
     }
 
-    /// Every path with its type, mode, owner, size, digest and module.
-    pub fn file_records(&self) -> Vec<FileRecord> {
+    /// Every path with its type, mode, owner, size, digest and module. A file whose contents
+    /// cannot be read is an error naming it, never the digest of nothing.
+    pub fn file_records(&self) -> Result<Vec<FileRecord>, ComposeError> {
         self.entries
             .values()
             .map(|composed| {
                 let entry = &composed.entry;
                 let (kind, size, sha256, target) = match &entry.kind {
                     EntryKind::Directory => ("directory", 0, None, None),
-                    EntryKind::File(content) => {
-                        ("file", content.size(), Some(content_sha256(content)), None)
-                    }
+                    EntryKind::File(content) => (
+                        "file",
+                        content.size(),
+                        Some(content_sha256(content, entry)?),
+                        None,
+                    ),
                     EntryKind::HardLink { target } => {
                         let (size, digest) =
                             match self.entries.get(target).map(|file| &file.entry.kind) {
                                 Some(EntryKind::File(content)) => {
-                                    (content.size(), Some(content_sha256(content)))
+                                    (content.size(), Some(content_sha256(content, entry)?))
                                 }
                                 _ => (0, None),
                             };
@@ -485,7 +500,7 @@ impl ComposedTree {
                     EntryKind::Fifo => ("fifo", 0, None, None),
                     EntryKind::Socket => ("socket", 0, None, None),
                 };
-                FileRecord {
+                Ok(FileRecord {
                     path: entry.path.display(),
                     kind,
                     mode: format!("{:04o}", entry.permissions),
@@ -495,7 +510,7 @@ impl ComposedTree {
                     sha256,
                     target,
                     module: composed.module.clone(),
-                }
+                })
             })
             .collect()
     }
@@ -523,7 +538,11 @@ fn invalid(module: &str, raw_path: &[u8], reason: &str) -> ComposeError {
 }
 
 /// What differs between two entries for one path, if anything.
-fn difference(lower: &Entry, upper: &Entry, tree: &ComposedTree) -> Option<&'static str> {
+fn difference(
+    lower: &Entry,
+    upper: &Entry,
+    tree: &ComposedTree,
+) -> Result<Option<&'static str>, ComposeError> {
     let resolve = |entry: &Entry| -> Option<Content> {
         match &entry.kind {
             EntryKind::File(content) => Some(content.clone()),
@@ -541,12 +560,12 @@ fn difference(lower: &Entry, upper: &Entry, tree: &ComposedTree) -> Option<&'sta
         _ => entry.file_type_bits(),
     };
     if type_of(lower) != type_of(upper) {
-        return Some("types");
+        return Ok(Some("types"));
     }
     if (lower.permissions, lower.uid, lower.gid) != (upper.permissions, upper.uid, upper.gid) {
-        return Some("modes or owners");
+        return Ok(Some("modes or owners"));
     }
-    match (&lower.kind, &upper.kind) {
+    Ok(match (&lower.kind, &upper.kind) {
         (EntryKind::Symlink { target: a }, EntryKind::Symlink { target: b }) if a != b => {
             Some("symlink targets")
         }
@@ -559,18 +578,25 @@ fn difference(lower: &Entry, upper: &Entry, tree: &ComposedTree) -> Option<&'sta
             EntryKind::BlockDevice { major: c, minor: d },
         ) if (a, b) != (c, d) => Some("device numbers"),
         _ => match (resolve(lower), resolve(upper)) {
-            (Some(a), Some(b)) if content_sha256(&a) != content_sha256(&b) => Some("contents"),
+            (Some(a), Some(b)) if content_sha256(&a, lower)? != content_sha256(&b, upper)? => {
+                Some("contents")
+            }
             _ => None,
         },
-    }
+    })
 }
 
-fn content_sha256(content: &Content) -> String {
+/// The sha256 of `content` (of `entry`, named in the error when its file cannot be read).
+fn content_sha256(content: &Content, entry: &Entry) -> Result<String, ComposeError> {
     match content {
-        Content::Bytes(bytes) => hex::encode(Sha256::digest(bytes)),
+        Content::Bytes(bytes) => Ok(hex::encode(Sha256::digest(bytes))),
         Content::File { path, .. } => {
-            let bytes = std::fs::read(path).unwrap_or_default();
-            hex::encode(Sha256::digest(bytes))
+            let bytes = std::fs::read(path).map_err(|error| ComposeError::ReadContent {
+                path: path.clone(),
+                entry: entry.path.display(),
+                message: error.to_string(),
+            })?;
+            Ok(hex::encode(Sha256::digest(bytes)))
         }
     }
 }

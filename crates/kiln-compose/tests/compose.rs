@@ -330,3 +330,51 @@ fn a_star_component_prunes_the_same_directory_under_every_name() {
     );
     assert_eq!(tree.prune_matching("usr/lib/*/gconv"), 0);
 }
+
+/// A file whose contents cannot be read is an error naming it, in the conflict check and in
+/// the manifest's records: never the sha256 of zero bytes (which once let two different
+/// unreadable files "agree" and reached manifest.json as the digest of nothing).
+#[test]
+fn an_unreadable_file_is_an_error_naming_it_not_the_digest_of_nothing() {
+    use kiln_archive::{Content, Entry};
+    let directory = tempfile::tempdir().unwrap();
+    let gone = directory.path().join("gone");
+    let mut tree = ComposedTree::new();
+    tree.add(
+        "base",
+        Entry::file(
+            path("etc/motd"),
+            0o644,
+            Content::File {
+                path: gone.clone(),
+                size: 3,
+            },
+        ),
+    )
+    .unwrap();
+    let expected = ComposeError::ReadContent {
+        path: gone.clone(),
+        entry: "etc/motd".to_string(),
+        message: "No such file or directory (os error 2)".to_string(),
+    };
+    assert_eq!(tree.file_records().unwrap_err(), expected);
+    assert!(
+        expected.to_string().starts_with(&format!(
+            "reading {} (the contents of `etc/motd`) to hash it: No such file or directory",
+            gone.display()
+        )),
+        "{expected}"
+    );
+    let other = tree.add(
+        "extra",
+        Entry::file(
+            path("etc/motd"),
+            0o644,
+            Content::File {
+                path: directory.path().join("also-gone"),
+                size: 3,
+            },
+        ),
+    );
+    assert_eq!(other.unwrap_err(), expected);
+}

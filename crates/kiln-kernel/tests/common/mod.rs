@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_kernel::{Arch, BuildRequest, Flavor, KernelSource};
+use kiln_kernel::{Arch, BuildRequest, Flavor, KernelArtifact, KernelSource};
 
 /// The epoch every test build uses: kiln.lock's `source_date_epoch`, the one `cargo xtask
 /// kernel` and `cargo xtask image` use, so an image build after the tests (or the tests after
@@ -54,6 +54,45 @@ pub fn request(arch: Arch, flavor: Flavor, config_dir: PathBuf) -> BuildRequest 
         source_date_epoch: TEST_EPOCH,
         jobs: std::thread::available_parallelism().map_or(2, usize::from),
     }
+}
+
+/// The artifact `cargo xtask kernel` builds (or finds in the cache) for `arch` and `flavor`:
+/// from the source kiln.lock pins and its epoch, so it is the very kernel every image build
+/// and smoke test uses, built once for the whole suite. (The host's `linux-source-6.1` may
+/// be another Debian revision than the lock's, whose kernel would have another key and be
+/// built a second time.)
+pub fn locked_artifact(arch: Arch, flavor: Flavor) -> KernelArtifact {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    let output = Command::new(cargo)
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "kernel",
+            "--arch",
+        ])
+        .arg(arch.name())
+        .arg("--flavor")
+        .arg(flavor.name())
+        .output()
+        .expect("running cargo xtask kernel");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "cargo xtask kernel --arch {} --flavor {} failed:\n{stdout}\n{}",
+        arch.name(),
+        flavor.name(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let directory = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("artifact: "))
+        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
+    KernelArtifact::load(Path::new(directory.trim()))
+        .expect("the artifact cargo xtask kernel named")
 }
 
 /// Builds `testdata/boot-init` for `arch` (musl, static, rust-lld) and returns the binary.

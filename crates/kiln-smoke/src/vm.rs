@@ -314,3 +314,50 @@ impl Drop for Vm {
         self.kill();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::markers::{Marker, MarkerPlan};
+
+    /// A real QEMU whose CPU never starts (`-S`): its console stays silent, and the wait
+    /// ends as a stall after the stall timeout, not at the (much longer) boot timeout.
+    #[test]
+    #[ignore = "slow: starts QEMU (qemu-system-x86)"]
+    fn a_silent_console_is_reported_as_stalled_long_before_the_timeout() {
+        let work = tempfile::tempdir().unwrap();
+        let command = QemuCommand {
+            program: "qemu-system-x86_64",
+            arguments: [
+                "-S",
+                "-accel",
+                "tcg",
+                "-nodefaults",
+                "-nographic",
+                "-monitor",
+                "none",
+                "-serial",
+                "stdio",
+            ]
+            .iter()
+            .map(Into::into)
+            .collect(),
+            package: "qemu-system-x86",
+        };
+        let mut vm = Vm::start(&command, &work.path().join("console.log")).unwrap();
+        vm.set_stall_timeout(Duration::from_secs(2));
+        let mut checker = MarkerChecker::new(MarkerPlan::default().then(Marker::kernel_started()));
+        let started = Instant::now();
+        let outcome = vm.expect(&mut checker, Duration::from_secs(120), &mut |_| {});
+        assert!(
+            matches!(outcome, WaitOutcome::Stalled(silent) if silent >= Duration::from_secs(2)),
+            "{outcome:?}; QEMU stderr: {}",
+            vm.qemu_stderr()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}

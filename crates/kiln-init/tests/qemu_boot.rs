@@ -143,7 +143,9 @@ fn boot(directory: &Path, initramfs: &Path, append: &str, after_ready: Option<&s
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
-        let text = String::from_utf8_lossy(&console).into_owned();
+        // Rendered as a terminal shows it (escapes, resets, `\r` handled), like every console
+        // check of the suite: kiln_console.
+        let text = kiln_console::render(&console);
         if let (Some(command), false) = (after_ready, command_sent) {
             if text.contains("kiln: ready") {
                 std::thread::sleep(Duration::from_millis(500));
@@ -161,7 +163,7 @@ fn boot(directory: &Path, initramfs: &Path, append: &str, after_ready: Option<&s
     }
     let _ = qemu.wait();
     drop(monitor_connection);
-    String::from_utf8_lossy(&console).replace('\r', "")
+    kiln_console::render(&console)
 }
 
 /// Asserts that `needles` appear in `text` in this order.

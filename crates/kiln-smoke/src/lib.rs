@@ -48,7 +48,8 @@
 //! again need the EFI stub to start the kernel. [`qemu::ipxe_unavailable_reason`] says so.
 
 pub mod accel;
-pub mod console;
+/// The console renderer every marker check reads through (crate `kiln-console`).
+pub use kiln_console as console;
 pub mod image;
 pub mod markers;
 pub mod qemu;

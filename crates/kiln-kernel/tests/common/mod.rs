@@ -217,7 +217,8 @@ pub fn boot(arch: Arch, kernel: &Path, initramfs: &Path, timeout: Duration) -> S
     let reader = std::thread::spawn(move || {
         let mut output = Vec::new();
         let _ = stdout.read_to_end(&mut output);
-        String::from_utf8_lossy(&output).into_owned()
+        // As a terminal shows it, like every console check of the suite (kiln_console).
+        kiln_console::render(&output)
     });
     let started = Instant::now();
     loop {

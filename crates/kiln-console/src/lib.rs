@@ -1,5 +1,6 @@
-//! The console byte stream as a terminal would show it, split into lines, once, before any
-//! marker looks at it.
+//! kiln-console: the console byte stream as a terminal would show it, split into lines,
+//! once, before any marker or test looks at it. No dependencies, no I/O: bytes in, lines
+//! out; `kiln-smoke` and the boot tests of `kiln-init` and `kiln-kernel` use it.
 //!
 //! A serial console carries more than text: firmware redraws progress with backspaces
 //! (iPXE: `initramfs-x86_64... 68%^H^H^H^H    ^H^H^H^H ok`), the kernel ends lines with

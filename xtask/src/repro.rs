@@ -75,11 +75,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let out = work_path.join("a/out").join(arch);
         // A installs what the builds need (Debian packages, rustup targets); B skips that.
         let mut build = Command::new(&executable);
-        build.args(
-            image_arguments(arch, &args.profile, &workspace, &out)
-                .into_iter()
-                .filter(|argument| argument != "--no-setup"),
-        );
+        build.args(image_arguments(arch, &args.profile, &workspace, &out));
         build.env("TZ", "UTC").env("LANG", "C").env_remove("LC_ALL");
         set_umask(&mut build, 0o022);
         run_logged(&mut build, &logs.join(format!("a-{arch}.log")))?;
@@ -117,6 +113,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let out = work_path.join("b/out").join(arch);
         let mut build = b.command(&builder_b.to_string_lossy());
         build.args(image_arguments(arch, &args.profile, &checkout_b, &out));
+        build.arg("--no-setup");
         build.args(["--jobs", "3"]);
         run_logged(&mut build, &logs.join(format!("b-{arch}.log")))?;
         directories_b.push(output_directory(&out)?);
@@ -278,18 +275,11 @@ impl Drop for DisorderMount {
 }
 
 fn image_arguments(arch: &str, profile: &str, root: &Path, out: &Path) -> Vec<std::ffi::OsString> {
-    let mut arguments: Vec<std::ffi::OsString> = [
-        "image",
-        "--no-setup",
-        "--arch",
-        arch,
-        "--profile",
-        profile,
-        "--root",
-    ]
-    .iter()
-    .map(Into::into)
-    .collect();
+    let mut arguments: Vec<std::ffi::OsString> =
+        ["image", "--arch", arch, "--profile", profile, "--root"]
+            .iter()
+            .map(Into::into)
+            .collect();
     arguments.push(root.into());
     arguments.push("--out".into());
     arguments.push(out.into());

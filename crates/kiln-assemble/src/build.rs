@@ -1348,13 +1348,16 @@ fn cache_stamp_path(store_root: &Path, output_dir: &Path) -> PathBuf {
     store_root.join("image-stamps").join(name)
 }
 
-/// Records that `output_dir` was written by this builder for `cache_key` (temp + rename).
+/// Records that `output_dir` was written by this builder for `cache_key` (a temporary file
+/// of its own, renamed: two builds at once never see half a stamp).
 fn write_cache_stamp(stamp: &Path, cache_key: &str) -> Result<(), ImageError> {
     let directory = stamp.parent().unwrap_or(stamp);
     fs::create_dir_all(directory).map_err(io_error("creating", directory))?;
-    let temporary = stamp.with_extension("partial");
-    fs::write(&temporary, cache_key).map_err(io_error("writing", &temporary))?;
-    fs::rename(&temporary, stamp).map_err(io_error("renaming", &temporary))
+    kiln_archive::write_file_atomically(stamp, |file| {
+        std::io::Write::write_all(file, cache_key.as_bytes())
+            .map_err(|source| kiln_archive::ArchiveError::io(stamp, "writing", source))
+    })?;
+    Ok(())
 }
 
 fn hash_directory(field: &mut dyn FnMut(&str, &[u8]), directory: &Path) -> Result<(), ImageError> {

@@ -62,37 +62,8 @@ pub fn request(arch: Arch, flavor: Flavor, config_dir: PathBuf) -> BuildRequest 
 /// be another Debian revision than the lock's, whose kernel would have another key and be
 /// built a second time.)
 pub fn locked_artifact(arch: Arch, flavor: Flavor) -> KernelArtifact {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let output = Command::new(cargo)
-        .current_dir(workspace_root())
-        .args([
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "kernel",
-            "--arch",
-        ])
-        .arg(arch.name())
-        .arg("--flavor")
-        .arg(flavor.name())
-        .output()
-        .expect("running cargo xtask kernel");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "cargo xtask kernel --arch {} --flavor {} failed:\n{stdout}\n{}",
-        arch.name(),
-        flavor.name(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let directory = stdout
-        .lines()
-        .find_map(|line| line.strip_prefix("artifact: "))
-        .unwrap_or_else(|| panic!("no `artifact:` line in:\n{stdout}"));
-    KernelArtifact::load(Path::new(directory.trim()))
-        .expect("the artifact cargo xtask kernel named")
+    let directory = kiln_tests::kernel_artifact(arch.name(), flavor.name());
+    KernelArtifact::load(&directory).expect("the artifact cargo xtask kernel named")
 }
 
 /// Builds `testdata/boot-init` for `arch` (musl, static, rust-lld) and returns the binary.
